@@ -1,0 +1,209 @@
+package fabric
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"os"
+	"sync"
+)
+
+// Caller makes calls on one channel, many at once. Whichever caller is
+// waiting takes the reader's role (leader and followers): it reads frames,
+// hands others their replies, and steps down once its own reply is in. No
+// goroutine sits between the socket and the caller, so a lone call costs one
+// send and one receive.
+type Caller struct {
+	conn   *Conn
+	broken func(error) error // maps a channel failure to the error callers see
+
+	reader chan struct{} // holds a token while some caller reads
+
+	mu      sync.Mutex
+	nextID  uint64                 // guarded by mu
+	pending map[uint64]chan *Frame // guarded by mu
+	err     error                  // set once the channel fails; guarded by mu
+}
+
+// NewCaller returns a caller on conn. broken turns a channel failure into the
+// error that pending and later calls get (for a peer: "oslet K is down").
+func NewCaller(conn *Conn, broken func(error) error) *Caller {
+	if broken == nil {
+		broken = func(err error) error { return err }
+	}
+	return &Caller{conn: conn, broken: broken, reader: make(chan struct{}, 1), pending: map[uint64]chan *Frame{}}
+}
+
+// Err returns the failure that broke the channel, or nil.
+func (c *Caller) Err() error {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.err
+}
+
+// Close closes the channel; pending calls fail.
+func (c *Caller) Close() error { return c.conn.Close() }
+
+// Call sends req with its descriptors and decodes the reply into resp. The
+// reply's descriptors are returned. ctx is honoured while the call waits for
+// another caller to read; a caller reading for itself waits for the reply or
+// the channel's end.
+func (c *Caller) Call(ctx context.Context, op Op, req any, files []*os.File, resp any) ([]*os.File, error) {
+	ch := make(chan *Frame, 1)
+	c.mu.Lock()
+	if c.err != nil {
+		c.mu.Unlock()
+		return nil, c.err
+	}
+	c.nextID++
+	id := c.nextID
+	c.pending[id] = ch
+	c.mu.Unlock()
+
+	f, err := NewFrame(op, id, 0, req, files)
+	if err == nil {
+		err = c.conn.Send(f)
+		if err != nil {
+			err = c.fail(err)
+		}
+	}
+	if err != nil {
+		c.forget(id)
+		return nil, err
+	}
+	reply, err := c.await(ctx, id, ch)
+	if err != nil {
+		return nil, err
+	}
+	if err := reply.Decode(resp); err != nil {
+		reply.CloseFiles()
+		return nil, err
+	}
+	return reply.Files, nil
+}
+
+func (c *Caller) forget(id uint64) {
+	c.mu.Lock()
+	delete(c.pending, id)
+	c.mu.Unlock()
+}
+
+func (c *Caller) await(ctx context.Context, id uint64, ch chan *Frame) (*Frame, error) {
+	for {
+		select {
+		case f := <-ch:
+			if f == nil {
+				return nil, c.Err()
+			}
+			return f, nil
+		case <-ctx.Done():
+			c.forget(id)
+			return nil, ctx.Err()
+		case c.reader <- struct{}{}:
+		}
+		// Leader: read until our own reply comes.
+		for {
+			select {
+			case f := <-ch: // delivered before we took the role
+				<-c.reader
+				if f == nil {
+					return nil, c.Err()
+				}
+				return f, nil
+			default:
+			}
+			f, err := c.conn.Recv()
+			if err != nil {
+				c.fail(err)
+				<-c.reader
+				return nil, c.Err()
+			}
+			if f.ID == id {
+				c.forget(id)
+				<-c.reader
+				return f, nil
+			}
+			c.mu.Lock()
+			other, ok := c.pending[f.ID]
+			delete(c.pending, f.ID)
+			c.mu.Unlock()
+			if ok {
+				other <- f
+			} else {
+				f.CloseFiles() // a reply for a call that gave up
+			}
+		}
+	}
+}
+
+// fail marks the channel broken and wakes every pending call.
+func (c *Caller) fail(cause error) error {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.err == nil {
+		c.err = c.broken(cause)
+		c.conn.Close()
+		for id, ch := range c.pending {
+			ch <- nil
+			delete(c.pending, id)
+		}
+	}
+	return c.err
+}
+
+// Handshake sends Hello on a fresh channel and checks the answer.
+func Handshake(conn *Conn, hello Hello) (*HelloReply, error) {
+	c := NewCaller(conn, nil)
+	var reply HelloReply
+	if _, err := c.Call(context.Background(), OpHello, hello, nil, &reply); err != nil {
+		return nil, err
+	}
+	return &reply, nil
+}
+
+// AcceptHello reads the first frame of a channel and checks its version. A
+// peer of another major version gets a refusal that names both versions.
+func AcceptHello(conn *Conn) (*Frame, *Hello, error) {
+	f, err := conn.Recv()
+	if err != nil {
+		return nil, nil, err
+	}
+	f.CloseFiles()
+	if f.Op != OpHello {
+		return nil, nil, fmt.Errorf("%w: first frame is %s, want hello", ErrFrame, f.Op)
+	}
+	if f.Major != Major {
+		e := Errorf(CodeVersion, "protocol version %d.%d is not supported: this oslet speaks %d.%d", f.Major, f.Minor, Major, Minor)
+		Reply(conn, f, nil, nil, e)
+		return nil, nil, e
+	}
+	var h Hello
+	if err := json.Unmarshal(f.Body, &h); err != nil {
+		e := Errorf(CodeInvalid, "bad hello: %v", err)
+		Reply(conn, f, nil, nil, e)
+		return nil, nil, e
+	}
+	return f, &h, nil
+}
+
+// Reply answers request req with resp, or with err when it is not nil.
+func Reply(conn *Conn, req *Frame, resp any, files []*os.File, err error) error {
+	flags := FlagReply
+	var body any = resp
+	if err != nil {
+		flags |= FlagError
+		body, files = AsError(err), nil
+	}
+	if body == nil {
+		body = Empty{}
+	}
+	f, ferr := NewFrame(req.Op, req.ID, flags, body, files)
+	if ferr != nil {
+		f, _ = NewFrame(req.Op, req.ID, FlagReply|FlagError, AsError(ferr), nil)
+	}
+	return conn.Send(f)
+}
+
+// ErrChannelClosed is what a call gets when its channel closed under it.
+var ErrChannelClosed = errors.New("channel closed")

@@ -1,0 +1,278 @@
+package fabric
+
+import (
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"sync"
+	"syscall"
+
+	"golang.org/x/sys/unix"
+)
+
+// Conn is one end of a channel: a SOCK_SEQPACKET Unix socket, so that each
+// frame is one datagram and its descriptors arrive with it.
+//
+// A Conn reads in one of two ways. Blocking, a reader parks its thread in
+// recvmsg, as the seed's proxy task does; a round trip then costs what raw
+// sockets cost, about 1.6 times less than through Go's poller (measured:
+// 27 us against 45 us). That suits the few long-lived peer channels and a
+// single-threaded command. Polled, readers park as goroutines, which suits
+// the many client channels an init serves.
+type Conn struct {
+	f  *os.File
+	rc syscall.RawConn
+
+	rmu  sync.Mutex // serializes readers; guards rbuf and oob
+	rbuf []byte
+	oob  []byte
+}
+
+var errClosed = errors.New("use of closed channel")
+
+// newConn wraps a connected socket. blocking picks the read mode.
+func newConn(fd int, blocking bool) (*Conn, error) {
+	if err := unix.SetNonblock(fd, !blocking); err != nil {
+		unix.Close(fd)
+		return nil, fmt.Errorf("set socket mode: %w", err)
+	}
+	f := os.NewFile(uintptr(fd), "smpc-channel")
+	rc, err := f.SyscallConn()
+	if err != nil {
+		f.Close()
+		return nil, err
+	}
+	return &Conn{f: f, rc: rc, rbuf: make([]byte, MaxFrame+1), oob: make([]byte, unix.CmsgSpace(MaxFiles*4))}, nil
+}
+
+// Dial connects to a channel address: a path, or "@name" for an abstract
+// socket (one per network namespace, which is how a process finds its own
+// OSlet's init).
+func Dial(addr string, blocking bool) (*Conn, error) {
+	fd, err := unix.Socket(unix.AF_UNIX, unix.SOCK_SEQPACKET|unix.SOCK_CLOEXEC, 0)
+	if err != nil {
+		return nil, fmt.Errorf("dial %s: %w", addr, err)
+	}
+	for {
+		err = unix.Connect(fd, &unix.SockaddrUnix{Name: addr})
+		if err != unix.EINTR {
+			break
+		}
+	}
+	if err != nil {
+		unix.Close(fd)
+		return nil, &os.PathError{Op: "dial", Path: addr, Err: err}
+	}
+	return newConn(fd, blocking)
+}
+
+// Send writes one frame and its descriptors. Safe for concurrent use.
+func (c *Conn) Send(f *Frame) error {
+	buf := f.AppendTo(make([]byte, 0, HeaderSize+len(f.Body)))
+	var oob []byte
+	if len(f.Files) > 0 {
+		fds := make([]int, len(f.Files))
+		for i, file := range f.Files {
+			fds[i] = int(file.Fd())
+		}
+		oob = unix.UnixRights(fds...)
+	}
+	var err error
+	werr := c.rc.Write(func(fd uintptr) bool {
+		err = unix.Sendmsg(int(fd), buf, oob, nil, unix.MSG_NOSIGNAL)
+		return err != unix.EAGAIN
+	})
+	if werr != nil {
+		return werr
+	}
+	if err != nil {
+		return fmt.Errorf("send %s: %w", f.Op, err)
+	}
+	return nil
+}
+
+// Recv reads one frame. Descriptors that came with it are the caller's to
+// close. It returns io.EOF when the other end has closed.
+func (c *Conn) Recv() (*Frame, error) {
+	c.rmu.Lock()
+	defer c.rmu.Unlock()
+	var n, oobn, flags int
+	var err error
+	rerr := c.rc.Read(func(fd uintptr) bool {
+		for {
+			n, oobn, flags, _, err = unix.Recvmsg(int(fd), c.rbuf, c.oob, unix.MSG_CMSG_CLOEXEC)
+			if err != unix.EINTR {
+				return err != unix.EAGAIN
+			}
+		}
+	})
+	if rerr != nil {
+		return nil, rerr
+	}
+	if err != nil {
+		if err == unix.ECONNRESET {
+			return nil, io.EOF
+		}
+		return nil, fmt.Errorf("receive: %w", err)
+	}
+	files, ferr := parseRights(c.oob[:oobn])
+	if n == 0 && len(files) == 0 {
+		return nil, io.EOF
+	}
+	if ferr != nil || flags&(unix.MSG_TRUNC|unix.MSG_CTRUNC) != 0 {
+		closeAll(files)
+		if ferr == nil {
+			ferr = fmt.Errorf("%w: datagram or descriptors truncated", ErrFrame)
+		}
+		return nil, ferr
+	}
+	body := make([]byte, n)
+	copy(body, c.rbuf[:n])
+	fr, err := ParseFrame(body)
+	if err != nil {
+		closeAll(files)
+		return nil, err
+	}
+	fr.Files = files
+	return fr, nil
+}
+
+func parseRights(oob []byte) ([]*os.File, error) {
+	if len(oob) == 0 {
+		return nil, nil
+	}
+	msgs, err := unix.ParseSocketControlMessage(oob)
+	if err != nil {
+		return nil, fmt.Errorf("%w: control message: %v", ErrFrame, err)
+	}
+	var files []*os.File
+	for _, m := range msgs {
+		fds, err := unix.ParseUnixRights(&m)
+		if err != nil {
+			continue
+		}
+		for _, fd := range fds {
+			files = append(files, os.NewFile(uintptr(fd), "smpc-passed"))
+		}
+	}
+	return files, nil
+}
+
+func closeAll(files []*os.File) {
+	for _, f := range files {
+		f.Close()
+	}
+}
+
+// PeerCred returns the kernel's record of the process at the other end.
+func (c *Conn) PeerCred() (*unix.Ucred, error) {
+	var cred *unix.Ucred
+	var err error
+	cerr := c.rc.Control(func(fd uintptr) {
+		cred, err = unix.GetsockoptUcred(int(fd), unix.SOL_SOCKET, unix.SO_PEERCRED)
+	})
+	if cerr != nil {
+		return nil, cerr
+	}
+	return cred, err
+}
+
+// PeerGroups returns the supplementary groups of the process at the other
+// end (SO_PEERGROUPS), so that a process started for it gets them too.
+func (c *Conn) PeerGroups() ([]uint32, error) {
+	var groups []uint32
+	var err error
+	cerr := c.rc.Control(func(fd uintptr) {
+		buf := make([]byte, 4*256)
+		for {
+			n := uint32(len(buf))
+			_, _, e := unix.Syscall6(unix.SYS_GETSOCKOPT, fd, unix.SOL_SOCKET, unix.SO_PEERGROUPS,
+				uintptr(unsafePointer(buf)), uintptr(unsafePointer32(&n)), 0)
+			if e == unix.ERANGE {
+				buf = make([]byte, n)
+				continue
+			}
+			if e != 0 {
+				err = e
+				return
+			}
+			for i := 0; i+4 <= int(n); i += 4 {
+				groups = append(groups, nativeUint32(buf[i:]))
+			}
+			return
+		}
+	})
+	if cerr != nil {
+		return nil, cerr
+	}
+	return groups, err
+}
+
+// Close shuts the socket down, waking a reader parked in recvmsg, and
+// releases it once no call is using it.
+func (c *Conn) Close() error {
+	c.rc.Control(func(fd uintptr) { unix.Shutdown(int(fd), unix.SHUT_RDWR) })
+	return c.f.Close()
+}
+
+// Listener accepts channels on a Unix socket.
+type Listener struct {
+	f    *os.File
+	rc   syscall.RawConn
+	addr string
+}
+
+// Listen binds addr: a path (created with mode 0600, for root and the
+// booting user only) or "@name" for an abstract socket.
+func Listen(addr string) (*Listener, error) {
+	fd, err := unix.Socket(unix.AF_UNIX, unix.SOCK_SEQPACKET|unix.SOCK_CLOEXEC, 0)
+	if err != nil {
+		return nil, fmt.Errorf("listen %s: %w", addr, err)
+	}
+	old := unix.Umask(0o177)
+	err = unix.Bind(fd, &unix.SockaddrUnix{Name: addr})
+	unix.Umask(old)
+	if err == nil {
+		err = unix.Listen(fd, 512)
+	}
+	if err != nil {
+		unix.Close(fd)
+		return nil, &os.PathError{Op: "listen", Path: addr, Err: err}
+	}
+	f := os.NewFile(uintptr(fd), addr)
+	rc, err := f.SyscallConn()
+	if err != nil {
+		f.Close()
+		return nil, err
+	}
+	return &Listener{f: f, rc: rc, addr: addr}, nil
+}
+
+// Accept waits for a channel and returns its raw descriptor; the server wraps
+// it once the handshake has said which read mode fits.
+func (l *Listener) Accept() (int, error) {
+	var nfd int
+	var err error
+	rerr := l.rc.Read(func(fd uintptr) bool {
+		for {
+			nfd, _, err = unix.Accept4(int(fd), unix.SOCK_CLOEXEC)
+			if err != unix.EINTR && err != unix.ECONNABORTED {
+				return true
+			}
+		}
+	})
+	if rerr != nil {
+		return -1, rerr
+	}
+	if err != nil {
+		return -1, fmt.Errorf("accept on %s: %w", l.addr, err)
+	}
+	return nfd, nil
+}
+
+// Close stops the listener, waking a blocked Accept.
+func (l *Listener) Close() error {
+	l.rc.Control(func(fd uintptr) { unix.Shutdown(int(fd), unix.SHUT_RDWR) })
+	return l.f.Close()
+}

@@ -1,0 +1,306 @@
+package fabric
+
+import (
+	"context"
+	"errors"
+	"io"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"golang.org/x/sys/unix"
+)
+
+// serve starts a server on a fresh socket whose handler answers ping and
+// echoes descriptors back, and returns its address.
+func serve(t testing.TB, cfg ServeConfig) string {
+	t.Helper()
+	addr := filepath.Join(t.TempDir(), "s.sock")
+	l, err := Listen(addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { l.Close() })
+	go func() {
+		for {
+			fd, err := l.Accept()
+			if err != nil {
+				return
+			}
+			go func() {
+				conn, _, err := AcceptConn(fd, func(h *Hello, _ *unix.Ucred) (bool, *HelloReply, error) {
+					if h.Role == "nobody" {
+						return false, nil, Errorf(CodePermission, "go away")
+					}
+					return h.Role == RolePeer, &HelloReply{OSlet: 7}, nil
+				})
+				if err != nil {
+					return
+				}
+				Serve(conn, func(r *Request) (any, []*os.File, error) {
+					switch r.Op {
+					case OpPing:
+						return Empty{}, nil, nil
+					case OpSpawn: // echo the descriptors
+						files := r.Files
+						r.Files = nil
+						return Empty{}, files, nil
+					}
+					return nil, nil, Errorf(CodeInvalid, "no %s here", r.Op)
+				}, cfg)
+				conn.Close()
+			}()
+		}
+	}()
+	return addr
+}
+
+func dial(t testing.TB, addr string, role Role) *Caller {
+	t.Helper()
+	conn, err := Dial(addr, true)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := Handshake(conn, Hello{Role: role}); err != nil {
+		t.Fatal(err)
+	}
+	c := NewCaller(conn, nil)
+	t.Cleanup(func() { c.Close() })
+	return c
+}
+
+func TestCallAndPassFiles(t *testing.T) {
+	addr := serve(t, ServeConfig{Inline: func(op Op) bool { return op == OpPing }})
+	c := dial(t, addr, RolePeer)
+	if _, err := c.Call(context.Background(), OpPing, Empty{}, nil, &Empty{}); err != nil {
+		t.Fatal(err)
+	}
+	r, w, err := os.Pipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	files, err := c.Call(context.Background(), OpSpawn, Empty{}, []*os.File{w}, &Empty{})
+	if err != nil || len(files) != 1 {
+		t.Fatalf("echo: %v, %d files", err, len(files))
+	}
+	w.Close()
+	files[0].WriteString("through the fabric")
+	files[0].Close()
+	got, _ := io.ReadAll(r)
+	if string(got) != "through the fabric" {
+		t.Fatalf("read %q", got)
+	}
+	_, err = c.Call(context.Background(), OpWait, Empty{}, nil, &Empty{})
+	if !errors.Is(err, ErrInvalid) {
+		t.Fatalf("unknown op: %v", err)
+	}
+}
+
+func TestConcurrentCalls(t *testing.T) {
+	addr := serve(t, ServeConfig{Queue: NewQueue(2)})
+	c := dial(t, addr, RoleClient)
+	var wg sync.WaitGroup
+	errs := make(chan error, 32)
+	for g := 0; g < 32; g++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := 0; i < 50; i++ {
+				if _, err := c.Call(context.Background(), OpPing, Empty{}, nil, &Empty{}); err != nil {
+					errs <- err
+					return
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		t.Fatal(err)
+	}
+}
+
+func TestHandshakeRefusals(t *testing.T) {
+	addr := serve(t, ServeConfig{})
+	conn, err := Dial(addr, true)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	f, _ := NewFrame(OpHello, 1, 0, Hello{Role: RolePeer}, nil)
+	f.Major, f.Minor = 2, 3
+	if err := conn.Send(f); err != nil {
+		t.Fatal(err)
+	}
+	reply, err := conn.Recv()
+	if err != nil {
+		t.Fatal(err)
+	}
+	err = reply.Decode(&HelloReply{})
+	if !errors.Is(err, ErrVersion) || !strings.Contains(err.Error(), "2.3") || !strings.Contains(err.Error(), "1.0") {
+		t.Fatalf("refusal = %v; want one naming 2.3 and 1.0", err)
+	}
+	if _, err := conn.Recv(); err != io.EOF {
+		t.Fatalf("channel not closed after refusal: %v", err)
+	}
+
+	conn2, _ := Dial(addr, true)
+	defer conn2.Close()
+	if _, err := Handshake(conn2, Hello{Role: "nobody"}); !errors.Is(err, ErrPermission) {
+		t.Fatalf("refused role: %v", err)
+	}
+}
+
+func TestPeerDeathFailsPendingCalls(t *testing.T) {
+	addr := filepath.Join(t.TempDir(), "s.sock")
+	l, err := Listen(addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	go func() {
+		fd, _ := l.Accept()
+		conn, _, err := AcceptConn(fd, func(*Hello, *unix.Ucred) (bool, *HelloReply, error) { return true, &HelloReply{}, nil })
+		if err != nil {
+			return
+		}
+		conn.Recv() // take one request, then die without answering
+		conn.Close()
+	}()
+	conn, _ := Dial(addr, true)
+	Handshake(conn, Hello{Role: RolePeer})
+	c := NewCaller(conn, func(error) error { return DownError(3) })
+	done := make(chan error)
+	go func() {
+		_, err := c.Call(context.Background(), OpWait, Empty{}, nil, &Empty{})
+		done <- err
+	}()
+	select {
+	case err := <-done:
+		if !errors.Is(err, ErrDown) || err.Error() != "oslet 3 is down" {
+			t.Fatalf("pending call got %v", err)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("pending call hangs after its peer died")
+	}
+	if _, err := c.Call(context.Background(), OpPing, Empty{}, nil, &Empty{}); !errors.Is(err, ErrDown) {
+		t.Fatalf("later call got %v", err)
+	}
+}
+
+func TestGarbageClosesChannel(t *testing.T) {
+	for _, garbage := range [][]byte{
+		[]byte("hello"),
+		make([]byte, HeaderSize),
+		append((&Frame{Header: Header{Major: Major, Op: OpPing}}).AppendTo(nil), 'x'),
+		(&Frame{Header: Header{Major: Major, Op: 999}}).AppendTo(nil),
+		(&Frame{Header: Header{Major: 9, Op: OpPing}}).AppendTo(nil),
+	} {
+		if err := serveGarbage(garbage); !errors.Is(err, ErrFrame) {
+			t.Errorf("garbage %q: Serve returned %v, want a malformed-frame error", garbage, err)
+		}
+	}
+}
+
+// serveGarbage sends one datagram to a serving channel, then closes its
+// sending side, and reports what Serve returned.
+func serveGarbage(b []byte) error {
+	fds, err := unix.Socketpair(unix.AF_UNIX, unix.SOCK_SEQPACKET|unix.SOCK_CLOEXEC, 0)
+	if err != nil {
+		return nil
+	}
+	server, _ := newConn(fds[0], true)
+	client, _ := newConn(fds[1], true)
+	defer client.Close()
+	done := make(chan error, 1)
+	go func() {
+		done <- Serve(server, func(*Request) (any, []*os.File, error) { return Empty{}, nil, nil }, ServeConfig{})
+		server.Close()
+	}()
+	client.rc.Write(func(fd uintptr) bool {
+		unix.Sendmsg(int(fd), b, nil, nil, unix.MSG_NOSIGNAL)
+		unix.Shutdown(int(fd), unix.SHUT_WR)
+		return true
+	})
+	select {
+	case err := <-done:
+		return err
+	case <-time.After(5 * time.Second):
+		return errors.New("hang")
+	}
+}
+
+func TestQueueIsFIFO(t *testing.T) {
+	q := NewQueue(1)
+	q.Acquire()
+	var order []int
+	var mu sync.Mutex
+	var wg sync.WaitGroup
+	for i := 0; i < 5; i++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			q.Acquire()
+			mu.Lock()
+			order = append(order, i)
+			mu.Unlock()
+			q.Release()
+		}()
+		for { // wait until it queues, so arrival order is i
+			if w, _ := q.Depth(); w == i+1 {
+				break
+			}
+			time.Sleep(time.Millisecond)
+		}
+	}
+	if w, a := q.Depth(); w != 5 || a != 1 {
+		t.Fatalf("depth = %d waiting, %d active", w, a)
+	}
+	q.Release()
+	wg.Wait()
+	for i, v := range order {
+		if v != i {
+			t.Fatalf("served in order %v", order)
+		}
+	}
+}
+
+func FuzzParseFrame(f *testing.F) {
+	good, _ := NewFrame(OpSpawn, 7, 0, SpawnRequest{Argv: []string{"true"}}, nil)
+	f.Add(good.AppendTo(nil))
+	f.Add([]byte("SMPC"))
+	f.Fuzz(func(t *testing.T, b []byte) {
+		fr, err := ParseFrame(b)
+		if err != nil {
+			return
+		}
+		for _, v := range []any{&SpawnRequest{}, &SignalRequest{}, &WaitRequest{}, &Hello{}, &StatusReply{}, &ProcessesReply{}} {
+			fr.Decode(v)
+		}
+	})
+}
+
+func FuzzServe(f *testing.F) {
+	good, _ := NewFrame(OpPing, 1, 0, Empty{}, nil)
+	f.Add(good.AppendTo(nil))
+	f.Add([]byte{})
+	f.Fuzz(func(t *testing.T, b []byte) {
+		if err := serveGarbage(b); err != nil && err.Error() == "hang" {
+			t.Fatal("server hung on garbage")
+		}
+	})
+}
+
+func BenchmarkNullCall(b *testing.B) {
+	addr := serve(b, ServeConfig{Inline: func(op Op) bool { return op == OpPing }})
+	c := dial(b, addr, RolePeer)
+	b.ResetTimer()
+	for i := 0; i < b.N; i++ {
+		if _, err := c.Call(context.Background(), OpPing, Empty{}, nil, &Empty{}); err != nil {
+			b.Fatal(err)
+		}
+	}
+}

@@ -1,0 +1,173 @@
+// Package fabric is the message layer between OSlets: the seed's proxy
+// channels. It defines the versioned frames the OSlets exchange, the messages
+// they carry, a Unix-socket transport that passes file descriptors with them
+// (SCM_RIGHTS: where the seed passes physical pages, we pass descriptors), the
+// version handshake, a caller that multiplexes calls on one channel, and a
+// server whose peer requests go through a queued lock.
+//
+// Messages and their encoding (frame.go, messages.go) know nothing of the
+// transport (conn.go), so a later transport between machines can carry them.
+package fabric
+
+import (
+	"encoding/binary"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"os"
+)
+
+// The protocol version this build speaks. A peer with another major version
+// is refused; a peer with another minor version gets compatible answers
+// (messages only ever gain optional fields within a major version).
+const (
+	Major = 1
+	Minor = 0
+)
+
+// HeaderSize is the size of a frame's fixed header.
+const HeaderSize = 24
+
+// MaxFrame bounds a frame, header included: it fits the kernel's default
+// socket send buffer, so one frame is always one datagram.
+const MaxFrame = 128 << 10
+
+// MaxFiles bounds the descriptors one frame may carry.
+const MaxFiles = 16
+
+const magic = 0x534d5043 // "SMPC"
+
+// Op names what a frame asks for.
+type Op uint16
+
+// The operations.
+const (
+	OpHello     Op = 1 + iota // version handshake; first frame on every channel
+	OpPing                    // null call
+	OpSpawn                   // create a process
+	OpSignal                  // deliver a signal
+	OpWait                    // wait for a process to end
+	OpOrphan                  // a remote parent is gone
+	OpProcesses               // list processes
+	OpStatus                  // describe OSlets
+	OpPingPeer                // time null calls from this OSlet to another (benchmarks)
+	opEnd
+)
+
+var opNames = [...]string{"", "hello", "ping", "spawn", "signal", "wait", "orphan", "processes", "status", "ping-peer"}
+
+func (o Op) String() string {
+	if o > 0 && o < opEnd {
+		return opNames[o]
+	}
+	return fmt.Sprintf("op(%d)", uint16(o))
+}
+
+// Flags qualify a frame.
+type Flags uint16
+
+// The flags.
+const (
+	FlagReply Flags = 1 << iota // the frame answers the request with the same ID
+	FlagError                   // the reply's body is an *Error
+)
+
+// Header is a frame's fixed part. On the wire: magic (4 bytes), major,
+// minor, op (2), flags (2), reserved (2), id (8), body length (4), all little
+// endian.
+type Header struct {
+	Major, Minor uint8
+	Op           Op
+	Flags        Flags
+	ID           uint64
+	Len          uint32
+}
+
+// Frame is one message: a header, a JSON body, and the descriptors that
+// travel with it.
+type Frame struct {
+	Header
+	Body  []byte
+	Files []*os.File
+}
+
+// ErrFrame reports bytes that are not a valid frame.
+var ErrFrame = errors.New("malformed frame")
+
+// AppendTo appends the frame's header and body to b.
+func (f *Frame) AppendTo(b []byte) []byte {
+	var h [HeaderSize]byte
+	binary.LittleEndian.PutUint32(h[0:], magic)
+	h[4], h[5] = f.Major, f.Minor
+	binary.LittleEndian.PutUint16(h[6:], uint16(f.Op))
+	binary.LittleEndian.PutUint16(h[8:], uint16(f.Flags))
+	binary.LittleEndian.PutUint64(h[12:], f.ID)
+	binary.LittleEndian.PutUint32(h[20:], uint32(len(f.Body)))
+	return append(append(b, h[:]...), f.Body...)
+}
+
+// ParseFrame decodes one datagram. The body aliases b.
+func ParseFrame(b []byte) (*Frame, error) {
+	if len(b) < HeaderSize {
+		return nil, fmt.Errorf("%w: %d bytes is shorter than a header", ErrFrame, len(b))
+	}
+	if m := binary.LittleEndian.Uint32(b); m != magic {
+		return nil, fmt.Errorf("%w: bad magic %#x", ErrFrame, m)
+	}
+	f := &Frame{Header: Header{
+		Major: b[4], Minor: b[5],
+		Op:    Op(binary.LittleEndian.Uint16(b[6:])),
+		Flags: Flags(binary.LittleEndian.Uint16(b[8:])),
+		ID:    binary.LittleEndian.Uint64(b[12:]),
+		Len:   binary.LittleEndian.Uint32(b[20:]),
+	}}
+	if int(f.Len) != len(b)-HeaderSize {
+		return nil, fmt.Errorf("%w: header says %d body bytes, datagram has %d", ErrFrame, f.Len, len(b)-HeaderSize)
+	}
+	if f.Op == 0 || f.Op >= opEnd {
+		return nil, fmt.Errorf("%w: unknown op %d", ErrFrame, uint16(f.Op))
+	}
+	f.Body = b[HeaderSize:]
+	return f, nil
+}
+
+// NewFrame builds a request or reply frame whose body is v encoded as JSON.
+func NewFrame(op Op, id uint64, flags Flags, v any, files []*os.File) (*Frame, error) {
+	body, err := json.Marshal(v)
+	if err != nil {
+		return nil, fmt.Errorf("encode %s: %w", op, err)
+	}
+	if HeaderSize+len(body) > MaxFrame {
+		return nil, fmt.Errorf("encode %s: message of %d bytes is larger than the %d a frame holds", op, len(body), MaxFrame-HeaderSize)
+	}
+	if len(files) > MaxFiles {
+		return nil, fmt.Errorf("encode %s: %d descriptors, at most %d travel with a frame", op, len(files), MaxFiles)
+	}
+	return &Frame{Header: Header{Major: Major, Minor: Minor, Op: op, Flags: flags, ID: id}, Body: body, Files: files}, nil
+}
+
+// Decode unmarshals the frame's body into v. An error reply decodes to its
+// *Error instead.
+func (f *Frame) Decode(v any) error {
+	if f.Flags&FlagError != 0 {
+		var e Error
+		if err := json.Unmarshal(f.Body, &e); err != nil {
+			return fmt.Errorf("decode %s error reply: %w", f.Op, err)
+		}
+		return &e
+	}
+	if err := json.Unmarshal(f.Body, v); err != nil {
+		return fmt.Errorf("decode %s: %w", f.Op, err)
+	}
+	return nil
+}
+
+// CloseFiles closes the descriptors a frame brought that nobody took.
+func (f *Frame) CloseFiles() {
+	for _, file := range f.Files {
+		if file != nil {
+			file.Close()
+		}
+	}
+	f.Files = nil
+}

@@ -1,0 +1,155 @@
+package fabric
+
+import "github.com/smpc-cluster/smpc/internal/vproc"
+
+// Role says who opened a channel.
+type Role string
+
+// The roles.
+const (
+	RoleClient Role = "client" // a process inside the OSlet, on its own init's socket
+	RoleHost   Role = "host"   // a host process (root or the booting user)
+	RolePeer   Role = "peer"   // another OSlet's init: one proxy channel of the N x (N-1)
+)
+
+// Hello opens every channel; the header carries the sender's version.
+type Hello struct {
+	Role     Role   `json:"role"`
+	From     int    `json:"from,omitempty"` // the peer's OSlet index
+	PID      int32  `json:"pid,omitempty"`  // a host caller's PID, shown as a parent in ps
+	Software string `json:"software,omitempty"`
+}
+
+// HelloReply accepts a channel.
+type HelloReply struct {
+	OSlet    int    `json:"oslet"`
+	Cluster  string `json:"cluster"`
+	OSlets   []int  `json:"oslets"`
+	Software string `json:"software,omitempty"`
+}
+
+// Cred is who asked: the kernel's word (SO_PEERCRED) taken by the first init
+// the request reached, and trusted from peers only.
+type Cred struct {
+	UID    uint32   `json:"uid"`
+	GID    uint32   `json:"gid"`
+	Groups []uint32 `json:"groups,omitempty"`
+	PID    int32    `json:"pid,omitempty"` // global PID, or a host PID
+}
+
+// NoFile marks an absent descriptor in a file index.
+const NoFile = -1
+
+// SpawnRequest creates a process.
+type SpawnRequest struct {
+	On     int      `json:"on,omitempty"`     // OSlet; 0 lets the policy choose
+	Policy string   `json:"policy,omitempty"` // policy for placement and for the new process's descendants
+	Argv   []string `json:"argv"`
+	Env    []string `json:"env"`
+	// Dir is the working directory's path, for messages; DirFile indexes the
+	// frame's descriptor of it, so that a directory hidden by an OSlet's
+	// private /tmp still works.
+	Dir     string `json:"dir,omitempty"`
+	DirFile int    `json:"dir_file"`
+	// Stdio indexes the frame's descriptors for fds 0, 1 and 2 (NoFile is
+	// /dev/null).
+	Stdio        [3]int `json:"stdio"`
+	Detach       bool   `json:"detach,omitempty"`        // no remote parent; own session
+	AllowSockets bool   `json:"allow_sockets,omitempty"` // override the socket rule
+	Cred         *Cred  `json:"cred,omitempty"`          // set by the first init, never by clients
+	Origin       int    `json:"origin,omitempty"`        // the OSlet the request came from; 0 the host
+}
+
+// SpawnReply names the new process.
+type SpawnReply struct {
+	PID int32 `json:"pid"`
+}
+
+// SignalRequest delivers a signal to a process or, with Group, to a process
+// group.
+type SignalRequest struct {
+	PID    int32 `json:"pid"`
+	Group  bool  `json:"group,omitempty"`
+	Signal int   `json:"signal"`
+	Cred   *Cred `json:"cred,omitempty"`
+}
+
+// WaitRequest waits for a process to end.
+type WaitRequest struct {
+	PID  int32 `json:"pid"`
+	Cred *Cred `json:"cred,omitempty"`
+}
+
+// WaitReply reports how it ended.
+type WaitReply struct {
+	Status vproc.ExitStatus `json:"status"`
+}
+
+// OrphanRequest says that the remote parent of these processes is gone.
+type OrphanRequest struct {
+	PIDs []int32 `json:"pids"`
+}
+
+// ProcessesRequest lists processes: of the OSlet asked, or with Cluster of
+// every OSlet (the one asked gathers them).
+type ProcessesRequest struct {
+	Cluster bool `json:"cluster,omitempty"`
+}
+
+// Process is one line of smpc ps.
+type Process struct {
+	PID     int32   `json:"pid"`
+	OSlet   int     `json:"oslet"`
+	Parent  int32   `json:"ppid"`
+	UID     uint32  `json:"uid"`
+	User    string  `json:"user"`
+	State   string  `json:"state"`
+	CPUTime float64 `json:"cpu_seconds"`
+	Command string  `json:"command"`
+}
+
+// ProcessesReply lists processes, and the OSlets that could not answer.
+type ProcessesReply struct {
+	Processes []Process `json:"processes"`
+	Down      []int     `json:"down,omitempty"`
+}
+
+// StatusRequest describes the OSlet asked, or with Cluster every OSlet.
+type StatusRequest struct {
+	Cluster bool `json:"cluster,omitempty"`
+}
+
+// OSletStatus is one line of smpc status.
+type OSletStatus struct {
+	Index       int     `json:"index"`
+	Up          bool    `json:"up"`
+	CPUs        string  `json:"cpus"`
+	MemoryLimit int64   `json:"memory_limit"`
+	MemoryUsed  int64   `json:"memory_used"`
+	Processes   int     `json:"processes"`
+	Load        float64 `json:"load"` // processes per CPU
+	Queue       int     `json:"queue"`
+	Active      int     `json:"active"`
+	Protocol    string  `json:"protocol"`
+	InitPID     int     `json:"init_pid,omitempty"` // host PID of the init
+}
+
+// StatusReply describes OSlets.
+type StatusReply struct {
+	OSlets []OSletStatus `json:"oslets"`
+}
+
+// PingPeerRequest asks an OSlet to make Count null calls to OSlet To over
+// its proxy channel and time them.
+type PingPeerRequest struct {
+	To    int `json:"to"`
+	Count int `json:"count"`
+}
+
+// PingPeerReply gives the total time.
+type PingPeerReply struct {
+	Nanos int64 `json:"nanos"`
+}
+
+// Empty is the body of requests and replies that carry nothing.
+type Empty struct{}
