@@ -41,6 +41,10 @@ type ServeConfig struct {
 	// Inline reports ops cheap enough to run on the reading thread itself,
 	// saving a goroutine hand-off (a null call, a signal).
 	Inline func(Op) bool
+	// Closed, if set, runs as soon as the channel stops reading, before
+	// Serve waits for the handlers still running: a handler blocked in a
+	// wait must learn at once that its caller is gone.
+	Closed func()
 }
 
 // Serve reads requests from conn until it closes or sends garbage, and
@@ -49,6 +53,9 @@ type ServeConfig struct {
 func Serve(conn *Conn, h Handler, cfg ServeConfig) error {
 	var wg sync.WaitGroup
 	defer wg.Wait()
+	if cfg.Closed != nil {
+		defer cfg.Closed()
+	}
 	for {
 		f, err := conn.Recv()
 		if err != nil {

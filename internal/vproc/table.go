@@ -35,10 +35,10 @@ type Table struct {
 	maxExited int
 
 	mu      sync.Mutex
-	live    map[int]*Process        // by local PID; guarded by mu
-	exited  map[PID]exitRecord      // guarded by mu
-	order   []exitedAt              // exited, oldest first; guarded by mu
-	early   map[int]earlyExit       // reaped before Add; guarded by mu
+	live    map[int]*Process   // by local PID; guarded by mu
+	exited  map[PID]exitRecord // guarded by mu
+	order   []exitedAt         // exited, oldest first; guarded by mu
+	early   map[int]earlyExit  // reaped before Add; guarded by mu
 	waiters map[PID][]chan ExitStatus
 }
 

@@ -1,0 +1,162 @@
+package cli
+
+import (
+	"bufio"
+	"errors"
+	"fmt"
+	"log/slog"
+	"os"
+	"os/exec"
+	"os/signal"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/spf13/cobra"
+	"golang.org/x/sys/unix"
+
+	"github.com/smpc-cluster/smpc/internal/cluster"
+)
+
+func bootCmd() *cobra.Command {
+	var f planFlags
+	var detach bool
+	var name string
+	var readyFD int
+	cmd := &cobra.Command{
+		Use:   "boot",
+		Short: "Partition this machine into OSlets and start them (root)",
+		Long: `Boot a cluster: make each OSlet's cgroup (cpuset, memory and pids limits), start
+its init in new PID, mount, IPC, UTS and network namespaces, and connect the
+OSlets to each other. The plan comes from --plan, or is made as 'smpc plan'
+makes it.
+
+smpc boot runs in the foreground and stops the cluster on Ctrl-C; with
+--detach it returns once the cluster is up. 'smpc shutdown' stops it either
+way, removing every cgroup, mount, socket and state file it made.`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			dir, err := cluster.ResolveStateDir(stateDir)
+			if err != nil {
+				return err
+			}
+			p, err := f.make()
+			if err != nil {
+				return err
+			}
+			if detach {
+				return bootDetached(cmd, dir)
+			}
+			start := time.Now()
+			c, err := cluster.Boot(cluster.Options{StateDir: dir, Plan: p, Name: name,
+				Log: slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))})
+			if err != nil {
+				if readyFD > 0 {
+					ready := os.NewFile(uintptr(readyFD), "ready")
+					fmt.Fprintln(ready, "error:", err)
+					ready.Close()
+				}
+				return err
+			}
+			stop := make(chan os.Signal, 1)
+			signal.Notify(stop, unix.SIGINT, unix.SIGTERM, unix.SIGHUP)
+			out := cmd.OutOrStdout()
+			fmt.Fprintf(out, "cluster %q up on %s in %v: %d OSlets\n", c.State().Name, dir, time.Since(start).Round(time.Millisecond), len(p.OSlets))
+			printPlan(out, p)
+			if readyFD > 0 {
+				ready := os.NewFile(uintptr(readyFD), "ready")
+				fmt.Fprintln(ready, "ok")
+				ready.Close()
+			} else {
+				fmt.Fprintln(out, "Ctrl-C or 'smpc shutdown' stops it.")
+			}
+			for {
+				select {
+				case k := <-c.Exited():
+					fmt.Fprintf(os.Stderr, "smpc: oslet %d is down; the others carry on\n", k)
+					continue
+				case <-stop:
+				}
+				break
+			}
+			return c.Shutdown()
+		},
+	}
+	f.add(cmd, true)
+	cmd.Flags().BoolVar(&detach, "detach", false, "run the cluster in the background and return once it is up")
+	cmd.Flags().StringVar(&name, "name", "", "the cluster's hostname (default: this host's)")
+	cmd.Flags().IntVar(&readyFD, "ready-fd", 0, "")
+	cmd.Flags().MarkHidden("ready-fd")
+	return cmd
+}
+
+// bootDetached starts the same boot in a new session, with its output in the
+// state dir's boot.log, and waits for its word that the cluster is up.
+func bootDetached(cmd *cobra.Command, dir string) error {
+	exe, err := os.Executable()
+	if err != nil {
+		return err
+	}
+	var args []string
+	for _, a := range os.Args[1:] {
+		if a != "--detach" && a != "--detach=true" {
+			args = append(args, a)
+		}
+	}
+	r, w, err := os.Pipe()
+	if err != nil {
+		return err
+	}
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return err
+	}
+	logf, err := os.OpenFile(filepath.Join(dir, "boot.log"), os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o600)
+	if err != nil {
+		return err
+	}
+	defer logf.Close()
+	child := exec.Command(exe, append(args, "--ready-fd=3", "--state-dir="+dir)...)
+	child.Stdout, child.Stderr = logf, logf
+	child.ExtraFiles = []*os.File{w}
+	child.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
+	if err := child.Start(); err != nil {
+		return fmt.Errorf("start boot in background: %w", err)
+	}
+	w.Close()
+	line, _ := bufio.NewReader(r).ReadString('\n')
+	line = strings.TrimSpace(line)
+	if line != "ok" {
+		child.Wait()
+		if line == "" {
+			return errors.New("boot in background failed (see " + filepath.Join(dir, "boot.log") + ")")
+		}
+		return errors.New(strings.TrimPrefix(line, "error: "))
+	}
+	child.Process.Release()
+	st, err := cluster.ReadState(dir)
+	if err != nil {
+		return err
+	}
+	fmt.Fprintf(cmd.OutOrStdout(), "cluster %q up on %s (boot pid %d): %d OSlets\n", st.Name, dir, st.Supervisor, len(st.Plan.OSlets))
+	printPlan(cmd.OutOrStdout(), st.Plan)
+	return nil
+}
+
+func shutdownCmd() *cobra.Command {
+	var timeout time.Duration
+	cmd := &cobra.Command{
+		Use:   "shutdown",
+		Short: "Stop the cluster and remove everything it made",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			dir, err := cluster.ResolveStateDir(stateDir)
+			if err != nil {
+				return err
+			}
+			return cluster.RequestShutdown(dir, timeout)
+		},
+	}
+	cmd.Flags().DurationVar(&timeout, "timeout", 15*time.Second, "how long to wait for the cluster to stop")
+	return cmd
+}

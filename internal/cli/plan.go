@@ -1,0 +1,101 @@
+package cli
+
+import (
+	"encoding/json"
+	"fmt"
+	"io"
+	"os"
+	"strings"
+	"text/tabwriter"
+
+	"github.com/spf13/cobra"
+
+	"github.com/smpc-cluster/smpc/internal/plan"
+	"github.com/smpc-cluster/smpc/internal/topology"
+)
+
+type planFlags struct {
+	oslets, cpusPer int
+	file            string
+}
+
+func (f *planFlags) add(cmd *cobra.Command, withFile bool) {
+	cmd.Flags().IntVar(&f.oslets, "oslets", 0, "number of OSlets")
+	cmd.Flags().IntVar(&f.cpusPer, "cpus-per-oslet", 0, "CPUs per OSlet")
+	if withFile {
+		cmd.Flags().StringVar(&f.file, "plan", "", "boot this plan (JSON from 'smpc plan --json')")
+	}
+}
+
+// make returns the plan the flags ask for, checked against this machine.
+func (f *planFlags) make() (*plan.Plan, error) {
+	m, err := topology.Detect()
+	if err != nil {
+		return nil, err
+	}
+	var p *plan.Plan
+	if f.file != "" {
+		if f.oslets != 0 || f.cpusPer != 0 {
+			return nil, fmt.Errorf("--plan cannot be combined with --oslets or --cpus-per-oslet")
+		}
+		r, err := os.Open(f.file)
+		if err != nil {
+			return nil, err
+		}
+		defer r.Close()
+		if p, err = plan.Read(r); err != nil {
+			return nil, fmt.Errorf("%s: %w", f.file, err)
+		}
+	} else if p, err = plan.Make(m, plan.Options{OSlets: f.oslets, CPUsPerOSlet: f.cpusPer}); err != nil {
+		return nil, err
+	}
+	if err := p.Validate(m); err != nil {
+		return nil, err
+	}
+	return p, nil
+}
+
+func planCmd() *cobra.Command {
+	var f planFlags
+	var asJSON bool
+	cmd := &cobra.Command{
+		Use:   "plan",
+		Short: "Print how this machine would be partitioned into OSlets, without booting",
+		Long: `Print a partition plan: for each OSlet its CPUs, memory nodes, memory share,
+process limit and devices. By default OSlets get 4 to 8 CPUs, aligned to NUMA
+nodes and L3 caches, never splitting a core's SMT siblings; a machine of fewer
+than 8 CPUs gets two OSlets. Devices not named go to OSlet 1.
+
+Save a plan with --json, edit it, and boot it with 'smpc boot --plan FILE'.`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			p, err := f.make()
+			if err != nil {
+				return err
+			}
+			if asJSON {
+				enc := json.NewEncoder(cmd.OutOrStdout())
+				enc.SetIndent("", "  ")
+				return enc.Encode(p)
+			}
+			printPlan(cmd.OutOrStdout(), p)
+			return nil
+		},
+	}
+	f.add(cmd, false)
+	cmd.Flags().BoolVar(&asJSON, "json", false, "print the plan as JSON")
+	return cmd
+}
+
+func printPlan(w io.Writer, p *plan.Plan) {
+	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
+	fmt.Fprintln(tw, "OSLET\tCPUS\tMEMS\tMEMORY\tPIDS\tDEVICES")
+	for _, o := range p.OSlets {
+		dev := strings.Join(o.Devices, ",")
+		if dev == "" {
+			dev = "-"
+		}
+		fmt.Fprintf(tw, "%d\t%s\t%s\t%s\t%d\t%s\n", o.Index, o.CPUs, o.Mems, plan.FormatBytes(o.Memory), o.Pids, dev)
+	}
+	tw.Flush()
+}

@@ -1,0 +1,61 @@
+// Package cli is the smpc command line: one file per sub-command, each a thin
+// layer over the smpc package, the plan and the boot firmware.
+package cli
+
+import (
+	"errors"
+	"fmt"
+	"os"
+
+	"github.com/spf13/cobra"
+
+	"github.com/smpc-cluster/smpc"
+	"github.com/smpc-cluster/smpc/internal/oslet"
+)
+
+// exitError carries an exit status out of a command.
+type exitError struct{ code int }
+
+func (e exitError) Error() string { return fmt.Sprintf("exit status %d", e.code) }
+
+var stateDir string
+
+// Run runs the smpc command line and returns its exit status.
+func Run(args []string) int {
+	if len(args) > 0 && args[0] == "oslet-init" {
+		// The boot firmware starts inits this way; it is no user command.
+		if err := oslet.Main(); err != nil {
+			fmt.Fprintln(os.Stderr, "smpc oslet-init:", err)
+			return 1
+		}
+		return 0
+	}
+	root := &cobra.Command{
+		Use:   "smpc",
+		Short: "SMP Clusters: one machine partitioned into OSlets that look like one system",
+		Long: `smpc partitions this machine's CPUs and memory into OSlets, each with its own
+cgroup and namespaces and its own init, and joins them back into one system:
+processes on any OSlet can be started, listed, signalled and waited for from
+any OSlet or from the host.
+
+The state dir (default /run/smpc, or $SMPC_STATE_DIR, or --state-dir) names the
+cluster on the host. Inside an OSlet, smpc finds its own OSlet with no flag.`,
+		SilenceUsage:  true,
+		SilenceErrors: true,
+	}
+	root.PersistentFlags().StringVar(&stateDir, "state-dir", "", "the cluster's state dir (default $SMPC_STATE_DIR or /run/smpc)")
+	root.AddCommand(planCmd(), bootCmd(), shutdownCmd(), statusCmd(), psCmd(), runCmd(), killCmd(), waitCmd())
+	root.SetArgs(args)
+	err := root.Execute()
+	var ee exitError
+	switch {
+	case err == nil:
+		return 0
+	case errors.As(err, &ee):
+		return ee.code
+	}
+	fmt.Fprintln(os.Stderr, "smpc:", err)
+	return 1
+}
+
+func connect() (*smpc.Client, error) { return smpc.Connect(stateDir) }

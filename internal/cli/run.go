@@ -1,0 +1,128 @@
+package cli
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"os/signal"
+
+	"github.com/spf13/cobra"
+	"golang.org/x/sys/unix"
+
+	"github.com/smpc-cluster/smpc"
+	"github.com/smpc-cluster/smpc/internal/vproc"
+)
+
+// Exit statuses of smpc run for its own failures, as env(1) and chroot(1)
+// use them: 125 smpc failed, 126 not executable, 127 not found.
+const (
+	exitRunFailed   = 125
+	exitNotExec     = 126
+	exitNotFound    = 127
+	exitOSletIsDown = 137
+)
+
+func runCmd() *cobra.Command {
+	var on int
+	var policy string
+	var detach, allowSockets bool
+	cmd := &cobra.Command{
+		Use:   "run [--on K | --policy P] [--detach] -- CMD [ARGS...]",
+		Short: "Start a command on an OSlet, attached to this terminal or detached",
+		Long: `Start CMD on OSlet K (--on), or where a launch policy puts it: local (the
+caller's OSlet; OSlet 1 from the host), round-robin or least-loaded. Without
+--on or --policy, the policy inherited from the nearest ancestor started with
+--policy applies, so 'smpc run --policy least-loaded -- make -j8' spreads its
+recipes that use 'smpc run'.
+
+Attached (the default), the caller's standard input, output and error are
+handed to CMD itself, so pipes between OSlets are real pipes; signals sent to
+smpc run go to CMD (Ctrl-C, Ctrl-Z, fg and bg work), and smpc run exits with
+CMD's status (128+N when killed by signal N). Its own failures exit 125, a
+program that is not executable 126, one that is not found 127, and a process
+lost with its OSlet 137.
+
+With --detach it prints CMD's global PID and returns at once.
+
+A process that would inherit a network socket is not created on another OSlet
+(the seed's rule) unless --allow-sockets is given.`,
+		Args: cobra.MinimumNArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			if _, err := vproc.ParsePolicy(policy); err != nil {
+				return err
+			}
+			if on != 0 && policy != "" {
+				return errors.New("give --on or --policy, not both")
+			}
+			c, err := connect()
+			if err != nil {
+				fmt.Fprintln(os.Stderr, "smpc:", err)
+				return exitError{exitRunFailed}
+			}
+			defer c.Close()
+			proc := c.Command(args[0], args[1:]...)
+			proc.OSlet, proc.Policy, proc.Detach, proc.AllowSockets = on, policy, detach, allowSockets
+			if !detach {
+				proc.Stdin, proc.Stdout, proc.Stderr = os.Stdin, os.Stdout, os.Stderr
+			}
+			return runProcess(cmd, c, proc)
+		},
+	}
+	cmd.Flags().IntVar(&on, "on", 0, "start on OSlet `K`")
+	cmd.Flags().StringVar(&policy, "policy", "", "launch policy: local, round-robin or least-loaded")
+	cmd.Flags().BoolVar(&detach, "detach", false, "print the global PID and return at once")
+	cmd.Flags().BoolVar(&allowSockets, "allow-sockets", false, "allow a process that inherits a network socket on another OSlet")
+	return cmd
+}
+
+func runProcess(cmd *cobra.Command, c *smpc.Client, proc *smpc.Cmd) error {
+	ctx := context.Background()
+	// Catch signals before the process exists, so none is lost in between.
+	sigs := make(chan os.Signal, 16)
+	if !proc.Detach {
+		signal.Notify(sigs, unix.SIGINT, unix.SIGTERM, unix.SIGHUP, unix.SIGQUIT, unix.SIGTSTP,
+			unix.SIGCONT, unix.SIGWINCH, unix.SIGUSR1, unix.SIGUSR2)
+	}
+	if err := proc.Start(ctx); err != nil {
+		fmt.Fprintln(os.Stderr, "smpc:", err)
+		switch {
+		case errors.Is(err, smpc.ErrNotFound):
+			return exitError{exitNotFound}
+		case errors.Is(err, smpc.ErrNoExec):
+			return exitError{exitNotExec}
+		}
+		return exitError{exitRunFailed}
+	}
+	if proc.Detach {
+		fmt.Fprintln(cmd.OutOrStdout(), proc.PID)
+		return nil
+	}
+	go forwardSignals(c, proc.PID, sigs)
+	st, err := proc.Wait(ctx)
+	if errors.Is(err, smpc.ErrDown) {
+		fmt.Fprintln(os.Stderr, "smpc:", err)
+		return exitError{exitOSletIsDown}
+	}
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "smpc:", err)
+		return exitError{exitRunFailed}
+	}
+	if code := st.ShellCode(); code != 0 {
+		return exitError{code}
+	}
+	return nil
+}
+
+// forwardSignals passes the signals smpc run receives to its process. On
+// Ctrl-Z it stops the process, then stops itself, so that the shell sees the
+// job stop; the SIGCONT of fg or bg then continues both.
+func forwardSignals(c *smpc.Client, pid smpc.PID, sigs chan os.Signal) {
+	for s := range sigs {
+		sig := s.(unix.Signal)
+		c.Signal(context.Background(), pid, sig)
+		if sig == unix.SIGTSTP {
+			unix.Kill(0, unix.SIGSTOP)
+		}
+	}
+}

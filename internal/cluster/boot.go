@@ -1,0 +1,457 @@
+package cluster
+
+import (
+	"bufio"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"hash/fnv"
+	"log/slog"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+	"time"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/smpc-cluster/smpc/internal/fabric"
+	"github.com/smpc-cluster/smpc/internal/oslet"
+	"github.com/smpc-cluster/smpc/internal/partition"
+	"github.com/smpc-cluster/smpc/internal/plan"
+	"github.com/smpc-cluster/smpc/internal/topology"
+	"github.com/smpc-cluster/smpc/internal/vproc"
+)
+
+// Options are what Boot needs; Boot checks them all before it changes
+// anything.
+type Options struct {
+	StateDir string
+	Plan     *plan.Plan
+	Name     string // the cluster's hostname; the host's by default
+	Owner    uint32 // uid allowed on the host sockets besides root
+	Exe      string // the smpc binary the inits run; this one by default
+	Log      *slog.Logger
+}
+
+// Cluster is a booted cluster, supervised by the process that booted it.
+type Cluster struct {
+	state *State
+	lock  *os.File
+	log   *slog.Logger
+
+	mu       sync.Mutex
+	inits    map[int]*exec.Cmd // guarded by mu
+	cgroups  map[int]*partition.Cgroup
+	stopping bool // guarded by mu
+	exited   chan int
+	done     map[int]chan struct{}
+}
+
+// GTmpMount is where every OSlet sees the cluster's shared tmpfs (the seed's
+// global /tmp). Boot creates the empty directory on the host if it is
+// missing and leaves it: it is only a mount point.
+const GTmpMount = "/gtmp"
+
+// Boot partitions the machine and starts the OSlets, in this order: check the
+// plan and the kernel; take the state dir; mount the shared /gtmp; for every
+// OSlet at once, make its cgroup, start its init in new namespaces, move it
+// into the cgroup before it does anything, and hand it its boot table; once
+// every init listens, let them connect to each other; record the cluster.
+// Any failure undoes every step.
+func Boot(opts Options) (c *Cluster, retErr error) {
+	if opts.Log == nil {
+		opts.Log = slog.New(slog.NewTextHandler(os.Stderr, nil))
+	}
+	if os.Geteuid() != 0 {
+		return nil, errors.New("boot: smpc boot must run as root (it creates cgroups and namespaces)")
+	}
+	m, err := topology.Detect()
+	if err != nil {
+		return nil, fmt.Errorf("boot: %w", err)
+	}
+	if err := opts.Plan.Validate(m); err != nil {
+		return nil, fmt.Errorf("boot: %w", err)
+	}
+	if err := checkPidMax(); err != nil {
+		return nil, fmt.Errorf("boot: %w", err)
+	}
+	if opts.Exe == "" {
+		if opts.Exe, err = os.Executable(); err != nil {
+			return nil, fmt.Errorf("boot: find own binary: %w", err)
+		}
+	}
+	if opts.Name == "" {
+		opts.Name, _ = os.Hostname()
+	}
+	lock, err := lockStateDir(opts.StateDir)
+	if err != nil {
+		return nil, err
+	}
+	c = &Cluster{
+		lock: lock, log: opts.Log,
+		inits: map[int]*exec.Cmd{}, cgroups: map[int]*partition.Cgroup{},
+		exited: make(chan int, len(opts.Plan.OSlets)), done: map[int]chan struct{}{},
+		state: &State{
+			Name: opts.Name, StateDir: opts.StateDir, Plan: opts.Plan, Supervisor: os.Getpid(),
+			Inits: map[int]int{}, Cgroups: map[int]string{}, Owner: opts.Owner,
+			CgroupTop: "smpc", GTmp: filepath.Join(opts.StateDir, "gtmp"),
+			Protocol: fmt.Sprintf("%d.%d", fabric.Major, fabric.Minor),
+		},
+	}
+	defer func() {
+		if retErr != nil {
+			c.teardown()
+		}
+	}()
+	if err := mountGTmp(c.state.GTmp); err != nil {
+		return c, fmt.Errorf("boot: %w", err)
+	}
+	id := clusterID(opts.StateDir)
+	for _, o := range opts.Plan.OSlets {
+		c.state.Cgroups[o.Index] = fmt.Sprintf("smpc/%s/oslet-%d", id, o.Index)
+	}
+	// Start every init at once: boot time should not grow with N.
+	syncs := map[int]*syncChannel{}
+	errs := make(chan error, len(opts.Plan.OSlets))
+	var smu sync.Mutex
+	for _, o := range opts.Plan.OSlets {
+		go func() {
+			sc, err := c.startInit(o, &opts)
+			smu.Lock()
+			if sc != nil {
+				syncs[o.Index] = sc
+			}
+			smu.Unlock()
+			errs <- err
+		}()
+	}
+	var firstErr error
+	for range opts.Plan.OSlets {
+		if err := <-errs; err != nil && firstErr == nil {
+			firstErr = err
+		}
+	}
+	defer func() {
+		for _, sc := range syncs {
+			sc.f.Close()
+		}
+	}()
+	if firstErr != nil {
+		return c, fmt.Errorf("boot: %w", firstErr)
+	}
+	for _, o := range opts.Plan.OSlets {
+		go func() { errs <- syncs[o.Index].step(o.Index, oslet.StepStart, oslet.StepReady) }()
+	}
+	for range opts.Plan.OSlets {
+		if err := <-errs; err != nil && firstErr == nil {
+			firstErr = err
+		}
+	}
+	if firstErr != nil {
+		return c, fmt.Errorf("boot: %w", firstErr)
+	}
+	c.state.Booted = time.Now()
+	if err := c.state.write(); err != nil {
+		return c, fmt.Errorf("boot: %w", err)
+	}
+	return c, nil
+}
+
+// State returns the cluster's boot record.
+func (c *Cluster) State() *State { return c.state }
+
+type syncChannel struct {
+	f  *os.File
+	in *bufio.Reader
+}
+
+func (s *syncChannel) send(v any) error {
+	b, _ := json.Marshal(v)
+	_, err := s.f.Write(append(b, '\n'))
+	return err
+}
+
+func (s *syncChannel) await(k int, step string) error {
+	s.f.SetReadDeadline(time.Now().Add(10 * time.Second))
+	line, err := s.in.ReadBytes('\n')
+	if err != nil {
+		return fmt.Errorf("oslet %d: init did not report %s: %w (see its log)", k, step, err)
+	}
+	var msg struct{ Step, Error string }
+	if err := json.Unmarshal(line, &msg); err != nil {
+		return fmt.Errorf("oslet %d: bad message from init: %w", k, err)
+	}
+	if msg.Error != "" {
+		return errors.New(msg.Error)
+	}
+	if msg.Step != step {
+		return fmt.Errorf("oslet %d: init reported %q, want %q", k, msg.Step, step)
+	}
+	return nil
+}
+
+func (s *syncChannel) step(k int, send, want string) error {
+	if err := s.send(map[string]string{"step": send}); err != nil {
+		return fmt.Errorf("oslet %d: %w", k, err)
+	}
+	return s.await(k, want)
+}
+
+// startInit makes OSlet o's cgroup and starts its init, up to "listening".
+func (c *Cluster) startInit(o plan.OSlet, opts *Options) (*syncChannel, error) {
+	group := c.state.Cgroups[o.Index]
+	cg, err := partition.Create(group, o)
+	if err != nil {
+		return nil, fmt.Errorf("oslet %d: %w", o.Index, err)
+	}
+	c.mu.Lock()
+	c.cgroups[o.Index] = cg
+	c.mu.Unlock()
+
+	fds, err := unix.Socketpair(unix.AF_UNIX, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0)
+	if err != nil {
+		return nil, fmt.Errorf("oslet %d: sync socket: %w", o.Index, err)
+	}
+	parentEnd, childEnd := os.NewFile(uintptr(fds[0]), "sync"), os.NewFile(uintptr(fds[1]), "sync")
+	defer childEnd.Close()
+	logf, err := os.OpenFile(filepath.Join(c.state.StateDir, fmt.Sprintf("oslet-%d.log", o.Index)), os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o600)
+	if err != nil {
+		parentEnd.Close()
+		return nil, fmt.Errorf("oslet %d: log: %w", o.Index, err)
+	}
+	defer logf.Close()
+	cmd := exec.Command(opts.Exe, "oslet-init")
+	cmd.Env = []string{"PATH=" + os.Getenv("PATH"), "GOTRACEBACK=crash"}
+	cmd.Dir = "/"
+	cmd.Stdout, cmd.Stderr = logf, logf
+	cmd.ExtraFiles = []*os.File{childEnd}
+	cmd.SysProcAttr = &syscall.SysProcAttr{
+		Cloneflags: unix.CLONE_NEWPID | unix.CLONE_NEWNS | unix.CLONE_NEWUTS | unix.CLONE_NEWIPC | unix.CLONE_NEWNET,
+		Setsid:     true, // terminal signals go to the supervisor, never straight to an OSlet
+	}
+	if err := cmd.Start(); err != nil {
+		parentEnd.Close()
+		return nil, fmt.Errorf("oslet %d: start init: %w", o.Index, err)
+	}
+	c.mu.Lock()
+	c.inits[o.Index] = cmd
+	c.state.Inits[o.Index] = cmd.Process.Pid
+	done := make(chan struct{})
+	c.done[o.Index] = done
+	c.mu.Unlock()
+	go func() {
+		err := cmd.Wait()
+		close(done)
+		c.mu.Lock()
+		stopping := c.stopping
+		c.mu.Unlock()
+		if !stopping {
+			c.log.Warn("oslet died", "oslet", o.Index, "err", err)
+			os.Remove(oslet.HostAddr(c.state.StateDir, o.Index))
+			c.exited <- o.Index
+		}
+	}()
+	// The init waits for its config before doing anything, so everything it
+	// does is charged to its cgroup.
+	if err := cg.AddProc(cmd.Process.Pid); err != nil {
+		parentEnd.Close()
+		return nil, fmt.Errorf("oslet %d: %w", o.Index, err)
+	}
+	sc := &syncChannel{f: parentEnd, in: bufio.NewReader(parentEnd)}
+	cfg := oslet.Config{Index: o.Index, Cluster: c.state.Name, StateDir: c.state.StateDir, Plan: opts.Plan,
+		Cgroup: cg.Stats, GTmp: c.state.GTmp, Owner: opts.Owner}
+	if err := sc.send(cfg); err != nil {
+		parentEnd.Close()
+		return nil, fmt.Errorf("oslet %d: send config: %w", o.Index, err)
+	}
+	if err := sc.await(o.Index, oslet.StepListening); err != nil {
+		parentEnd.Close()
+		return nil, err
+	}
+	return sc, nil
+}
+
+// Exited delivers the index of each OSlet whose init died unexpectedly.
+func (c *Cluster) Exited() <-chan int { return c.exited }
+
+// Shutdown stops every OSlet and removes everything Boot made.
+func (c *Cluster) Shutdown() error {
+	c.mu.Lock()
+	c.stopping = true
+	c.mu.Unlock()
+	return c.teardown()
+}
+
+// teardown ends the inits (SIGTERM, then SIGKILL after a grace period; an
+// init's death ends every process of its PID namespace), then removes the
+// cgroups, the shared tmpfs, the sockets and the state files.
+func (c *Cluster) teardown() error {
+	c.mu.Lock()
+	c.stopping = true
+	inits := map[int]*exec.Cmd{}
+	for k, cmd := range c.inits {
+		inits[k] = cmd
+	}
+	c.mu.Unlock()
+	for _, cmd := range inits {
+		cmd.Process.Signal(unix.SIGTERM)
+	}
+	deadline := time.After(3 * time.Second)
+	for k, cmd := range inits {
+		select {
+		case <-c.done[k]:
+		case <-deadline:
+			cmd.Process.Kill()
+			<-c.done[k]
+		}
+	}
+	var errs []error
+	for _, cg := range c.cgroups {
+		if err := cg.Destroy(); err != nil {
+			errs = append(errs, err)
+		}
+		partition.RemoveParents(cg.Group, c.state.CgroupTop)
+	}
+	removeStateFiles(c.state)
+	c.lock.Close()
+	os.Remove(c.state.StateDir) // only if empty: a state dir the user keeps other files in stays
+	return errors.Join(errs...)
+}
+
+func removeStateFiles(s *State) {
+	if s.GTmp != "" {
+		unix.Unmount(s.GTmp, unix.MNT_DETACH)
+		os.Remove(s.GTmp)
+	}
+	for _, pattern := range []string{"oslet-*.sock", "oslet-*.log", "boot.log", stateFile, stateFile + ".new", "lock"} {
+		matches, _ := filepath.Glob(filepath.Join(s.StateDir, pattern))
+		for _, m := range matches {
+			os.Remove(m)
+		}
+	}
+}
+
+func lockStateDir(dir string) (*os.File, error) {
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return nil, fmt.Errorf("boot: state dir: %w", err)
+	}
+	f, err := os.OpenFile(filepath.Join(dir, "lock"), os.O_CREATE|os.O_RDWR, 0o600)
+	if err != nil {
+		return nil, fmt.Errorf("boot: state dir: %w", err)
+	}
+	if err := unix.Flock(int(f.Fd()), unix.LOCK_EX|unix.LOCK_NB); err != nil {
+		f.Close()
+		who := ""
+		if s, err := ReadState(dir); err == nil {
+			who = fmt.Sprintf(" (booted by pid %d)", s.Supervisor)
+		}
+		return nil, fmt.Errorf("boot: state dir %s is in use by a running cluster%s; shut it down first or use another --state-dir", dir, who)
+	}
+	// A cluster that crashed left its record: clean up after it first.
+	if s, err := ReadState(dir); err == nil {
+		cleanStale(s)
+	}
+	return f, nil
+}
+
+// cleanStale removes what a crashed cluster left behind.
+func cleanStale(s *State) {
+	for _, pid := range s.Inits {
+		if isInit(pid) {
+			unix.Kill(pid, unix.SIGKILL)
+		}
+	}
+	for _, group := range s.Cgroups {
+		if cg, err := partition.Load(group); err == nil {
+			cg.Destroy()
+			partition.RemoveParents(group, s.CgroupTop)
+		}
+	}
+	removeStateFiles(s)
+}
+
+func isInit(pid int) bool {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/cmdline", pid))
+	return err == nil && strings.Contains(string(b), "oslet-init")
+}
+
+func mountGTmp(dir string) error {
+	if err := os.MkdirAll(GTmpMount, 0o755); err != nil {
+		return fmt.Errorf("create %s mount point: %w", GTmpMount, err)
+	}
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return fmt.Errorf("shared tmpfs: %w", err)
+	}
+	if err := unix.Mount("smpc-gtmp", dir, "tmpfs", unix.MS_NOSUID|unix.MS_NODEV, "mode=1777"); err != nil {
+		return fmt.Errorf("mount shared tmpfs on %s: %w", dir, err)
+	}
+	// Private, so that the OSlets' own mounts never propagate back.
+	if err := unix.Mount("", dir, "", unix.MS_PRIVATE, ""); err != nil {
+		return fmt.Errorf("make %s private: %w", dir, err)
+	}
+	return nil
+}
+
+var unsafeChars = regexp.MustCompile(`[^A-Za-z0-9_.-]+`)
+
+// clusterID names a cluster's cgroups after its state dir, so that clusters
+// on different state dirs never share a cgroup.
+func clusterID(stateDir string) string {
+	h := fnv.New32a()
+	h.Write([]byte(stateDir))
+	base := unsafeChars.ReplaceAllString(filepath.Base(stateDir), "_")
+	return fmt.Sprintf("%s-%08x", base, h.Sum32())
+}
+
+// checkPidMax makes sure every local PID fits the low bits of a global PID.
+func checkPidMax() error {
+	b, err := os.ReadFile("/proc/sys/kernel/pid_max")
+	if err != nil {
+		return fmt.Errorf("read pid_max: %w", err)
+	}
+	n, err := strconv.Atoi(strings.TrimSpace(string(b)))
+	if err != nil {
+		return fmt.Errorf("read pid_max: %w", err)
+	}
+	if n > 1<<vproc.LocalBits {
+		return fmt.Errorf("kernel.pid_max is %d: global PIDs need local PIDs below %d", n, 1<<vproc.LocalBits)
+	}
+	return nil
+}
+
+// RequestShutdown stops the cluster on stateDir: it asks the supervisor to
+// stop and waits until it has removed everything, or, if the supervisor
+// died, cleans up itself.
+func RequestShutdown(stateDir string, timeout time.Duration) error {
+	s, err := ReadState(stateDir)
+	if err != nil {
+		return err
+	}
+	f, err := os.OpenFile(filepath.Join(stateDir, "lock"), os.O_RDWR, 0)
+	if err == nil {
+		defer f.Close()
+		if unix.Flock(int(f.Fd()), unix.LOCK_EX|unix.LOCK_NB) == nil {
+			cleanStale(s) // the supervisor is gone
+			os.Remove(stateDir)
+			return nil
+		}
+	}
+	if err := unix.Kill(s.Supervisor, unix.SIGTERM); err != nil {
+		return fmt.Errorf("shutdown: signal boot process %d: %w", s.Supervisor, err)
+	}
+	deadline := time.Now().Add(timeout)
+	for time.Now().Before(deadline) {
+		if _, err := os.Stat(filepath.Join(stateDir, stateFile)); errors.Is(err, os.ErrNotExist) {
+			if unix.Kill(s.Supervisor, 0) != nil {
+				return nil
+			}
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	return fmt.Errorf("shutdown: the cluster on %s did not stop within %v", stateDir, timeout)
+}

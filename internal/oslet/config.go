@@ -1,0 +1,66 @@
+// Package oslet is an OSlet's init: PID 1 of the OSlet's namespaces, the
+// reaper of its orphans, the keeper of its process table, and its proxy to
+// the other OSlets. It serves three kinds of channel: its own processes (on
+// an abstract socket, one per network namespace, so a process finds its own
+// init with nothing to configure), the host (on a socket in the state dir,
+// for root and the booting user), and its peers (one proxy channel for each
+// ordered pair of OSlets).
+//
+// Lock order: Init.mu before Table's mutex; no lock is held across a call to
+// a peer. A request that arrived from a peer never calls another peer, so
+// peers cannot deadlock on each other's queued locks.
+package oslet
+
+import (
+	"fmt"
+	"path/filepath"
+
+	"github.com/smpc-cluster/smpc/internal/partition"
+	"github.com/smpc-cluster/smpc/internal/plan"
+)
+
+// ClientAddr is the abstract socket on which an init serves its own
+// processes. Abstract sockets belong to a network namespace, and each OSlet
+// has its own, so the name is the same in every OSlet.
+const ClientAddr = "@smpc-oslet"
+
+// HostAddr returns the socket on which OSlet k serves the host and its peers.
+func HostAddr(stateDir string, k int) string {
+	return filepath.Join(stateDir, fmt.Sprintf("oslet-%d.sock", k))
+}
+
+// Config is what the boot firmware hands an init.
+type Config struct {
+	Index    int                 `json:"index"`
+	Cluster  string              `json:"cluster"` // hostname of every OSlet
+	StateDir string              `json:"state_dir"`
+	Plan     *plan.Plan          `json:"plan"`   // the boot table
+	Cgroup   partition.StatFiles `json:"cgroup"` // where the init reads its cgroup's use
+	GTmp     string              `json:"gtmp"`   // host path of the shared tmpfs mounted on /gtmp
+	Owner    uint32              `json:"owner"`  // uid allowed on the host socket besides root
+	// PeerSlots bounds the peer requests served at once (the queued lock).
+	PeerSlots int `json:"peer_slots"`
+}
+
+// Sync messages between the boot firmware and an init, one JSON object a
+// line on the socket pair the init inherits as fd 3:
+//
+//	boot                     init
+//	 | ---- Config ----------> |  mounts, hostname, loopback, sockets
+//	 | <--- {listening} ------ |
+//	 |  (every init listens)   |
+//	 | ---- {start} ---------> |  dial every peer
+//	 | <--- {ready} ---------- |
+//
+// Any step may answer {error} instead; the boot then tears everything down.
+type syncMsg struct {
+	Step  string `json:"step"`
+	Error string `json:"error,omitempty"`
+}
+
+// The sync steps.
+const (
+	StepListening = "listening"
+	StepStart     = "start"
+	StepReady     = "ready"
+)

@@ -1,0 +1,178 @@
+package oslet
+
+import (
+	"bufio"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"os"
+	"os/signal"
+	"runtime"
+	"sync"
+	"sync/atomic"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/smpc-cluster/smpc/internal/fabric"
+	"github.com/smpc-cluster/smpc/internal/partition"
+	"github.com/smpc-cluster/smpc/internal/plan"
+	"github.com/smpc-cluster/smpc/internal/vproc"
+)
+
+// Init is one OSlet's init.
+type Init struct {
+	cfg   *Config
+	self  plan.OSlet
+	log   *slog.Logger
+	table *vproc.Table
+	cg    partition.StatFiles
+	queue *fabric.Queue // the queued lock for peer requests
+	peers map[int]*peer // fixed at start; each peer guards itself
+	rr    atomic.Uint64 // round-robin cursor for launches from here
+
+	mu       sync.Mutex
+	attached map[*fabric.Conn][]vproc.PID // spawns whose parent is a channel; guarded by mu
+}
+
+// Main runs an init: the process the boot firmware starts in new namespaces,
+// with its sync socket as fd 3. It returns only on failure or shutdown.
+func Main() error {
+	syncFile := os.NewFile(3, "smpc-sync")
+	in := bufio.NewReader(syncFile)
+	enc := json.NewEncoder(syncFile)
+	var cfg Config
+	line, err := in.ReadBytes('\n')
+	if err == nil {
+		err = json.Unmarshal(line, &cfg)
+	}
+	if err != nil {
+		return fmt.Errorf("oslet init: read config: %w", err)
+	}
+	fail := func(err error) error {
+		enc.Encode(syncMsg{Error: err.Error()})
+		return err
+	}
+	init, err := newInit(&cfg)
+	if err != nil {
+		return fail(err)
+	}
+	if err := setupNamespaces(&cfg); err != nil {
+		return fail(err)
+	}
+	hostL, clientL, err := init.listen()
+	if err != nil {
+		return fail(err)
+	}
+	init.startReaper()
+	go init.acceptLoop(hostL, false)
+	go init.acceptLoop(clientL, true)
+	enc.Encode(syncMsg{Step: StepListening})
+
+	var msg syncMsg
+	line, err = in.ReadBytes('\n')
+	if err == nil {
+		err = json.Unmarshal(line, &msg)
+	}
+	if err != nil || msg.Step != StepStart {
+		return fail(fmt.Errorf("oslet %d: boot did not say start: %v", cfg.Index, err))
+	}
+	if err := init.connectPeers(); err != nil {
+		return fail(err)
+	}
+	enc.Encode(syncMsg{Step: StepReady})
+	syncFile.Close()
+	init.log.Info("oslet up", "cpus", init.self.CPUs.String(), "peers", len(init.peers))
+
+	term := make(chan os.Signal, 1)
+	signal.Notify(term, unix.SIGTERM, unix.SIGINT)
+	<-term
+	init.log.Info("oslet shutting down")
+	hostL.Close()
+	clientL.Close()
+	os.Remove(HostAddr(cfg.StateDir, cfg.Index))
+	killAll()
+	return nil
+}
+
+func newInit(cfg *Config) (*Init, error) {
+	self, ok := cfg.Plan.Index(cfg.Index)
+	if !ok {
+		return nil, fmt.Errorf("oslet %d is not in the plan", cfg.Index)
+	}
+	// Peer channels park a thread each in recvmsg (see fabric.Conn); give the
+	// scheduler enough Ps that those threads never starve the goroutines
+	// that the reaper and the client channels wake.
+	runtime.GOMAXPROCS(max(runtime.NumCPU(), 2*len(cfg.Plan.OSlets)+4))
+	if cfg.PeerSlots <= 0 {
+		cfg.PeerSlots = 2 * len(self.CPUs)
+	}
+	i := &Init{
+		cfg:      cfg,
+		self:     self,
+		log:      slog.New(slog.NewTextHandler(os.Stderr, nil)).With("oslet", cfg.Index),
+		table:    vproc.NewTable(cfg.Index),
+		cg:       cfg.Cgroup,
+		queue:    fabric.NewQueue(cfg.PeerSlots),
+		peers:    map[int]*peer{},
+		attached: map[*fabric.Conn][]vproc.PID{},
+	}
+	for _, o := range cfg.Plan.OSlets {
+		if o.Index != cfg.Index {
+			i.peers[o.Index] = &peer{index: o.Index, addr: HostAddr(cfg.StateDir, o.Index), cpus: len(o.CPUs)}
+		}
+	}
+	return i, nil
+}
+
+func (i *Init) listen() (host, client *fabric.Listener, err error) {
+	addr := HostAddr(i.cfg.StateDir, i.cfg.Index)
+	os.Remove(addr)
+	host, err = fabric.Listen(addr)
+	if err != nil {
+		return nil, nil, fmt.Errorf("oslet %d: %w", i.cfg.Index, err)
+	}
+	if i.cfg.Owner != 0 {
+		os.Chown(addr, int(i.cfg.Owner), -1)
+	}
+	client, err = fabric.Listen(ClientAddr)
+	if err != nil {
+		host.Close()
+		return nil, nil, fmt.Errorf("oslet %d: %w", i.cfg.Index, err)
+	}
+	return host, client, nil
+}
+
+// startReaper reaps every child of the init, its own and the orphans that
+// the kernel re-parents to it, so that no zombie is ever left.
+func (i *Init) startReaper() {
+	sigchld := make(chan os.Signal, 16)
+	signal.Notify(sigchld, unix.SIGCHLD)
+	go func() {
+		for range sigchld {
+			for {
+				var ws unix.WaitStatus
+				pid, err := unix.Wait4(-1, &ws, unix.WNOHANG, nil)
+				if errors.Is(err, unix.EINTR) {
+					continue
+				}
+				if pid <= 0 {
+					break
+				}
+				if ws.Exited() || ws.Signaled() {
+					i.table.Reaped(pid, ws)
+				}
+			}
+		}
+	}()
+}
+
+func (i *Init) acceptLoop(l *fabric.Listener, clients bool) {
+	for {
+		fd, err := l.Accept()
+		if err != nil {
+			return
+		}
+		go i.serveChannel(fd, clients)
+	}
+}

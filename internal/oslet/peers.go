@@ -1,0 +1,131 @@
+package oslet
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"sync"
+	"time"
+
+	"github.com/smpc-cluster/smpc/internal/fabric"
+)
+
+// heartbeat is how often an init checks each outbound proxy channel. A peer
+// that dies closes its sockets, which the inbound channel sees at once; the
+// heartbeat also catches the outbound side and refreshes the peer's load.
+const heartbeat = 250 * time.Millisecond
+
+// peer is this init's proxy channel to another OSlet.
+type peer struct {
+	index int
+	addr  string
+	cpus  int
+
+	mu   sync.Mutex
+	c    *fabric.Caller // nil while the peer is down; guarded by mu
+	load float64        // processes per CPU, from the last heartbeat; guarded by mu
+}
+
+func (p *peer) caller() *fabric.Caller {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.c != nil && p.c.Err() != nil {
+		p.c = nil
+	}
+	return p.c
+}
+
+// call makes a call over the proxy channel; a down peer fails at once.
+func (p *peer) call(ctx context.Context, op fabric.Op, req any, files []*os.File, resp any) ([]*os.File, error) {
+	c := p.caller()
+	if c == nil {
+		return nil, fabric.DownError(p.index)
+	}
+	return c.Call(ctx, op, req, files, resp)
+}
+
+// down drops the channel; pending calls fail with "oslet K is down".
+func (p *peer) down(cause error) {
+	p.mu.Lock()
+	c := p.c
+	p.c = nil
+	p.mu.Unlock()
+	if c != nil {
+		c.Close()
+	}
+}
+
+func (p *peer) up() bool { return p.caller() != nil }
+
+func (p *peer) currentLoad() (float64, bool) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.load, p.c != nil
+}
+
+// dial opens the proxy channel from OSlet self to p.
+func (p *peer) dial(self int) error {
+	conn, err := fabric.Dial(p.addr, true)
+	if err != nil {
+		return err
+	}
+	if _, err := fabric.Handshake(conn, fabric.Hello{Role: fabric.RolePeer, From: self}); err != nil {
+		conn.Close()
+		return err
+	}
+	c := fabric.NewCaller(conn, func(error) error { return fabric.DownError(p.index) })
+	p.mu.Lock()
+	p.c = c
+	p.mu.Unlock()
+	return nil
+}
+
+// connectPeers opens every outbound proxy channel at boot, when every peer
+// is already listening, then keeps them: a channel that breaks marks its
+// peer down, and is dialled again in case the peer comes back.
+func (i *Init) connectPeers() error {
+	for _, p := range i.peers {
+		var err error
+		for try := 0; try < 50; try++ {
+			if err = p.dial(i.cfg.Index); err == nil {
+				break
+			}
+			time.Sleep(20 * time.Millisecond)
+		}
+		if err != nil {
+			return fmt.Errorf("oslet %d: connect to oslet %d: %w", i.cfg.Index, p.index, err)
+		}
+	}
+	for _, p := range i.peers {
+		go i.keep(p)
+	}
+	return nil
+}
+
+func (i *Init) keep(p *peer) {
+	wasUp := true
+	for {
+		time.Sleep(heartbeat)
+		if !p.up() {
+			if wasUp {
+				i.log.Warn("peer down", "peer", p.index)
+				i.table.OrphanFrom(p.index)
+				wasUp = false
+			}
+			if p.dial(i.cfg.Index) != nil {
+				continue
+			}
+			i.log.Info("peer up", "peer", p.index)
+		}
+		wasUp = true
+		var r fabric.StatusReply
+		ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+		_, err := p.call(ctx, fabric.OpStatus, fabric.StatusRequest{}, nil, &r)
+		cancel()
+		if err == nil && len(r.OSlets) > 0 {
+			p.mu.Lock()
+			p.load = r.OSlets[0].Load
+			p.mu.Unlock()
+		}
+	}
+}

@@ -1,0 +1,100 @@
+package oslet
+
+import (
+	"bytes"
+	"fmt"
+	"os"
+	"os/user"
+	"strconv"
+	"strings"
+	"sync"
+)
+
+// procStat is what /proc/PID/stat and status tell about one process.
+type procStat struct {
+	pid, ppid, pgrp int
+	state           string
+	ticks           uint64 // utime + stime
+	uidReal, uidSav uint32
+	comm            string
+}
+
+// clockTicks is USER_HZ, which is 100 on every Linux architecture smpc runs on.
+const clockTicks = 100
+
+func readProc(pid int) (procStat, error) {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return procStat{}, err
+	}
+	// The command name may hold spaces and parentheses: split at the last ')'.
+	open, close := bytes.IndexByte(b, '('), bytes.LastIndexByte(b, ')')
+	if open < 0 || close < open {
+		return procStat{}, fmt.Errorf("/proc/%d/stat: malformed", pid)
+	}
+	f := strings.Fields(string(b[close+1:]))
+	if len(f) < 13 {
+		return procStat{}, fmt.Errorf("/proc/%d/stat: malformed", pid)
+	}
+	s := procStat{pid: pid, comm: string(b[open+1 : close]), state: f[0]}
+	s.ppid, _ = strconv.Atoi(f[1])
+	s.pgrp, _ = strconv.Atoi(f[2])
+	ut, _ := strconv.ParseUint(f[11], 10, 64)
+	st, _ := strconv.ParseUint(f[12], 10, 64)
+	s.ticks = ut + st
+	status, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
+	if err != nil {
+		return procStat{}, err
+	}
+	for _, line := range strings.Split(string(status), "\n") {
+		if rest, ok := strings.CutPrefix(line, "Uid:"); ok {
+			u := strings.Fields(rest)
+			if len(u) >= 3 {
+				r, _ := strconv.ParseUint(u[0], 10, 32)
+				sv, _ := strconv.ParseUint(u[2], 10, 32)
+				s.uidReal, s.uidSav = uint32(r), uint32(sv)
+			}
+			break
+		}
+	}
+	return s, nil
+}
+
+func cmdline(pid int, comm string) string {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/cmdline", pid))
+	if err != nil || len(b) == 0 {
+		return "[" + comm + "]"
+	}
+	return strings.TrimSpace(strings.ReplaceAll(string(bytes.TrimRight(b, "\x00")), "\x00", " "))
+}
+
+// listPIDs returns every PID of the OSlet's PID namespace.
+func listPIDs() []int {
+	entries, _ := os.ReadDir("/proc")
+	var pids []int
+	for _, e := range entries {
+		if n, err := strconv.Atoi(e.Name()); err == nil {
+			pids = append(pids, n)
+		}
+	}
+	return pids
+}
+
+func alive(pid int) bool {
+	s, err := readProc(pid)
+	return err == nil && s.state != "Z" && s.state != "X"
+}
+
+var userNames sync.Map // uid -> name
+
+func userName(uid uint32) string {
+	if n, ok := userNames.Load(uid); ok {
+		return n.(string)
+	}
+	name := strconv.Itoa(int(uid))
+	if u, err := user.LookupId(name); err == nil {
+		name = u.Username
+	}
+	userNames.Store(uid, name)
+	return name
+}

@@ -1,0 +1,431 @@
+package oslet
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"slices"
+	"sync"
+	"time"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/smpc-cluster/smpc/internal/fabric"
+	"github.com/smpc-cluster/smpc/internal/vproc"
+)
+
+// caller is who sent a request, as this init knows them.
+type caller struct {
+	role   fabric.Role
+	from   int // the peer's OSlet, for RolePeer
+	cred   fabric.Cred
+	local  int // the caller's PID in this OSlet, for RoleClient
+	conn   *fabric.Conn
+	ctx    context.Context // ends when the channel closes
+	origin int             // OSlet the caller lives on; 0 the host
+}
+
+func (i *Init) serveChannel(fd int, clients bool) {
+	var who caller
+	conn, _, err := fabric.AcceptConn(fd, func(h *fabric.Hello, cred *unix.Ucred) (bool, *fabric.HelloReply, error) {
+		switch {
+		case clients && h.Role == fabric.RoleClient:
+			who = caller{role: fabric.RoleClient, local: int(cred.Pid), origin: i.cfg.Index,
+				cred: fabric.Cred{UID: cred.Uid, GID: cred.Gid, PID: int32(vproc.Global(i.cfg.Index, int(cred.Pid)))}}
+		case !clients && cred.Uid != 0 && cred.Uid != i.cfg.Owner:
+			return false, nil, fabric.Errorf(fabric.CodePermission, "oslet %d: uid %d may not use the host socket (root and uid %d only)", i.cfg.Index, cred.Uid, i.cfg.Owner)
+		case !clients && h.Role == fabric.RolePeer:
+			if _, ok := i.peers[h.From]; !ok {
+				return false, nil, fabric.Errorf(fabric.CodeInvalid, "oslet %d: no peer oslet %d in this cluster", i.cfg.Index, h.From)
+			}
+			who = caller{role: fabric.RolePeer, from: h.From, origin: h.From}
+		case !clients && h.Role == fabric.RoleHost:
+			who = caller{role: fabric.RoleHost, cred: fabric.Cred{UID: cred.Uid, GID: cred.Gid, PID: h.PID}}
+		default:
+			return false, nil, fabric.Errorf(fabric.CodeInvalid, "oslet %d: role %q is not served on this socket", i.cfg.Index, h.Role)
+		}
+		return who.role == fabric.RolePeer, &fabric.HelloReply{OSlet: i.cfg.Index, Cluster: i.cfg.Cluster, OSlets: i.oslets()}, nil
+	})
+	if err != nil {
+		return
+	}
+	if who.role != fabric.RolePeer {
+		if groups, err := conn.PeerGroups(); err == nil {
+			who.cred.Groups = groups
+		}
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	who.conn, who.ctx = conn, ctx
+	cfg := fabric.ServeConfig{Inline: func(op fabric.Op) bool { return op == fabric.OpPing || op == fabric.OpSignal }}
+	if who.role == fabric.RolePeer {
+		cfg.Queue = i.queue
+	}
+	cfg.Closed = func() {
+		cancel()
+		i.channelClosed(&who)
+	}
+	fabric.Serve(conn, func(r *fabric.Request) (any, []*os.File, error) { return i.handle(&who, r) }, cfg)
+	conn.Close()
+}
+
+// channelClosed re-parents to their inits the processes whose attached
+// parent was this channel, and after a peer's channel, everything whose
+// parent lived on that peer.
+func (i *Init) channelClosed(who *caller) {
+	if who.role == fabric.RolePeer {
+		i.table.OrphanFrom(who.from)
+		if p := i.peers[who.from]; p != nil {
+			p.down(fmt.Errorf("channel from oslet %d closed", who.from))
+		}
+		return
+	}
+	i.mu.Lock()
+	pids := i.attached[who.conn]
+	delete(i.attached, who.conn)
+	i.mu.Unlock()
+	byOSlet := map[int][]int32{}
+	for _, pid := range pids {
+		byOSlet[pid.OSlet()] = append(byOSlet[pid.OSlet()], int32(pid))
+	}
+	for k, list := range byOSlet {
+		if k == i.cfg.Index {
+			i.table.Orphan(toPIDs(list))
+		} else if p := i.peers[k]; p != nil {
+			go p.call(context.Background(), fabric.OpOrphan, fabric.OrphanRequest{PIDs: list}, nil, &fabric.Empty{})
+		}
+	}
+}
+
+func toPIDs(list []int32) []vproc.PID {
+	out := make([]vproc.PID, len(list))
+	for n, p := range list {
+		out[n] = vproc.PID(p)
+	}
+	return out
+}
+
+func (i *Init) oslets() []int {
+	var ks []int
+	for _, o := range i.cfg.Plan.OSlets {
+		ks = append(ks, o.Index)
+	}
+	return ks
+}
+
+func (i *Init) handle(who *caller, r *fabric.Request) (any, []*os.File, error) {
+	switch r.Op {
+	case fabric.OpPing:
+		return fabric.Empty{}, nil, nil
+	case fabric.OpSpawn:
+		var req fabric.SpawnRequest
+		if err := r.Decode(&req); err != nil {
+			return nil, nil, fabric.Errorf(fabric.CodeInvalid, "oslet %d: %v", i.cfg.Index, err)
+		}
+		pid, err := i.spawn(who, r, &req)
+		return fabric.SpawnReply{PID: int32(pid)}, nil, err
+	case fabric.OpSignal:
+		var req fabric.SignalRequest
+		if err := r.Decode(&req); err != nil {
+			return nil, nil, fabric.Errorf(fabric.CodeInvalid, "oslet %d: %v", i.cfg.Index, err)
+		}
+		return fabric.Empty{}, nil, i.signal(who, &req)
+	case fabric.OpWait:
+		var req fabric.WaitRequest
+		if err := r.Decode(&req); err != nil {
+			return nil, nil, fabric.Errorf(fabric.CodeInvalid, "oslet %d: %v", i.cfg.Index, err)
+		}
+		r.ReleaseSlot() // waiting must not hold a slot of the queued lock
+		st, err := i.wait(who, &req)
+		return fabric.WaitReply{Status: st}, nil, err
+	case fabric.OpOrphan:
+		var req fabric.OrphanRequest
+		if err := r.Decode(&req); err != nil {
+			return nil, nil, fabric.Errorf(fabric.CodeInvalid, "oslet %d: %v", i.cfg.Index, err)
+		}
+		i.table.Orphan(toPIDs(req.PIDs))
+		return fabric.Empty{}, nil, nil
+	case fabric.OpProcesses:
+		var req fabric.ProcessesRequest
+		if err := r.Decode(&req); err != nil {
+			return nil, nil, fabric.Errorf(fabric.CodeInvalid, "oslet %d: %v", i.cfg.Index, err)
+		}
+		return i.processes(who, req.Cluster), nil, nil
+	case fabric.OpStatus:
+		var req fabric.StatusRequest
+		if err := r.Decode(&req); err != nil {
+			return nil, nil, fabric.Errorf(fabric.CodeInvalid, "oslet %d: %v", i.cfg.Index, err)
+		}
+		return i.status(who, req.Cluster), nil, nil
+	case fabric.OpPingPeer:
+		var req fabric.PingPeerRequest
+		if err := r.Decode(&req); err != nil {
+			return nil, nil, fabric.Errorf(fabric.CodeInvalid, "oslet %d: %v", i.cfg.Index, err)
+		}
+		if who.role == fabric.RolePeer {
+			return nil, nil, fabric.Errorf(fabric.CodeInvalid, "oslet %d: ping-peer is not served to peers", i.cfg.Index)
+		}
+		return i.pingPeer(&req)
+	}
+	return nil, nil, fabric.Errorf(fabric.CodeInvalid, "oslet %d: %s is not a request", i.cfg.Index, r.Op)
+}
+
+// forwardTo returns the peer that owns OSlet k for a request that must go
+// there, or nil when k is this OSlet. Requests from peers are never
+// forwarded: the OSlet that took a request from its caller routes it.
+func (i *Init) forwardTo(who *caller, k int) (*peer, error) {
+	if k == i.cfg.Index {
+		return nil, nil
+	}
+	if who.role == fabric.RolePeer {
+		return nil, fabric.Errorf(fabric.CodeInvalid, "oslet %d: request for oslet %d arrived from a peer", i.cfg.Index, k)
+	}
+	p, ok := i.peers[k]
+	if !ok {
+		return nil, fabric.Errorf(fabric.CodeInvalid, "oslet %d does not exist (the cluster has oslets %v)", k, i.oslets())
+	}
+	return p, nil
+}
+
+// credOf is the identity a request acts with: the kernel's, or for a
+// request a peer forwarded, the identity that peer took from the kernel.
+func credOf(who *caller, forwarded *fabric.Cred) (fabric.Cred, error) {
+	if who.role == fabric.RolePeer {
+		if forwarded == nil {
+			return fabric.Cred{}, fabric.Errorf(fabric.CodeInvalid, "request from oslet %d carries no credentials", who.from)
+		}
+		return *forwarded, nil
+	}
+	return who.cred, nil
+}
+
+// mayControl applies kill(2)'s rule: root, or a sender whose uid is the
+// target's real or saved uid.
+func mayControl(cred fabric.Cred, s procStat) bool {
+	return cred.UID == 0 || cred.UID == s.uidReal || cred.UID == s.uidSav
+}
+
+func (i *Init) signal(who *caller, req *fabric.SignalRequest) error {
+	pid := vproc.PID(req.PID)
+	p, err := i.forwardTo(who, pid.OSlet())
+	if err != nil {
+		return err
+	}
+	cred, err := credOf(who, req.Cred)
+	if err != nil {
+		return err
+	}
+	if p != nil {
+		fwd := *req
+		fwd.Cred = &cred
+		_, err := p.call(who.ctx, fabric.OpSignal, fwd, nil, &fabric.Empty{})
+		return err
+	}
+	if req.Signal < 0 || req.Signal > 64 {
+		return fabric.Errorf(fabric.CodeInvalid, "oslet %d: invalid signal %d", i.cfg.Index, req.Signal)
+	}
+	sig := unix.Signal(req.Signal)
+	local := pid.Local()
+	if !req.Group {
+		s, err := readProc(local)
+		if err != nil || s.state == "Z" {
+			return fabric.Errorf(fabric.CodeNoProcess, "oslet %d: kill %d: no such process", i.cfg.Index, pid)
+		}
+		if local == 1 {
+			return fabric.Errorf(fabric.CodePermission, "oslet %d: kill %d: the OSlet's init takes no signals (use smpc shutdown)", i.cfg.Index, pid)
+		}
+		if !mayControl(cred, s) {
+			return fabric.Errorf(fabric.CodePermission, "oslet %d: kill %d: operation not permitted", i.cfg.Index, pid)
+		}
+		if err := unix.Kill(local, sig); err != nil {
+			return fabric.Errorf(fabric.CodeNoProcess, "oslet %d: kill %d: %v", i.cfg.Index, pid, err)
+		}
+		return nil
+	}
+	// A group: like kill(2), succeed if any member could be signalled.
+	found, sent := false, false
+	for _, n := range listPIDs() {
+		s, err := readProc(n)
+		if err != nil || s.pgrp != local || n == 1 {
+			continue
+		}
+		found = true
+		if mayControl(cred, s) && unix.Kill(n, sig) == nil {
+			sent = true
+		}
+	}
+	switch {
+	case !found:
+		return fabric.Errorf(fabric.CodeNoProcess, "oslet %d: kill -%d: no such process group", i.cfg.Index, pid)
+	case !sent:
+		return fabric.Errorf(fabric.CodePermission, "oslet %d: kill -%d: operation not permitted", i.cfg.Index, pid)
+	}
+	return nil
+}
+
+func (i *Init) wait(who *caller, req *fabric.WaitRequest) (vproc.ExitStatus, error) {
+	pid := vproc.PID(req.PID)
+	p, err := i.forwardTo(who, pid.OSlet())
+	if err != nil {
+		return vproc.ExitStatus{}, err
+	}
+	cred, err := credOf(who, req.Cred)
+	if err != nil {
+		return vproc.ExitStatus{}, err
+	}
+	if p != nil {
+		fwd := *req
+		fwd.Cred = &cred
+		var reply fabric.WaitReply
+		_, err := p.call(who.ctx, fabric.OpWait, fwd, nil, &reply)
+		return reply.Status, err
+	}
+	local := pid.Local()
+	if s, err := readProc(local); err == nil && s.state != "Z" {
+		if !mayControl(cred, s) {
+			return vproc.ExitStatus{}, fabric.Errorf(fabric.CodePermission, "oslet %d: wait %d: operation not permitted", i.cfg.Index, pid)
+		}
+		if _, ours := i.table.Lookup(local); !ours && s.ppid != 1 {
+			i.watchForeign(pid)
+		}
+	}
+	st, err := i.table.Wait(who.ctx, pid, func() bool { return alive(local) })
+	if err == vproc.ErrNoProcess {
+		return st, fabric.Errorf(fabric.CodeNoProcess, "oslet %d: wait %d: no such process", i.cfg.Index, pid)
+	}
+	if err != nil {
+		return st, fabric.Errorf(fabric.CodeInternal, "oslet %d: wait %d: %v", i.cfg.Index, pid, err)
+	}
+	return st, nil
+}
+
+// watchForeign notices the end of a process the init did not start and is
+// not the parent of, through a pidfd: its status goes to its own parent.
+func (i *Init) watchForeign(pid vproc.PID) {
+	fd, err := unix.PidfdOpen(pid.Local(), 0)
+	if err != nil {
+		return
+	}
+	go func() {
+		defer unix.Close(fd)
+		fds := []unix.PollFd{{Fd: int32(fd), Events: unix.POLLIN}}
+		for {
+			if _, err := unix.Poll(fds, -1); err != unix.EINTR {
+				break
+			}
+		}
+		// The kernel may re-parent it to us first, and then Reaped has the
+		// real status; give the reaper a moment to record it.
+		time.Sleep(10 * time.Millisecond)
+		i.table.Finish(pid, vproc.ExitStatus{Unknown: true})
+	}()
+}
+
+func (i *Init) processes(who *caller, cluster bool) fabric.ProcessesReply {
+	reply := fabric.ProcessesReply{Processes: i.localProcesses()}
+	if !cluster || who.role == fabric.RolePeer {
+		return reply
+	}
+	var mu sync.Mutex
+	var wg sync.WaitGroup
+	for _, p := range i.peers {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			var r fabric.ProcessesReply
+			_, err := p.call(who.ctx, fabric.OpProcesses, fabric.ProcessesRequest{}, nil, &r)
+			mu.Lock()
+			defer mu.Unlock()
+			if err != nil {
+				reply.Down = append(reply.Down, p.index)
+				return
+			}
+			reply.Processes = append(reply.Processes, r.Processes...)
+		}()
+	}
+	wg.Wait()
+	slices.Sort(reply.Down)
+	slices.SortFunc(reply.Processes, func(a, b fabric.Process) int { return int(a.PID - b.PID) })
+	return reply
+}
+
+func (i *Init) localProcesses() []fabric.Process {
+	var out []fabric.Process
+	initPID := vproc.Global(i.cfg.Index, 1)
+	for _, n := range listPIDs() {
+		s, err := readProc(n)
+		if err != nil {
+			continue
+		}
+		parent := vproc.Global(i.cfg.Index, s.ppid)
+		switch {
+		case s.ppid == 0:
+			parent = 0
+		case s.ppid == 1:
+			parent = initPID
+			if rec, ok := i.table.Lookup(n); ok {
+				parent = rec.Parent
+			}
+		}
+		out = append(out, fabric.Process{
+			PID: int32(vproc.Global(i.cfg.Index, n)), OSlet: i.cfg.Index, Parent: int32(parent),
+			UID: s.uidReal, User: userName(s.uidReal), State: s.state,
+			CPUTime: float64(s.ticks) / clockTicks, Command: cmdline(n, s.comm),
+		})
+	}
+	return out
+}
+
+func (i *Init) localStatus() fabric.OSletStatus {
+	waiting, active := i.queue.Depth()
+	procs := len(listPIDs())
+	return fabric.OSletStatus{
+		Index: i.cfg.Index, Up: true, CPUs: i.self.CPUs.String(),
+		MemoryLimit: i.self.Memory, MemoryUsed: i.cg.MemoryUsed(),
+		Processes: procs, Load: float64(procs) / float64(len(i.self.CPUs)),
+		Queue: waiting, Active: active, Protocol: fmt.Sprintf("%d.%d", fabric.Major, fabric.Minor),
+	}
+}
+
+func (i *Init) status(who *caller, cluster bool) fabric.StatusReply {
+	reply := fabric.StatusReply{OSlets: []fabric.OSletStatus{i.localStatus()}}
+	if !cluster || who.role == fabric.RolePeer {
+		return reply
+	}
+	var mu sync.Mutex
+	var wg sync.WaitGroup
+	for _, p := range i.peers {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			var r fabric.StatusReply
+			_, err := p.call(who.ctx, fabric.OpStatus, fabric.StatusRequest{}, nil, &r)
+			mu.Lock()
+			defer mu.Unlock()
+			if err != nil || len(r.OSlets) == 0 {
+				reply.OSlets = append(reply.OSlets, fabric.OSletStatus{Index: p.index, Up: false})
+				return
+			}
+			reply.OSlets = append(reply.OSlets, r.OSlets[0])
+		}()
+	}
+	wg.Wait()
+	slices.SortFunc(reply.OSlets, func(a, b fabric.OSletStatus) int { return a.Index - b.Index })
+	return reply
+}
+
+func (i *Init) pingPeer(req *fabric.PingPeerRequest) (any, []*os.File, error) {
+	p, ok := i.peers[req.To]
+	if !ok {
+		return nil, nil, fabric.Errorf(fabric.CodeInvalid, "oslet %d: no peer oslet %d", i.cfg.Index, req.To)
+	}
+	if req.Count <= 0 || req.Count > 10_000_000 {
+		return nil, nil, fabric.Errorf(fabric.CodeInvalid, "oslet %d: ping count %d out of range", i.cfg.Index, req.Count)
+	}
+	start := time.Now()
+	for n := 0; n < req.Count; n++ {
+		if _, err := p.call(context.Background(), fabric.OpPing, fabric.Empty{}, nil, &fabric.Empty{}); err != nil {
+			return nil, nil, err
+		}
+	}
+	return fabric.PingPeerReply{Nanos: time.Since(start).Nanoseconds()}, nil, nil
+}

@@ -1,0 +1,59 @@
+package oslet
+
+import (
+	"fmt"
+
+	"golang.org/x/sys/unix"
+)
+
+// setupNamespaces makes the init's new namespaces into an OSlet. It runs as
+// PID 1 before anything else, in this order: mounts go private first so that
+// nothing leaks to the host; /proc is mounted fresh so it shows this PID
+// namespace; then the private /tmp (the seed's local /tmp) and the shared
+// /gtmp (its global one); then the cluster's hostname and loopback.
+func setupNamespaces(cfg *Config) error {
+	steps := []struct {
+		what string
+		do   func() error
+	}{
+		{"make mounts private", func() error { return unix.Mount("", "/", "", unix.MS_REC|unix.MS_PRIVATE, "") }},
+		{"mount /proc", func() error {
+			return unix.Mount("proc", "/proc", "proc", unix.MS_NOSUID|unix.MS_NODEV|unix.MS_NOEXEC, "")
+		}},
+		{"mount private /tmp", func() error {
+			return unix.Mount("tmpfs", "/tmp", "tmpfs", unix.MS_NOSUID|unix.MS_NODEV, "mode=1777")
+		}},
+		{"mount shared /gtmp", func() error { return unix.Mount(cfg.GTmp, "/gtmp", "", unix.MS_BIND, "") }},
+		{"set hostname", func() error { return unix.Sethostname([]byte(cfg.Cluster)) }},
+		{"bring up loopback", loopbackUp},
+	}
+	for _, s := range steps {
+		if err := s.do(); err != nil {
+			return fmt.Errorf("oslet %d: %s: %w", cfg.Index, s.what, err)
+		}
+	}
+	return nil
+}
+
+func loopbackUp() error {
+	fd, err := unix.Socket(unix.AF_INET, unix.SOCK_DGRAM|unix.SOCK_CLOEXEC, 0)
+	if err != nil {
+		return err
+	}
+	defer unix.Close(fd)
+	ifr, err := unix.NewIfreq("lo")
+	if err != nil {
+		return err
+	}
+	if err := unix.IoctlIfreq(fd, unix.SIOCGIFFLAGS, ifr); err != nil {
+		return err
+	}
+	ifr.SetUint16(ifr.Uint16() | unix.IFF_UP)
+	return unix.IoctlIfreq(fd, unix.SIOCSIFFLAGS, ifr)
+}
+
+// killAll ends every other process of the OSlet: kill(-1) from PID 1 reaches
+// every process in its PID namespace but itself.
+func killAll() {
+	unix.Kill(-1, unix.SIGKILL)
+}

@@ -1,0 +1,221 @@
+// Package partition gives each OSlet its share of the machine: a cgroup with
+// its cpuset (CPUs and memory nodes), a memory limit and a pids limit, on
+// cgroup v1 and on cgroup v2, through containerd's cgroups library. It is the
+// enforcement half of the partition plan.
+package partition
+
+import (
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+
+	"github.com/containerd/cgroups/v3"
+	"github.com/containerd/cgroups/v3/cgroup1"
+	"github.com/containerd/cgroups/v3/cgroup2"
+	specs "github.com/opencontainers/runtime-spec/specs-go"
+
+	"github.com/smpc-cluster/smpc/internal/plan"
+)
+
+// Cgroup is one OSlet's cgroup.
+type Cgroup struct {
+	// Group is the cgroup path below the hierarchy root, the same in every v1
+	// hierarchy (under this process's own cgroup there) and in v2.
+	Group string
+	v1    cgroup1.Cgroup
+	v2    *cgroup2.Manager
+	Stats StatFiles
+}
+
+// StatFiles names the files that hold a cgroup's statistics, so that an init
+// (which sees the cgroup from inside) can read them without the library.
+type StatFiles struct {
+	Memory string `json:"memory"` // bytes in use
+	Tasks  string `json:"pids"`   // tasks
+}
+
+// MemoryUsed returns the memory the cgroup uses now, in bytes.
+func (s StatFiles) MemoryUsed() int64 { return readInt(s.Memory) }
+
+// Pids returns the number of tasks in the cgroup.
+func (s StatFiles) Pids() int { return int(readInt(s.Tasks)) }
+
+// Unified reports whether the machine runs cgroup v2 alone.
+func Unified() bool { return cgroups.Mode() == cgroups.Unified }
+
+// v1Hierarchy limits smpc to the controllers it uses, so that it does not
+// depend on (or leave groups in) the others.
+func v1Hierarchy() ([]cgroup1.Subsystem, error) {
+	all, err := cgroup1.Default()
+	if err != nil {
+		return nil, err
+	}
+	var keep []cgroup1.Subsystem
+	for _, s := range all {
+		switch s.Name() {
+		case cgroup1.Cpuset, cgroup1.Memory, cgroup1.Pids, cgroup1.Cpuacct:
+			keep = append(keep, s)
+		}
+	}
+	return keep, nil
+}
+
+// Create makes the cgroup named group (relative, e.g. "smpc/run-ab12/oslet-1")
+// for OSlet o.
+func Create(group string, o plan.OSlet) (*Cgroup, error) {
+	memory, pids := o.Memory, o.Pids
+	cpus, mems := o.CPUs.String(), o.Mems.String()
+	if Unified() {
+		path, err := v2Path(group)
+		if err != nil {
+			return nil, err
+		}
+		m, err := cgroup2.NewManager("/sys/fs/cgroup", path, &cgroup2.Resources{
+			CPU:    &cgroup2.CPU{Cpus: cpus, Mems: mems},
+			Memory: &cgroup2.Memory{Max: &memory},
+			Pids:   &cgroup2.Pids{Max: pids},
+		})
+		if err != nil {
+			return nil, fmt.Errorf("create cgroup %s (v2): %w", path, err)
+		}
+		return &Cgroup{Group: path, v2: m, Stats: StatFiles{
+			Memory: filepath.Join("/sys/fs/cgroup", path, "memory.current"),
+			Tasks:  filepath.Join("/sys/fs/cgroup", path, "pids.current")}}, nil
+	}
+	cg, err := cgroup1.New(cgroup1.NestedPath(group), &specs.LinuxResources{
+		CPU:    &specs.LinuxCPU{Cpus: cpus, Mems: mems},
+		Memory: &specs.LinuxMemory{Limit: &memory},
+		Pids:   &specs.LinuxPids{Limit: &pids},
+	}, cgroup1.WithHierarchy(v1Hierarchy), allowMissing)
+	if err != nil {
+		return nil, fmt.Errorf("create cgroup %s (v1): %w", group, err)
+	}
+	c := &Cgroup{Group: group, v1: cg}
+	c.Stats.Memory, _ = v1File(group, "memory", "memory.usage_in_bytes")
+	c.Stats.Tasks, _ = v1File(group, "pids", "pids.current")
+	return c, nil
+}
+
+// Load re-opens an OSlet's cgroup from the host side, so that a later boot
+// can clean up after a crash.
+func Load(group string) (*Cgroup, error) {
+	if Unified() {
+		path, err := v2Path(group)
+		if err != nil {
+			return nil, err
+		}
+		m, err := cgroup2.Load(path)
+		if err != nil {
+			return nil, fmt.Errorf("load cgroup %s: %w", path, err)
+		}
+		return &Cgroup{Group: path, v2: m, Stats: StatFiles{
+			Memory: filepath.Join("/sys/fs/cgroup", path, "memory.current"),
+			Tasks:  filepath.Join("/sys/fs/cgroup", path, "pids.current")}}, nil
+	}
+	cg, err := cgroup1.Load(cgroup1.NestedPath(group), cgroup1.WithHierarchy(v1Hierarchy), allowMissing)
+	if err != nil {
+		return nil, fmt.Errorf("load cgroup %s: %w", group, err)
+	}
+	c := &Cgroup{Group: group, v1: cg}
+	c.Stats.Memory, _ = v1File(group, "memory", "memory.usage_in_bytes")
+	c.Stats.Tasks, _ = v1File(group, "pids", "pids.current")
+	return c, nil
+}
+
+// allowMissing lets a v1 cgroup be made without the devices controller,
+// which smpc does not use.
+func allowMissing(c *cgroup1.InitConfig) error {
+	c.InitCheck = cgroup1.AllowAny
+	return nil
+}
+
+// v2Path nests group under this process's own cgroup, as v1's NestedPath does.
+func v2Path(group string) (string, error) {
+	p, err := cgroup2.NestedGroupPath(group)
+	if err != nil {
+		return "", fmt.Errorf("find own cgroup: %w", err)
+	}
+	return p, nil
+}
+
+// v1File finds a statistics file of group in hierarchy subsystem.
+func v1File(group, subsystem, file string) (string, error) {
+	paths, err := cgroup1.ParseCgroupFile("/proc/self/cgroup")
+	if err != nil {
+		return "", err
+	}
+	return filepath.Join("/sys/fs/cgroup", subsystem, paths[subsystem], group, file), nil
+}
+
+// AddProc moves process pid (a host PID) into the cgroup.
+func (c *Cgroup) AddProc(pid int) error {
+	var err error
+	if c.v2 != nil {
+		err = c.v2.AddProc(uint64(pid))
+	} else {
+		err = c.v1.AddProc(uint64(pid))
+	}
+	if err != nil {
+		return fmt.Errorf("move pid %d into cgroup %s: %w", pid, c.Group, err)
+	}
+	return nil
+}
+
+func readInt(path string) int64 {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return 0
+	}
+	n, _ := strconv.ParseInt(strings.TrimSpace(string(b)), 10, 64)
+	return n
+}
+
+// Destroy kills whatever is left in the cgroup and removes it.
+func (c *Cgroup) Destroy() error {
+	if c.v2 != nil {
+		c.v2.Kill()
+		if err := c.v2.Delete(); err != nil && !errors.Is(err, os.ErrNotExist) {
+			return fmt.Errorf("remove cgroup %s: %w", c.Group, err)
+		}
+		return nil
+	}
+	if procs, err := c.v1.Processes(cgroup1.Pids, true); err == nil {
+		for _, p := range procs {
+			if proc, err := os.FindProcess(p.Pid); err == nil {
+				proc.Kill()
+			}
+		}
+	}
+	if err := c.v1.Delete(); err != nil && !errors.Is(err, os.ErrNotExist) {
+		return fmt.Errorf("remove cgroup %s: %w", c.Group, err)
+	}
+	return nil
+}
+
+// RemoveParents removes the now-empty groups above an OSlet's cgroup, up to
+// and including top (e.g. "smpc"), where no other cluster still uses them.
+func RemoveParents(group, top string) {
+	var roots []string
+	if Unified() {
+		if p, err := v2Path(""); err == nil {
+			roots = []string{filepath.Join("/sys/fs/cgroup", p)}
+		}
+	} else if paths, err := cgroup1.ParseCgroupFile("/proc/self/cgroup"); err == nil {
+		for _, s := range []string{"cpuset", "memory", "pids", "cpuacct"} {
+			if p, ok := paths[s]; ok {
+				roots = append(roots, filepath.Join("/sys/fs/cgroup", s, p))
+			}
+		}
+	}
+	for _, root := range roots {
+		for dir := filepath.Dir(group); dir != "." && dir != "/"; dir = filepath.Dir(dir) {
+			os.Remove(filepath.Join(root, dir)) // fails harmlessly while in use
+			if dir == top {
+				break
+			}
+		}
+	}
+}

@@ -1,0 +1,264 @@
+// Package smpc is the programming interface of an SMP cluster: connect to the
+// cluster, start processes on any OSlet, signal them, wait for them, and list
+// processes and OSlets, from the host or from inside any OSlet. The smpc
+// command is built on it.
+//
+// Inside an OSlet a Client talks to its own OSlet's init, which forwards
+// requests over its proxy channels; on the host it talks to each OSlet's init
+// directly (root, or the user who booted the cluster, only).
+package smpc
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"sort"
+	"sync"
+	"syscall"
+
+	"github.com/smpc-cluster/smpc/internal/cluster"
+	"github.com/smpc-cluster/smpc/internal/fabric"
+	"github.com/smpc-cluster/smpc/internal/oslet"
+	"github.com/smpc-cluster/smpc/internal/vproc"
+)
+
+// PID is a global process ID: OSlet k's local PID p is k<<22 | p.
+type PID = vproc.PID
+
+// ExitStatus is how a process ended.
+type ExitStatus = vproc.ExitStatus
+
+// Process describes one process of the cluster.
+type Process = fabric.Process
+
+// OSletStatus describes one OSlet.
+type OSletStatus = fabric.OSletStatus
+
+// Errors that calls return, for errors.Is.
+var (
+	ErrDown       = fabric.ErrDown       // the OSlet is down
+	ErrNoProcess  = fabric.ErrNoProcess  // no such process
+	ErrPermission = fabric.ErrPermission // not allowed
+	ErrNotFound   = fabric.ErrNotFound   // program not found
+	ErrNoExec     = fabric.ErrNoExec     // program not executable
+	ErrInvalid    = fabric.ErrInvalid    // bad request (unknown OSlet, bad signal)
+	ErrRefused    = fabric.ErrRefused    // refused by the socket rule
+)
+
+// Client is a connection to a cluster. It is safe for concurrent use.
+type Client struct {
+	stateDir string
+	inside   bool
+	self     int // the caller's OSlet, when inside
+	oslets   []int
+
+	mu    sync.Mutex
+	conns map[int]*fabric.Caller // inside: key 0 is the own init
+}
+
+// Connect finds the cluster. Inside an OSlet it connects to its own init and
+// needs nothing else; on the host stateDir names the cluster ("" for
+// $SMPC_STATE_DIR or /run/smpc).
+func Connect(stateDir string) (*Client, error) {
+	if conn, err := fabric.Dial(oslet.ClientAddr, true); err == nil {
+		reply, err := fabric.Handshake(conn, fabric.Hello{Role: fabric.RoleClient})
+		if err != nil {
+			conn.Close()
+			return nil, fmt.Errorf("connect to own oslet: %w", err)
+		}
+		c := &Client{inside: true, self: reply.OSlet, oslets: reply.OSlets, conns: map[int]*fabric.Caller{}}
+		c.conns[0] = fabric.NewCaller(conn, func(error) error { return fabric.DownError(reply.OSlet) })
+		return c, nil
+	}
+	dir, err := cluster.ResolveStateDir(stateDir)
+	if err != nil {
+		return nil, err
+	}
+	st, err := cluster.ReadState(dir)
+	if err != nil {
+		return nil, err
+	}
+	c := &Client{stateDir: dir, conns: map[int]*fabric.Caller{}}
+	for _, o := range st.Plan.OSlets {
+		c.oslets = append(c.oslets, o.Index)
+	}
+	sort.Ints(c.oslets)
+	return c, nil
+}
+
+// Close closes the client's channels.
+func (c *Client) Close() error {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	for k, cc := range c.conns {
+		cc.Close()
+		delete(c.conns, k)
+	}
+	return nil
+}
+
+// OSlets returns the cluster's OSlet indexes.
+func (c *Client) OSlets() []int { return c.oslets }
+
+// Self returns the OSlet the caller runs on, or 0 on the host.
+func (c *Client) Self() int { return c.self }
+
+// channel returns the channel that serves requests for OSlet k: inside, the
+// own init; on the host, OSlet k's init (0: the first OSlet).
+func (c *Client) channel(k int) (*fabric.Caller, error) {
+	if !c.inside && k == 0 {
+		k = c.oslets[0]
+	}
+	if c.inside {
+		k = 0
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if cc, ok := c.conns[k]; ok && cc.Err() == nil {
+		return cc, nil
+	}
+	if c.inside {
+		return nil, fabric.DownError(c.self)
+	}
+	if !c.known(k) {
+		return nil, fabric.Errorf(fabric.CodeInvalid, "oslet %d does not exist (the cluster has oslets %v)", k, c.oslets)
+	}
+	conn, err := fabric.Dial(oslet.HostAddr(c.stateDir, k), true)
+	if errors.Is(err, syscall.ENOENT) || errors.Is(err, syscall.ECONNREFUSED) {
+		return nil, fabric.DownError(k)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("connect to oslet %d: %w", k, err)
+	}
+	if _, err := fabric.Handshake(conn, fabric.Hello{Role: fabric.RoleHost, PID: int32(os.Getpid())}); err != nil {
+		conn.Close()
+		return nil, fmt.Errorf("connect to oslet %d: %w", k, err)
+	}
+	cc := fabric.NewCaller(conn, func(error) error { return fabric.DownError(k) })
+	c.conns[k] = cc
+	return cc, nil
+}
+
+func (c *Client) known(k int) bool {
+	for _, o := range c.oslets {
+		if o == k {
+			return true
+		}
+	}
+	return false
+}
+
+func (c *Client) call(ctx context.Context, k int, op fabric.Op, req any, files []*os.File, resp any) ([]*os.File, error) {
+	cc, err := c.channel(k)
+	if err != nil {
+		return nil, err
+	}
+	return cc.Call(ctx, op, req, files, resp)
+}
+
+// Signal sends sig to process pid on whatever OSlet owns it.
+func (c *Client) Signal(ctx context.Context, pid PID, sig syscall.Signal) error {
+	_, err := c.call(ctx, pid.OSlet(), fabric.OpSignal, fabric.SignalRequest{PID: int32(pid), Signal: int(sig)}, nil, &fabric.Empty{})
+	return err
+}
+
+// SignalGroup sends sig to the process group whose leader is pgid.
+func (c *Client) SignalGroup(ctx context.Context, pgid PID, sig syscall.Signal) error {
+	_, err := c.call(ctx, pgid.OSlet(), fabric.OpSignal, fabric.SignalRequest{PID: int32(pgid), Group: true, Signal: int(sig)}, nil, &fabric.Empty{})
+	return err
+}
+
+// Wait blocks until pid ends and returns its status. A process whose OSlet
+// goes down ended with it: Wait returns a lost status (SIGKILL, 137) and an
+// error matching ErrDown.
+func (c *Client) Wait(ctx context.Context, pid PID) (ExitStatus, error) {
+	var reply fabric.WaitReply
+	_, err := c.call(ctx, pid.OSlet(), fabric.OpWait, fabric.WaitRequest{PID: int32(pid)}, nil, &reply)
+	if errors.Is(err, ErrDown) {
+		return vproc.LostStatus(), err
+	}
+	return reply.Status, err
+}
+
+// Processes lists every process of the cluster; down lists the OSlets that
+// could not answer.
+func (c *Client) Processes(ctx context.Context) (procs []Process, down []int, err error) {
+	if c.inside {
+		var r fabric.ProcessesReply
+		_, err := c.call(ctx, 0, fabric.OpProcesses, fabric.ProcessesRequest{Cluster: true}, nil, &r)
+		return r.Processes, r.Down, err
+	}
+	var mu sync.Mutex
+	var wg sync.WaitGroup
+	var firstErr error
+	for _, k := range c.oslets {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			var r fabric.ProcessesReply
+			_, err := c.call(ctx, k, fabric.OpProcesses, fabric.ProcessesRequest{}, nil, &r)
+			mu.Lock()
+			defer mu.Unlock()
+			switch {
+			case errors.Is(err, ErrDown):
+				down = append(down, k)
+			case err != nil:
+				firstErr = err
+			default:
+				procs = append(procs, r.Processes...)
+			}
+		}()
+	}
+	wg.Wait()
+	if firstErr != nil {
+		return nil, nil, firstErr
+	}
+	sort.Ints(down)
+	sort.Slice(procs, func(a, b int) bool { return procs[a].PID < procs[b].PID })
+	return procs, down, nil
+}
+
+// Status describes every OSlet; a down OSlet has Up false.
+func (c *Client) Status(ctx context.Context) ([]OSletStatus, error) {
+	if c.inside {
+		var r fabric.StatusReply
+		_, err := c.call(ctx, 0, fabric.OpStatus, fabric.StatusRequest{Cluster: true}, nil, &r)
+		return r.OSlets, err
+	}
+	out := make([]OSletStatus, len(c.oslets))
+	errs := make([]error, len(c.oslets))
+	var wg sync.WaitGroup
+	for n, k := range c.oslets {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			var r fabric.StatusReply
+			_, err := c.call(ctx, k, fabric.OpStatus, fabric.StatusRequest{}, nil, &r)
+			if err != nil || len(r.OSlets) == 0 {
+				out[n] = OSletStatus{Index: k}
+				if !errors.Is(err, ErrDown) {
+					errs[n] = err
+				}
+				return
+			}
+			out[n] = r.OSlets[0]
+		}()
+	}
+	wg.Wait()
+	return out, errors.Join(errs...)
+}
+
+// Ping makes a null call to OSlet k (inside an OSlet, to its own init).
+func (c *Client) Ping(ctx context.Context, k int) error {
+	_, err := c.call(ctx, k, fabric.OpPing, fabric.Empty{}, nil, &fabric.Empty{})
+	return err
+}
+
+// PingPeer asks OSlet from to make count null calls to OSlet to over its
+// proxy channel, and returns the time they took: the fabric's own cost.
+func (c *Client) PingPeer(ctx context.Context, from, to, count int) (float64, error) {
+	var r fabric.PingPeerReply
+	_, err := c.call(ctx, from, fabric.OpPingPeer, fabric.PingPeerRequest{To: to, Count: count}, nil, &r)
+	return float64(r.Nanos), err
+}
