@@ -102,4 +102,3 @@ func BenchmarkSpawnTrue(b *testing.B) {
 		}
 	})
 }
-
