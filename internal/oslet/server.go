@@ -320,29 +320,43 @@ func (i *Init) watchForeign(pid vproc.PID) {
 	}()
 }
 
-func (i *Init) processes(who *caller, cluster bool) fabric.ProcessesReply {
-	reply := fabric.ProcessesReply{Processes: i.localProcesses()}
-	if !cluster || who.role == fabric.RolePeer {
-		return reply
-	}
+// eachPeer runs ask for every peer at once and returns when all are done.
+// ask folds what it learned into the reply inside merge, which runs one
+// merge at a time.
+func (i *Init) eachPeer(ask func(p *peer, merge func(func()))) {
 	var mu sync.Mutex
+	merge := func(f func()) {
+		mu.Lock()
+		defer mu.Unlock()
+		f()
+	}
 	var wg sync.WaitGroup
 	for _, p := range i.peers {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			var r fabric.ProcessesReply
-			_, err := p.call(who.ctx, fabric.OpProcesses, fabric.ProcessesRequest{}, nil, &r)
-			mu.Lock()
-			defer mu.Unlock()
+			ask(p, merge)
+		}()
+	}
+	wg.Wait()
+}
+
+func (i *Init) processes(who *caller, cluster bool) fabric.ProcessesReply {
+	reply := fabric.ProcessesReply{Processes: i.localProcesses()}
+	if !cluster || who.role == fabric.RolePeer {
+		return reply
+	}
+	i.eachPeer(func(p *peer, merge func(func())) {
+		var r fabric.ProcessesReply
+		_, err := p.call(who.ctx, fabric.OpProcesses, fabric.ProcessesRequest{}, nil, &r)
+		merge(func() {
 			if err != nil {
 				reply.Down = append(reply.Down, p.index)
 				return
 			}
 			reply.Processes = append(reply.Processes, r.Processes...)
-		}()
-	}
-	wg.Wait()
+		})
+	})
 	slices.Sort(reply.Down)
 	slices.SortFunc(reply.Processes, func(a, b fabric.Process) int { return int(a.PID - b.PID) })
 	return reply
@@ -391,24 +405,17 @@ func (i *Init) status(who *caller, cluster bool) fabric.StatusReply {
 	if !cluster || who.role == fabric.RolePeer {
 		return reply
 	}
-	var mu sync.Mutex
-	var wg sync.WaitGroup
-	for _, p := range i.peers {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			var r fabric.StatusReply
-			_, err := p.call(who.ctx, fabric.OpStatus, fabric.StatusRequest{}, nil, &r)
-			mu.Lock()
-			defer mu.Unlock()
+	i.eachPeer(func(p *peer, merge func(func())) {
+		var r fabric.StatusReply
+		_, err := p.call(who.ctx, fabric.OpStatus, fabric.StatusRequest{}, nil, &r)
+		merge(func() {
 			if err != nil || len(r.OSlets) == 0 {
 				reply.OSlets = append(reply.OSlets, fabric.OSletStatus{Index: p.index, Up: false})
 				return
 			}
 			reply.OSlets = append(reply.OSlets, r.OSlets[0])
-		}()
-	}
-	wg.Wait()
+		})
+	})
 	slices.SortFunc(reply.OSlets, func(a, b fabric.OSletStatus) int { return a.Index - b.Index })
 	return reply
 }
