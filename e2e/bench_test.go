@@ -2,17 +2,24 @@ package e2e
 
 import (
 	"context"
+	"encoding/json"
 	"os"
 	"os/exec"
+	"path/filepath"
+	"runtime"
 	"testing"
-
-	"golang.org/x/sys/unix"
+	"time"
 
 	"github.com/smpc-cluster/smpc"
+	"github.com/smpc-cluster/smpc/internal/bench"
 )
 
-// benchCluster boots a cluster for a benchmark and connects to it.
-func benchCluster(b *testing.B) *smpc.Client {
+// The benchmarks run the code of 'smpc bench' (internal/bench), each side of
+// a comparison b.N times in the same run, and report both sides and their
+// ratio: "smpc-ns/op" and "native-ns/op" for costs, rates for throughput.
+
+// benchRunner boots a cluster for a benchmark and connects to it.
+func benchRunner(b *testing.B) *bench.Runner {
 	if os.Geteuid() != 0 {
 		b.Skip("benchmarks boot a real cluster: run them as root")
 	}
@@ -27,78 +34,126 @@ func benchCluster(b *testing.B) *smpc.Client {
 		b.Fatal(err)
 	}
 	b.Cleanup(func() { c.Close() })
-	return c
+	return &bench.Runner{Client: c, Binary: smpcBin, StateDir: dir}
 }
 
-// BenchmarkNullCall sets a null call between two OSlets (OSlet 1's init
-// calling OSlet 2's over their proxy channel) beside a raw Unix-socket
-// ping-pong between two processes.
-func BenchmarkNullCall(b *testing.B) {
-	c := benchCluster(b)
-	b.Run("oslet1-to-oslet2", func(b *testing.B) {
-		ns, err := c.PingPeer(context.Background(), 1, 2, b.N)
-		if err != nil {
-			b.Fatal(err)
-		}
-		b.ReportMetric(ns/float64(b.N), "ns/call")
-	})
-	b.Run("native-unix-pingpong", func(b *testing.B) {
-		fds, _ := unix.Socketpair(unix.AF_UNIX, unix.SOCK_SEQPACKET|unix.SOCK_CLOEXEC, 0)
-		peer := os.NewFile(uintptr(fds[1]), "peer")
-		cmd := exec.Command(os.Args[0], "-test.run=^TestEchoHelper$")
-		cmd.Env = append(os.Environ(), "SMPC_ECHO_HELPER=1")
-		cmd.ExtraFiles = []*os.File{peer}
-		if err := cmd.Start(); err != nil {
-			b.Fatal(err)
-		}
-		peer.Close()
-		buf := make([]byte, 64)
-		unix.Write(fds[0], buf[:24]) // wait until the helper runs
-		unix.Read(fds[0], buf)
-		b.ResetTimer()
-		for i := 0; i < b.N; i++ {
-			unix.Write(fds[0], buf[:24])
-			unix.Read(fds[0], buf)
-		}
-		b.StopTimer()
-		unix.Close(fds[0])
-		cmd.Wait()
-	})
-}
-
-// TestEchoHelper is the echoing process of the native ping-pong.
-func TestEchoHelper(t *testing.T) {
-	if os.Getenv("SMPC_ECHO_HELPER") != "1" {
-		t.Skip("helper process for BenchmarkNullCall")
+func reportResult(b *testing.B, r bench.Result) {
+	b.Helper()
+	unit := func(side string, m bench.Measure) string { return side + "-" + m.Unit }
+	b.ReportMetric(r.SMPC.Value, unit("smpc", r.SMPC))
+	if r.Native != nil {
+		b.ReportMetric(r.Native.Value, unit("native", *r.Native))
+		b.ReportMetric(r.Ratio, "ratio")
 	}
-	buf := make([]byte, 64)
-	for {
-		n, err := unix.Read(3, buf)
-		if err != nil || n == 0 {
-			os.Exit(0)
-		}
-		unix.Write(3, buf[:n])
+	if r.Met != nil && !*r.Met {
+		b.Logf("%s: ratio %.2f misses the target %s", r.Name, r.Ratio, r.Target)
 	}
 }
 
-// BenchmarkSpawnTrue sets creating /bin/true on another OSlet and waiting for
-// it through the Go package beside fork/exec/wait on the host.
-func BenchmarkSpawnTrue(b *testing.B) {
-	c := benchCluster(b)
-	b.Run("oslet2", func(b *testing.B) {
-		for i := 0; i < b.N; i++ {
-			cmd := c.Command("/bin/true")
-			cmd.OSlet = 2
-			if st, err := cmd.Run(context.Background()); err != nil || st.Code != 0 {
-				b.Fatal(err, st)
-			}
-		}
-	})
-	b.Run("native", func(b *testing.B) {
-		for i := 0; i < b.N; i++ {
-			if err := exec.Command("/bin/true").Run(); err != nil {
+func runBench(b *testing.B, f func(r *bench.Runner, ctx context.Context, n int) (bench.Result, error)) {
+	r := benchRunner(b)
+	b.ResetTimer()
+	res, err := f(r, context.Background(), b.N)
+	if err != nil {
+		b.Fatal(err)
+	}
+	reportResult(b, res)
+}
+
+// BenchmarkNullCall: a null call between two OSlets vs a Unix-socket
+// ping-pong between two processes on the same CPUs.
+func BenchmarkNullCall(b *testing.B) { runBench(b, (*bench.Runner).NullCall) }
+
+// BenchmarkSpawnTrue: /bin/true created on another OSlet and waited for
+// through the Go package vs fork/exec/wait here.
+func BenchmarkSpawnTrue(b *testing.B) { runBench(b, (*bench.Runner).Spawn) }
+
+// BenchmarkRunCommand: the whole 'smpc run --on K -- /bin/true' vs /bin/true.
+func BenchmarkRunCommand(b *testing.B) { runBench(b, (*bench.Runner).RunCommand) }
+
+// BenchmarkSignalWait: kill and wait, from OSlet 1, of a process on OSlet 2
+// vs on OSlet 1.
+func BenchmarkSignalWait(b *testing.B) { runBench(b, (*bench.Runner).SignalWait) }
+
+// BenchmarkPipe: b.N MiB through a pipe between two OSlets vs within one, and
+// vs host processes on the same CPUs.
+func BenchmarkPipe(b *testing.B) {
+	r := benchRunner(b)
+	b.ResetTimer()
+	rs, err := r.Pipe(context.Background(), int64(b.N)<<20)
+	if err != nil {
+		b.Fatal(err)
+	}
+	for _, res := range rs {
+		b.Run(res.Name, func(b *testing.B) { reportResult(b, res) })
+	}
+}
+
+// BenchmarkLocalLoops: CPU-bound and system-call loops inside an OSlet vs on
+// the host on the same CPUs. b.N is in milliseconds of looping.
+func BenchmarkLocalLoops(b *testing.B) {
+	r := benchRunner(b)
+	for _, kind := range []string{"cpu", "syscall"} {
+		b.Run(kind, func(b *testing.B) {
+			res, err := r.Local(context.Background(), kind, time.Duration(b.N)*time.Millisecond)
+			if err != nil {
 				b.Fatal(err)
 			}
+			reportResult(b, res)
+		})
+	}
+}
+
+// BenchmarkScaling boots clusters of 1, 2, 4 and 8 OSlets (as many as the
+// machine holds) and reports their aggregate spawn and null-call rates; b.N
+// is each round's length in milliseconds.
+func BenchmarkScaling(b *testing.B) {
+	if os.Geteuid() != 0 {
+		b.Skip("benchmarks boot real clusters: run them as root")
+	}
+	sizes, per := bench.DefaultSizes(runtime.NumCPU())
+	s := &bench.Scaling{Binary: smpcBin, StateDir: "/run/smpc-e2e-scaling", Sizes: sizes, CPUsPerOSlet: per,
+		For: time.Duration(b.N) * time.Millisecond}
+	rs, err := s.Run(context.Background())
+	if err != nil {
+		b.Fatal(err)
+	}
+	for _, res := range rs {
+		b.Run(res.Name, func(b *testing.B) { reportResult(b, res) })
+	}
+}
+
+// TestBenchCommand runs 'smpc bench --json --scaling', small, as a user
+// would, and checks that every figure is there and sane.
+func TestBenchCommand(t *testing.T) {
+	c := boot(t)
+	out, code := c.smpc("bench", "--json", "-n", "100", "--bytes", "16M", "--loop-time", "50ms", "--scaling", "--round-time", "200ms")
+	if code != 0 {
+		t.Fatalf("smpc bench: exit %d: %s", code, out)
+	}
+	var got struct{ Results []bench.Result }
+	if err := json.Unmarshal([]byte(out), &got); err != nil {
+		t.Fatalf("smpc bench --json: %v: %s", err, out)
+	}
+	seen := map[string]bench.Result{}
+	for _, r := range got.Results {
+		seen[r.Name] = r
+		if r.SMPC.Value <= 0 || (r.Native != nil && (r.Native.Value <= 0 || r.Ratio <= 0)) {
+			t.Errorf("%s: empty figure: %+v", r.Name, r)
 		}
-	})
+	}
+	want := []string{"null-call", "spawn", "run-command", "signal-wait", "pipe", "pipe-same-cpus",
+		"cpu-loop", "syscall-loop", "boot-1", "scale-spawn-1"}
+	if runtime.NumCPU() >= 2 {
+		want = append(want, "boot-2", "scale-spawn-2", "scale-null-call-2")
+	}
+	for _, name := range want {
+		if _, ok := seen[name]; !ok {
+			t.Errorf("smpc bench --json has no %q: %s", name, out)
+		}
+	}
+	// The scaling clusters are gone.
+	if left, _ := filepath.Glob("/run/smpc-bench-scaling-*/cluster.json"); len(left) > 0 {
+		t.Errorf("scaling clusters left behind: %v", left)
+	}
 }

@@ -64,7 +64,9 @@ func planCmd() *cobra.Command {
 		Long: `Print a partition plan: for each OSlet its CPUs, memory nodes, memory share,
 process limit and devices. By default OSlets get 4 to 8 CPUs, aligned to NUMA
 nodes and L3 caches, never splitting a core's SMT siblings; a machine of fewer
-than 8 CPUs gets two OSlets. Devices not named go to OSlet 1.
+than 8 CPUs gets two OSlets. --oslets N splits the machine into N OSlets,
+--cpus-per-oslet K into OSlets of K CPUs; both together make N OSlets of K CPUs
+and leave the other CPUs outside the cluster. Devices not named go to OSlet 1.
 
 Save a plan with --json, edit it, and boot it with 'smpc boot --plan FILE'.`,
 		Args: cobra.NoArgs,

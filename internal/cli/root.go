@@ -10,6 +10,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/smpc-cluster/smpc"
+	"github.com/smpc-cluster/smpc/internal/bench"
 	"github.com/smpc-cluster/smpc/internal/oslet"
 )
 
@@ -30,6 +31,10 @@ func Run(args []string) int {
 		}
 		return 0
 	}
+	if len(args) > 0 && args[0] == "bench-helper" {
+		// smpc bench starts its helper processes this way.
+		return bench.Helper(args[1:])
+	}
 	root := &cobra.Command{
 		Use:   "smpc",
 		Short: "SMP Clusters: one machine partitioned into OSlets that look like one system",
@@ -44,7 +49,7 @@ cluster on the host. Inside an OSlet, smpc finds its own OSlet with no flag.`,
 		SilenceErrors: true,
 	}
 	root.PersistentFlags().StringVar(&stateDir, "state-dir", "", "the cluster's state dir (default $SMPC_STATE_DIR or /run/smpc)")
-	root.AddCommand(planCmd(), bootCmd(), shutdownCmd(), statusCmd(), psCmd(), runCmd(), killCmd(), waitCmd())
+	root.AddCommand(planCmd(), bootCmd(), shutdownCmd(), statusCmd(), psCmd(), runCmd(), killCmd(), waitCmd(), benchCmd())
 	root.SetArgs(args)
 	err := root.Execute()
 	var ee exitError

@@ -38,9 +38,13 @@ type Plan struct {
 	OSlets  []OSlet `json:"oslets"`
 }
 
-// Options shape a generated plan. At most one of OSlets and CPUsPerOSlet is
-// set; with neither, Make follows the seed: 4 to 8 CPUs per OSlet, aligned to
-// NUMA nodes and L3 domains, and on a machine too small for that, two OSlets.
+// Options shape a generated plan. With OSlets alone, the machine is split
+// into that many OSlets; with CPUsPerOSlet alone, into OSlets of that many
+// CPUs; with both, the cluster takes that many OSlets of that size and leaves
+// the rest of the machine outside it (benchmarks that compare cluster sizes
+// need this). With neither, Make follows the seed: 4 to 8 CPUs per OSlet,
+// aligned to NUMA nodes and L3 domains, and on a machine too small for that,
+// two OSlets.
 type Options struct {
 	OSlets       int
 	CPUsPerOSlet int
@@ -57,15 +61,21 @@ func Make(m *topology.Machine, opt Options) (*Plan, error) {
 	if opt.OSlets < 0 || opt.CPUsPerOSlet < 0 {
 		return nil, errors.New("plan: counts must be positive")
 	}
-	if opt.OSlets > 0 && opt.CPUsPerOSlet > 0 {
-		return nil, errors.New("plan: give --oslets or --cpus-per-oslet, not both")
-	}
 	cores := coresOf(m)
 	if len(cores) == 0 {
 		return nil, errors.New("plan: the machine has no usable CPU")
 	}
 	var groups [][]core
 	switch {
+	case opt.OSlets > 0 && opt.CPUsPerOSlet > 0:
+		groups = splitBySize(cores, opt.CPUsPerOSlet)
+		// splitBySize leaves a smaller run at the end of a node; only full
+		// ones count.
+		groups = slices.DeleteFunc(groups, func(g []core) bool { return cpuCount(g) < opt.CPUsPerOSlet })
+		if len(groups) < opt.OSlets {
+			return nil, fmt.Errorf("plan: cannot make %d OSlets of %d CPUs from %d CPUs (an OSlet never splits a core or a node)", opt.OSlets, opt.CPUsPerOSlet, cpuCount(cores))
+		}
+		groups = groups[:opt.OSlets]
 	case opt.OSlets > 0:
 		if opt.OSlets > len(cores) {
 			return nil, fmt.Errorf("plan: cannot make %d OSlets from %d cores (an OSlet never splits a core)", opt.OSlets, len(cores))

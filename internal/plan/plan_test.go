@@ -55,6 +55,8 @@ func TestMake(t *testing.T) {
 		{"--oslets 3 of 16", machine(1, 1, 16, 1), Options{OSlets: 3}, []int{5, 5, 6}},
 		{"--oslets 8", machine(1, 2, 8, 1), Options{OSlets: 8}, []int{2, 2, 2, 2, 2, 2, 2, 2}},
 		{"--cpus-per-oslet 4, smt", machine(1, 1, 8, 2), Options{CPUsPerOSlet: 4}, []int{4, 4, 4, 4}},
+		{"--oslets 1 --cpus-per-oslet 1", machine(1, 1, 2, 1), Options{OSlets: 1, CPUsPerOSlet: 1}, []int{1}},
+		{"--oslets 4 --cpus-per-oslet 2", machine(1, 1, 16, 1), Options{OSlets: 4, CPUsPerOSlet: 2}, []int{2, 2, 2, 2}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -98,8 +100,8 @@ func TestMakeRefuses(t *testing.T) {
 	if _, err := Make(machine(1, 1, 2, 1), Options{OSlets: 3}); err == nil || !strings.Contains(err.Error(), "cannot make 3") {
 		t.Fatalf("3 OSlets from 2 cores: %v", err)
 	}
-	if _, err := Make(machine(1, 1, 2, 1), Options{OSlets: 2, CPUsPerOSlet: 1}); err == nil {
-		t.Fatal("both options accepted")
+	if _, err := Make(machine(1, 1, 2, 1), Options{OSlets: 2, CPUsPerOSlet: 2}); err == nil || !strings.Contains(err.Error(), "cannot make 2 OSlets of 2 CPUs") {
+		t.Fatalf("2 OSlets of 2 CPUs from 2 CPUs: %v", err)
 	}
 }
 

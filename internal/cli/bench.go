@@ -1,0 +1,184 @@
+package cli
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"runtime"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/spf13/cobra"
+	"golang.org/x/sys/unix"
+
+	"github.com/smpc-cluster/smpc"
+	"github.com/smpc-cluster/smpc/internal/bench"
+	"github.com/smpc-cluster/smpc/internal/cluster"
+)
+
+func benchCmd() *cobra.Command {
+	var asJSON, scaling bool
+	var sz bench.Sizes
+	var bytes string
+	var roundTime time.Duration
+	cmd := &cobra.Command{
+		Use:   "bench",
+		Short: "Measure cross-OSlet operations beside the native operations they stand for (root)",
+		Long: `Measure what the single-system image costs. Each figure is set beside the
+native Linux operation it stands for, both measured in this run, with their
+ratio and the design's target:
+
+  null-call     a null call between two OSlets / a Unix-socket ping-pong
+  spawn         create /bin/true on another OSlet and wait, through the Go
+                package / fork, exec and wait here
+  run-command   the whole 'smpc run --on K -- /bin/true' / /bin/true
+  signal-wait   kill and wait for a process on another OSlet / on the same
+  pipe          pipe throughput between two OSlets / within one
+  cpu-loop      a CPU-bound loop in an OSlet / on the host, same CPUs
+  syscall-loop  getpid and 64-byte reads in an OSlet / on the host
+
+It uses the cluster of the state dir when one runs there (or the caller's own,
+inside an OSlet), and otherwise boots one for the run and shuts it down after.
+
+--scaling also boots clusters of 1, 2, 4 and 8 OSlets of equal size (as many
+as this machine holds) and measures each one's boot time and its aggregate
+rates, every OSlet creating processes on, then calling, the next: the seed's
+goal of linear scalability.`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			n, err := parseBytes(bytes)
+			if err != nil {
+				return fmt.Errorf("--bytes: %w", err)
+			}
+			sz.PipeBytes = n
+			if sz.Calls < 20 {
+				return fmt.Errorf("--calls %d: give at least 20", sz.Calls)
+			}
+			exe, err := benchBinary()
+			if err != nil {
+				return err
+			}
+			ctx := context.Background()
+			progress := func(r bench.Result) {
+				if isTerminal(os.Stderr) {
+					fmt.Fprintf(os.Stderr, "smpc bench: %s done\n", r.Name)
+				}
+			}
+			c, dir, stop, err := benchCluster(ctx, exe)
+			if err != nil {
+				return err
+			}
+			r := &bench.Runner{Client: c, Binary: exe, StateDir: dir}
+			results, err := r.All(ctx, sz, progress)
+			c.Close()
+			stop()
+			if err == nil && scaling {
+				if c.Self() != 0 {
+					err = errors.New("bench --scaling boots clusters: run it from the host")
+				} else {
+					sizes, per := bench.DefaultSizes(runtime.NumCPU())
+					s := &bench.Scaling{Binary: exe, StateDir: fmt.Sprintf("/run/smpc-bench-scaling-%d", os.Getpid()),
+						Sizes: sizes, CPUsPerOSlet: per, For: roundTime}
+					var more []bench.Result
+					more, err = s.Run(ctx)
+					results = append(results, more...)
+				}
+			}
+			if asJSON {
+				enc := json.NewEncoder(cmd.OutOrStdout())
+				enc.SetIndent("", "  ")
+				if jerr := enc.Encode(struct {
+					Results []bench.Result `json:"results"`
+				}{results}); jerr != nil {
+					return jerr
+				}
+			} else {
+				bench.Print(cmd.OutOrStdout(), results)
+			}
+			return err
+		},
+	}
+	cmd.Flags().BoolVar(&asJSON, "json", false, "print the results as JSON")
+	cmd.Flags().IntVarP(&sz.Calls, "calls", "n", bench.DefaultCalls, "null calls per side; spawns and kills are a quarter of it")
+	cmd.Flags().StringVar(&bytes, "bytes", "1G", "bytes through each pipe (K, M and G suffixes)")
+	cmd.Flags().DurationVar(&sz.LoopTime, "loop-time", bench.DefaultLoopTime, "how long each run of a loop lasts")
+	cmd.Flags().BoolVar(&scaling, "scaling", false, "also boot clusters of 1, 2, 4 and 8 OSlets and measure how rates scale")
+	cmd.Flags().DurationVar(&roundTime, "round-time", time.Second, "how long each scaling round lasts")
+	return cmd
+}
+
+// benchBinary returns this smpc binary, which the benchmarks run as their
+// helpers, in OSlets too.
+func benchBinary() (string, error) {
+	exe, err := os.Executable()
+	if err != nil {
+		return "", fmt.Errorf("bench: find the smpc binary: %w", err)
+	}
+	if exe, err = filepath.EvalSymlinks(exe); err != nil {
+		return "", fmt.Errorf("bench: find the smpc binary: %w", err)
+	}
+	if strings.HasPrefix(exe, "/tmp/") {
+		return "", fmt.Errorf("bench: the smpc binary is %s, but /tmp is private to each OSlet, where its helpers run: put it elsewhere", exe)
+	}
+	return exe, nil
+}
+
+// benchCluster connects to the cluster that runs at the state dir, or boots
+// one for the run. stop shuts down what it booted.
+func benchCluster(ctx context.Context, exe string) (c *smpc.Client, dir string, stop func(), err error) {
+	c, err = connect()
+	if err == nil {
+		if err = c.Ping(ctx, c.OSlets()[0]); err == nil {
+			if c.Self() == 0 {
+				dir, _ = cluster.ResolveStateDir(stateDir)
+			}
+			return c, dir, func() {}, nil
+		}
+		c.Close()
+	}
+	if os.Geteuid() != 0 {
+		return nil, "", nil, fmt.Errorf("bench: no cluster runs at the state dir, and booting one needs root: %w", err)
+	}
+	dir = "/run/smpc-bench-" + strconv.Itoa(os.Getpid())
+	fmt.Fprintf(os.Stderr, "smpc bench: no cluster is running; booting one at %s for the run\n", dir)
+	if out, err := exec.Command(exe, "boot", "--detach", "--state-dir", dir).CombinedOutput(); err != nil {
+		return nil, "", nil, fmt.Errorf("bench: boot: %w: %s", err, strings.TrimSpace(string(out)))
+	}
+	stop = func() { exec.Command(exe, "shutdown", "--state-dir", dir).Run() }
+	if c, err = smpc.Connect(dir); err != nil {
+		stop()
+		return nil, "", nil, err
+	}
+	return c, dir, stop, nil
+}
+
+// parseBytes reads a byte count such as 1G, 64M or 4096.
+func parseBytes(s string) (int64, error) {
+	mult := int64(1)
+	switch {
+	case strings.HasSuffix(s, "K"):
+		mult = 1 << 10
+	case strings.HasSuffix(s, "M"):
+		mult = 1 << 20
+	case strings.HasSuffix(s, "G"):
+		mult = 1 << 30
+	}
+	if mult > 1 {
+		s = s[:len(s)-1]
+	}
+	n, err := strconv.ParseInt(s, 10, 64)
+	if err != nil || n <= 0 {
+		return 0, fmt.Errorf("%q is not a positive byte count", s)
+	}
+	return n * mult, nil
+}
+
+func isTerminal(f *os.File) bool {
+	_, err := unix.IoctlGetTermios(int(f.Fd()), unix.TCGETS)
+	return err == nil
+}
