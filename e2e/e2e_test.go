@@ -18,7 +18,10 @@ import (
 var smpcBin string
 
 func TestMain(m *testing.M) {
-	if os.Getenv("SMPC_ECHO_HELPER") == "1" {
+	if os.Getenv("SMPC_E2E_HELPER") != "" {
+		// This is the test binary started as a helper process (see
+		// testBinary); smpc is built already.
+		smpcBin = os.Getenv("SMPC_BIN")
 		os.Exit(m.Run())
 	}
 	// The binary lives outside /tmp, which is private inside OSlets, and is

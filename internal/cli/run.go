@@ -38,7 +38,8 @@ recipes that use 'smpc run'.
 
 Attached (the default), the caller's standard input, output and error are
 handed to CMD itself, so pipes between OSlets are real pipes; signals sent to
-smpc run go to CMD (Ctrl-C, Ctrl-Z, fg and bg work), and smpc run exits with
+smpc run go to CMD's process group (Ctrl-C, Ctrl-Z, fg and bg work, and vi or
+top on another OSlet use this terminal), and smpc run exits with
 CMD's status (128+N when killed by signal N). Its own failures exit 125, a
 program that is not executable 126, one that is not found 127, and a process
 lost with its OSlet 137.
@@ -114,13 +115,19 @@ func runProcess(cmd *cobra.Command, c *smpc.Client, proc *smpc.Cmd) error {
 	return nil
 }
 
-// forwardSignals passes the signals smpc run receives to its process. On
-// Ctrl-Z it stops the process, then stops itself, so that the shell sees the
-// job stop; the SIGCONT of fg or bg then continues both.
+// forwardSignals passes the signals smpc run receives to its process's
+// group, as a terminal sends Ctrl-C to the whole foreground job: the process
+// was made the leader of its own group, so a make and its recipes, or a
+// shell and its children, all get it. On Ctrl-Z it stops the group, then
+// stops itself, so that the shell sees the job stop; the SIGCONT of fg or bg
+// then continues both.
 func forwardSignals(c *smpc.Client, pid smpc.PID, sigs chan os.Signal) {
+	ctx := context.Background()
 	for s := range sigs {
 		sig := s.(unix.Signal)
-		c.Signal(context.Background(), pid, sig)
+		if err := c.SignalGroup(ctx, pid, sig); err != nil {
+			c.Signal(ctx, pid, sig) // it left its group
+		}
 		if sig == unix.SIGTSTP {
 			unix.Kill(0, unix.SIGSTOP)
 		}
