@@ -1,7 +1,6 @@
 package fabric
 
 import (
-	"errors"
 	"fmt"
 	"io"
 	"os"
@@ -28,8 +27,6 @@ type Conn struct {
 	rbuf []byte
 	oob  []byte
 }
-
-var errClosed = errors.New("use of closed channel")
 
 // newConn wraps a connected socket. blocking picks the read mode.
 func newConn(fd int, blocking bool) (*Conn, error) {
