@@ -127,7 +127,7 @@ type OSletStatus struct {
 	MemoryLimit int64   `json:"memory_limit"`
 	MemoryUsed  int64   `json:"memory_used"`
 	Processes   int     `json:"processes"`
-	Load        float64 `json:"load"` // processes per CPU
+	Load        float64 `json:"load"` // runnable processes per CPU
 	Queue       int     `json:"queue"`
 	Active      int     `json:"active"`
 	Protocol    string  `json:"protocol"`

@@ -30,6 +30,10 @@ type Init struct {
 	queue *fabric.Queue // the queued lock for peer requests
 	peers map[int]*peer // fixed at start; each peer guards itself
 	rr    atomic.Uint64 // round-robin cursor for launches from here
+	// placedHere counts least-loaded launches placed on this OSlet since the
+	// last heartbeat, as peer.load counts those placed on a peer, so that a
+	// burst spreads before the processes show in the run queue.
+	placedHere atomic.Int64
 
 	mu       sync.Mutex
 	attached map[*fabric.Conn][]vproc.PID // spawns whose parent is a channel; guarded by mu

@@ -96,6 +96,13 @@ func (i *Init) connectPeers() error {
 			return fmt.Errorf("oslet %d: connect to oslet %d: %w", i.cfg.Index, p.index, err)
 		}
 	}
+	go func() {
+		// Launches counted since the last heartbeat show in the run
+		// queue, or have ended, by the next one.
+		for range time.Tick(heartbeat) {
+			i.placedHere.Store(0)
+		}
+	}()
 	for _, p := range i.peers {
 		go i.keep(p)
 	}

@@ -395,7 +395,7 @@ func (i *Init) localStatus() fabric.OSletStatus {
 	return fabric.OSletStatus{
 		Index: i.cfg.Index, Up: true, CPUs: i.self.CPUs.String(),
 		MemoryLimit: i.self.Memory, MemoryUsed: i.cg.MemoryUsed(),
-		Processes: procs, Load: float64(procs) / float64(len(i.self.CPUs)),
+		Processes: procs, Load: float64(runnable()) / float64(len(i.self.CPUs)),
 		Queue: waiting, Active: active, Protocol: fmt.Sprintf("%d.%d", fabric.Major, fabric.Minor),
 	}
 }

@@ -110,7 +110,8 @@ func (i *Init) place(policy vproc.Policy) int {
 		sort.Ints(up)
 		return up[int((i.rr.Add(1)-1)%uint64(len(up)))]
 	case vproc.PolicyLeastLoaded:
-		best, bestLoad := i.cfg.Index, float64(len(listPIDs()))/float64(len(i.self.CPUs))
+		cpus := float64(len(i.self.CPUs))
+		best, bestLoad := i.cfg.Index, float64(runnable()+int(i.placedHere.Load()))/cpus
 		var chosen *peer
 		for k, p := range i.peers {
 			if load, up := p.currentLoad(); up && (load < bestLoad || load == bestLoad && k < best) {
@@ -123,6 +124,8 @@ func (i *Init) place(policy vproc.Policy) int {
 			chosen.mu.Lock()
 			chosen.load += 1 / float64(chosen.cpus)
 			chosen.mu.Unlock()
+		} else {
+			i.placedHere.Add(1)
 		}
 		return best
 	}

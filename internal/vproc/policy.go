@@ -13,7 +13,7 @@ const (
 	PolicyLocal Policy = "local"
 	// PolicyRoundRobin places successive children on successive OSlets.
 	PolicyRoundRobin Policy = "round-robin"
-	// PolicyLeastLoaded places a child on the OSlet with the fewest processes
+	// PolicyLeastLoaded places a child on the OSlet with the fewest runnable processes
 	// per CPU.
 	PolicyLeastLoaded Policy = "least-loaded"
 )
