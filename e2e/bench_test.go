@@ -4,7 +4,6 @@ import (
 	"context"
 	"encoding/json"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"runtime"
 	"testing"
@@ -24,11 +23,11 @@ func benchRunner(b *testing.B) *bench.Runner {
 		b.Skip("benchmarks boot a real cluster: run them as root")
 	}
 	dir := "/run/smpc-e2e-bench"
-	exec.Command(smpcBin, "shutdown", "--state-dir", dir).Run()
-	if out, err := exec.Command(smpcBin, "boot", "--detach", "--state-dir", dir).CombinedOutput(); err != nil {
-		b.Fatalf("boot: %v: %s", err, out)
+	_, shutdown, err := bench.Boot(context.Background(), smpcBin, dir)
+	if err != nil {
+		b.Fatal(err)
 	}
-	b.Cleanup(func() { exec.Command(smpcBin, "shutdown", "--state-dir", dir).Run() })
+	b.Cleanup(shutdown)
 	c, err := smpc.Connect(dir)
 	if err != nil {
 		b.Fatal(err)
@@ -86,6 +85,12 @@ func BenchmarkPipe(b *testing.B) {
 	if err != nil {
 		b.Fatal(err)
 	}
+	reportAll(b, rs)
+}
+
+// reportAll reports several results of one benchmark, each led by its name.
+func reportAll(b *testing.B, rs []bench.Result) {
+	b.Helper()
 	for _, res := range rs {
 		reportResult(b, res.Name+"-", res)
 	}
@@ -120,9 +125,7 @@ func BenchmarkScaling(b *testing.B) {
 	if err != nil {
 		b.Fatal(err)
 	}
-	for _, res := range rs {
-		reportResult(b, res.Name+"-", res)
-	}
+	reportAll(b, rs)
 }
 
 // TestBenchCommand runs 'smpc bench --json --scaling', small, as a user

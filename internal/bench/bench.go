@@ -127,10 +127,11 @@ func (r *Runner) NullCall(ctx context.Context, n int) (Result, error) {
 	if err != nil {
 		return Result{}, fmt.Errorf("bench null-call: %w", err)
 	}
-	cpusA, cpusB, err := r.cpusOfPair(ctx, a, b)
+	cpus, err := r.cpusOf(ctx, a, b)
 	if err != nil {
 		return Result{}, err
 	}
+	cpusA, cpusB := cpus[0], cpus[1]
 	native, err := r.unixPingPong(n, cpusA, cpusB)
 	if err != nil {
 		return Result{}, fmt.Errorf("bench null-call: native ping-pong: %w", err)
@@ -138,16 +139,6 @@ func (r *Runner) NullCall(ctx context.Context, n int) (Result, error) {
 	return compare("null-call",
 		Measure{fmt.Sprintf("null call, oslet %d to oslet %d", a, b), ns / float64(n), "ns/op"},
 		Measure{fmt.Sprintf("Unix socket ping-pong, CPUs %s to %s", cpusA, cpusB), native, "ns/op"}, 1.5), nil
-}
-
-// cpusOfPair returns the CPU lists of OSlets a and b.
-func (r *Runner) cpusOfPair(ctx context.Context, a, b int) (string, string, error) {
-	cpusA, err := r.cpusOf(ctx, a)
-	if err != nil {
-		return "", "", err
-	}
-	cpusB, err := r.cpusOf(ctx, b)
-	return cpusA, cpusB, err
 }
 
 // pinned runs f on a thread pinned to cpus, as the native side of a
@@ -301,10 +292,11 @@ func (r *Runner) Pipe(ctx context.Context, bytes int64) ([]Result, error) {
 	if err != nil {
 		return nil, err
 	}
-	cpusA, cpusB, err := r.cpusOfPair(ctx, a, b)
+	cpus, err := r.cpusOf(ctx, a, b)
 	if err != nil {
 		return nil, err
 	}
+	cpusA, cpusB := cpus[0], cpus[1]
 	var cross, one, host float64
 	for i := 0; i < Reps; i++ {
 		c, err := r.pipeRate(ctx, a, b, bytes)
@@ -439,10 +431,11 @@ func (r *Runner) Local(ctx context.Context, kind string, d time.Duration) (Resul
 	if err != nil {
 		return Result{}, err
 	}
-	cpus, err := r.cpusOf(ctx, a)
+	cpuList, err := r.cpusOf(ctx, a)
 	if err != nil {
 		return Result{}, err
 	}
+	cpus := cpuList[0]
 	loop := []string{"loop", kind, "--for", d.String()}
 	var inside, host float64
 	for i := 0; i < LoopReps; i++ {
@@ -451,11 +444,7 @@ func (r *Runner) Local(ctx context.Context, kind string, d time.Duration) (Resul
 			return Result{}, fmt.Errorf("bench %s loop: oslet %d: %w", kind, a, err)
 		}
 		inside = max(inside, count/ns*1e9)
-		out, err := exec.CommandContext(ctx, r.Binary, append([]string{"bench-helper", "--cpus", cpus}, loop...)...).Output()
-		if err != nil {
-			return Result{}, fmt.Errorf("bench %s loop: host: %w", kind, exitDetail(err))
-		}
-		count, ns, err = parseReport(string(out))
+		count, ns, err = r.helperPinned(ctx, cpus, loop...)
 		if err != nil {
 			return Result{}, fmt.Errorf("bench %s loop: host: %w", kind, err)
 		}
@@ -467,17 +456,36 @@ func (r *Runner) Local(ctx context.Context, kind string, d time.Duration) (Resul
 		Measure{fmt.Sprintf("%s on the host, CPUs %s", what, cpus), host, "iterations/s"}, 0.98), nil
 }
 
-func (r *Runner) cpusOf(ctx context.Context, k int) (string, error) {
+// helperPinned runs a helper on the host, pinned to cpus, and returns its
+// report: the native side of a helper that runs in an OSlet.
+func (r *Runner) helperPinned(ctx context.Context, cpus string, args ...string) (count, ns float64, err error) {
+	out, err := exec.CommandContext(ctx, r.Binary, append([]string{"bench-helper", "--cpus", cpus}, args...)...).Output()
+	if err != nil {
+		return 0, 0, exitDetail(err)
+	}
+	return parseReport(string(out))
+}
+
+// cpusOf returns the CPU lists of OSlets ks, from one status call.
+func (r *Runner) cpusOf(ctx context.Context, ks ...int) ([]string, error) {
 	sts, err := r.Client.Status(ctx)
 	if err != nil {
-		return "", fmt.Errorf("bench: status: %w", err)
+		return nil, fmt.Errorf("bench: status: %w", err)
 	}
+	up := map[int]string{}
 	for _, st := range sts {
-		if st.Index == k && st.Up {
-			return st.CPUs, nil
+		if st.Up {
+			up[st.Index] = st.CPUs
 		}
 	}
-	return "", fmt.Errorf("bench: oslet %d: %w", k, smpc.ErrDown)
+	cpus := make([]string, len(ks))
+	for n, k := range ks {
+		var ok bool
+		if cpus[n], ok = up[k]; !ok {
+			return nil, fmt.Errorf("bench: oslet %d: %w", k, smpc.ErrDown)
+		}
+	}
+	return cpus, nil
 }
 
 // succeed turns an exit status that is not 0 into an error.

@@ -199,10 +199,20 @@ func loop(fs *flag.FlagSet, args []string) error {
 	default:
 		return fmt.Errorf("unknown loop %q (cpu or syscall)", kind)
 	}
+	return timedLoop(*d, func() (int64, error) { return chunk(), nil })
+}
+
+// timedLoop runs step again and again for d, then reports the count of what
+// the steps did and the time they took.
+func timedLoop(d time.Duration, step func() (int64, error)) error {
 	var count int64
 	start := time.Now()
-	for time.Since(start) < *d {
-		count += chunk()
+	for time.Since(start) < d {
+		n, err := step()
+		if err != nil {
+			return err
+		}
+		count += n
 	}
 	report(count, time.Since(start))
 	return nil
@@ -260,18 +270,11 @@ func spawnLoop(fs *flag.FlagSet, args []string) error {
 		return err
 	}
 	defer c.Close()
-	var count int64
-	start := time.Now()
-	for time.Since(start) < *d {
+	return timedLoop(*d, func() (int64, error) {
 		cmd := c.Command("/bin/true")
 		cmd.OSlet = *to
-		if err := succeed(cmd.Run(ctx)); err != nil {
-			return err
-		}
-		count++
-	}
-	report(count, time.Since(start))
-	return nil
+		return 1, succeed(cmd.Run(ctx))
+	})
 }
 
 // forkLoop is spawnLoop's native counterpart: fork, exec and wait for
@@ -281,14 +284,5 @@ func forkLoop(fs *flag.FlagSet, args []string) error {
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
-	var count int64
-	start := time.Now()
-	for time.Since(start) < *d {
-		if err := exec.Command("/bin/true").Run(); err != nil {
-			return err
-		}
-		count++
-	}
-	report(count, time.Since(start))
-	return nil
+	return timedLoop(*d, func() (int64, error) { return 1, exec.Command("/bin/true").Run() })
 }

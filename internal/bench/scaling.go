@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"os/exec"
 	"strconv"
+	"strings"
 	"sync"
 	"time"
 
@@ -40,139 +41,137 @@ func DefaultSizes(ncpu int) (sizes []int, cpusPer int) {
 }
 
 // Run boots each cluster in turn, measures it and shuts it down. Results
-// come per size: boot time, spawn rate, and for two OSlets or more the null
-// call rate.
+// come per size: boot time, the machine's own fork rate, the spawn rate, and
+// for two OSlets or more the null call rate.
 func (s *Scaling) Run(ctx context.Context) ([]Result, error) {
 	var out []Result
 	var spawn1, null2, native1 float64
 	for _, n := range s.Sizes {
-		rs, spawn, null, native, err := s.one(ctx, n)
+		m, err := s.one(ctx, n)
 		if err != nil {
 			return out, err
 		}
-		out = append(out, rs[0]) // boot
-		// The machine's own scaling, without smpc: the ceiling for smpc's.
-		name := fmt.Sprintf("scale-native-fork-%d", n)
-		m := Measure{fmt.Sprintf("%d host processes on the same CPUs forking /bin/true", n), native, "spawns/s"}
-		if n == 1 {
-			native1 = native
-			out = append(out, Result{Name: name, SMPC: m})
-		} else if native1 > 0 {
-			out = append(out, compare(name, m, Measure{fmt.Sprintf("%d x one process", n), float64(n) * native1, "spawns/s"}, 0))
-		}
-		name = fmt.Sprintf("scale-spawn-%d", n)
-		m = Measure{fmt.Sprintf("%d OSlets of %d CPUs creating processes on each other", n, s.CPUsPerOSlet), spawn, "spawns/s"}
-		switch {
-		case n == 1:
-			spawn1 = spawn
-			out = append(out, Result{Name: name, SMPC: m})
-		case spawn1 > 0:
-			out = append(out, compare(name, m, Measure{fmt.Sprintf("%d x one OSlet", n), float64(n) * spawn1, "spawns/s"}, 0.8))
-		default:
-			out = append(out, Result{Name: name, SMPC: m})
-		}
-		if n < 2 {
-			continue
-		}
-		name = fmt.Sprintf("scale-null-call-%d", n)
-		m = Measure{fmt.Sprintf("%d OSlets making null calls to each other", n), null, "calls/s"}
-		if n == 2 {
-			null2 = null
-			out = append(out, Result{Name: name, SMPC: m})
-		} else {
-			out = append(out, compare(name, m, Measure{fmt.Sprintf("%d/2 x two OSlets", n), float64(n) / 2 * null2, "calls/s"}, 0.8))
+		out = append(out, m.boot,
+			// The machine's own scaling, without smpc: the ceiling for smpc's.
+			against(fmt.Sprintf("scale-native-fork-%d", n), n, 1, &native1, 0,
+				Measure{fmt.Sprintf("%d host processes on the same CPUs forking /bin/true", n), m.native, "spawns/s"}, "x one process"),
+			against(fmt.Sprintf("scale-spawn-%d", n), n, 1, &spawn1, 0.8,
+				Measure{fmt.Sprintf("%d OSlets of %d CPUs creating processes on each other", n, s.CPUsPerOSlet), m.spawn, "spawns/s"}, "x one OSlet"))
+		if n >= 2 {
+			out = append(out, against(fmt.Sprintf("scale-null-call-%d", n), n, 2, &null2, 0.8,
+				Measure{fmt.Sprintf("%d OSlets making null calls to each other", n), m.null, "calls/s"}, "x two OSlets"))
 		}
 	}
 	return out, nil
 }
 
+// against sets a rate at size n beside the rate at size baseN scaled to n.
+// At size baseN it records that rate in base and has nothing to compare.
+func against(name string, n, baseN int, base *float64, limit float64, m Measure, baseWhat string) Result {
+	if n == baseN {
+		*base = m.Value
+	}
+	if n <= baseN || *base == 0 {
+		return Result{Name: name, SMPC: m}
+	}
+	factor := float64(n) / float64(baseN)
+	return compare(name, m, Measure{fmt.Sprintf("%g %s", factor, baseWhat), factor * *base, m.Unit}, limit)
+}
+
+// Boot boots a cluster on state dir dir with 'smpc boot --detach' and extra
+// flags, first shutting down one that an interrupted run left there. It
+// returns the time to ready and the function that shuts the cluster down.
+func Boot(ctx context.Context, binary, dir string, flags ...string) (took time.Duration, shutdown func(), err error) {
+	shutdown = func() { exec.Command(binary, "shutdown", "--state-dir", dir).Run() }
+	shutdown()
+	start := time.Now()
+	out, err := exec.CommandContext(ctx, binary, append([]string{"boot", "--detach", "--state-dir", dir}, flags...)...).CombinedOutput()
+	if err != nil {
+		return 0, nil, fmt.Errorf("boot on %s: %w: %s", dir, err, strings.TrimSpace(string(out)))
+	}
+	return time.Since(start), shutdown, nil
+}
+
+// sizeMeasures are what one cluster size gave.
+type sizeMeasures struct {
+	boot                Result
+	spawn, null, native float64 // aggregate rates
+}
+
 // one boots a cluster of n OSlets and measures it, and the same CPUs without
 // smpc.
-func (s *Scaling) one(ctx context.Context, n int) (boot []Result, spawn, null, native float64, err error) {
+func (s *Scaling) one(ctx context.Context, n int) (m sizeMeasures, err error) {
+	fail := func(what string, err error) (sizeMeasures, error) {
+		return sizeMeasures{}, fmt.Errorf("bench scaling: %d OSlets: %s: %w", n, what, err)
+	}
 	dir := s.StateDir + "-" + strconv.Itoa(n)
-	shutdown := func() { exec.Command(s.Binary, "shutdown", "--state-dir", dir).Run() }
-	shutdown() // a cluster left by an interrupted run
-	start := time.Now()
-	out, err := exec.CommandContext(ctx, s.Binary, "boot", "--detach", "--state-dir", dir,
-		"--oslets", strconv.Itoa(n), "--cpus-per-oslet", strconv.Itoa(s.CPUsPerOSlet)).CombinedOutput()
-	took := time.Since(start)
+	took, shutdown, err := Boot(ctx, s.Binary, dir, "--oslets", strconv.Itoa(n), "--cpus-per-oslet", strconv.Itoa(s.CPUsPerOSlet))
 	if err != nil {
-		return nil, 0, 0, 0, fmt.Errorf("bench scaling: boot %d OSlets: %w: %s", n, err, out)
+		return fail("boot", err)
 	}
 	defer shutdown()
-	perOSlet := took / time.Duration(n)
-	met := perOSlet < 100*time.Millisecond
-	boot = []Result{{
+	met := took/time.Duration(n) < 100*time.Millisecond
+	m.boot = Result{
 		Name:   fmt.Sprintf("boot-%d", n),
 		SMPC:   Measure{fmt.Sprintf("smpc boot --detach, %d OSlets, to ready", n), float64(took.Nanoseconds()), "ns"},
 		Target: "< 100ms per OSlet", Met: &met,
-	}}
+	}
 	c, err := smpc.Connect(dir)
 	if err != nil {
-		return nil, 0, 0, 0, err
+		return fail("connect", err)
 	}
 	defer c.Close()
 	r := &Runner{Client: c, Binary: s.Binary, StateDir: dir}
 	ks := c.OSlets()
 	next := func(i int) int { return ks[(i+1)%len(ks)] }
+	cpus, err := r.cpusOf(ctx, ks...)
+	if err != nil {
+		return fail("status", err)
+	}
+	perSecond := func(count, ns float64, err error) (float64, error) { return count / ns * 1e9, err }
 
-	rates := make([]float64, len(ks))
-	errs := make([]error, len(ks))
-	var wg sync.WaitGroup
-	for i, k := range ks {
-		wg.Go(func() {
-			count, ns, err := r.helperOn(ctx, k, "spawn-loop", "--to", strconv.Itoa(next(i)), "--for", s.For.String())
-			rates[i], errs[i] = count/ns*1e9, err
-		})
+	m.spawn, err = everyOSlet(ks, func(i, k int) (float64, error) {
+		return perSecond(r.helperOn(ctx, k, "spawn-loop", "--to", strconv.Itoa(next(i)), "--for", s.For.String()))
+	})
+	if err != nil {
+		return fail("spawn loop", err)
 	}
-	wg.Wait()
-	if spawn, err = sum(rates, errs); err != nil {
-		return nil, 0, 0, 0, fmt.Errorf("bench scaling: %d OSlets: spawn loop: %w", n, err)
-	}
-	for i, k := range ks {
-		wg.Go(func() {
-			cpus, err := r.cpusOf(ctx, k)
-			if err != nil {
-				errs[i] = err
-				return
-			}
-			out, err := exec.CommandContext(ctx, s.Binary, "bench-helper", "--cpus", cpus, "fork-loop", "--for", s.For.String()).Output()
-			if err != nil {
-				errs[i] = exitDetail(err)
-				return
-			}
-			count, ns, err := parseReport(string(out))
-			rates[i], errs[i] = count/ns*1e9, err
-		})
-	}
-	wg.Wait()
-	if native, err = sum(rates, errs); err != nil {
-		return nil, 0, 0, 0, fmt.Errorf("bench scaling: %d OSlets: native fork loop: %w", n, err)
+	m.native, err = everyOSlet(ks, func(i, _ int) (float64, error) {
+		return perSecond(r.helperPinned(ctx, cpus[i], "fork-loop", "--for", s.For.String()))
+	})
+	if err != nil {
+		return fail("native fork loop", err)
 	}
 	if n < 2 {
-		return boot, spawn, 0, native, nil
+		return m, nil
 	}
 	// Size the null-call round from one OSlet's rate alone.
 	calls := 500
 	ns, err := c.PingPeer(ctx, ks[0], ks[1], calls)
 	if err != nil {
-		return nil, 0, 0, 0, fmt.Errorf("bench scaling: %d OSlets: null call: %w", n, err)
+		return fail("null call", err)
 	}
 	calls = max(calls, int(float64(s.For.Nanoseconds())/(ns/float64(calls))))
-	for i, k := range ks {
-		wg.Go(func() {
-			ns, err := c.PingPeer(ctx, k, next(i), calls)
-			rates[i], errs[i] = float64(calls)/ns*1e9, err
-		})
+	m.null, err = everyOSlet(ks, func(i, k int) (float64, error) {
+		ns, err := c.PingPeer(ctx, k, next(i), calls)
+		return perSecond(float64(calls), ns, err)
+	})
+	if err != nil {
+		return fail("null calls", err)
 	}
-	wg.Wait()
-	if null, err = sum(rates, errs); err != nil {
-		return nil, 0, 0, 0, fmt.Errorf("bench scaling: %d OSlets: null calls: %w", n, err)
-	}
-	return boot, spawn, null, native, nil
+	return m, nil
 }
 
-func sum(rates []float64, errs []error) (float64, error) {
+// everyOSlet runs rate for every OSlet at once and returns the sum of the
+// rates, or the first error.
+func everyOSlet(ks []int, rate func(i, k int) (float64, error)) (float64, error) {
+	rates := make([]float64, len(ks))
+	errs := make([]error, len(ks))
+	var wg sync.WaitGroup
+	for i, k := range ks {
+		wg.Go(func() { rates[i], errs[i] = rate(i, k) })
+	}
+	wg.Wait()
 	total := 0.0
 	for i, r := range rates {
 		if errs[i] != nil {

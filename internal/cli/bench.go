@@ -6,13 +6,13 @@ import (
 	"errors"
 	"fmt"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"runtime"
 	"strconv"
 	"strings"
 	"time"
 
+	"github.com/docker/go-units"
 	"github.com/spf13/cobra"
 	"golang.org/x/sys/unix"
 
@@ -51,9 +51,9 @@ rates, every OSlet creating processes on, then calling, the next: the seed's
 goal of linear scalability.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			n, err := parseBytes(bytes)
-			if err != nil {
-				return fmt.Errorf("--bytes: %w", err)
+			n, err := units.RAMInBytes(bytes)
+			if err != nil || n <= 0 {
+				return fmt.Errorf("--bytes %q: not a positive byte count", bytes)
 			}
 			sz.PipeBytes = n
 			if sz.Calls < 20 {
@@ -73,21 +73,21 @@ goal of linear scalability.`,
 			if err != nil {
 				return err
 			}
+			if scaling && c.Self() != 0 {
+				c.Close()
+				return errors.New("bench --scaling boots clusters: run it from the host")
+			}
 			r := &bench.Runner{Client: c, Binary: exe, StateDir: dir}
 			results, err := r.All(ctx, sz, progress)
 			c.Close()
 			stop()
 			if err == nil && scaling {
-				if c.Self() != 0 {
-					err = errors.New("bench --scaling boots clusters: run it from the host")
-				} else {
-					sizes, per := bench.DefaultSizes(runtime.NumCPU())
-					s := &bench.Scaling{Binary: exe, StateDir: fmt.Sprintf("/run/smpc-bench-scaling-%d", os.Getpid()),
-						Sizes: sizes, CPUsPerOSlet: per, For: roundTime}
-					var more []bench.Result
-					more, err = s.Run(ctx)
-					results = append(results, more...)
-				}
+				sizes, per := bench.DefaultSizes(runtime.NumCPU())
+				s := &bench.Scaling{Binary: exe, StateDir: fmt.Sprintf("/run/smpc-bench-scaling-%d", os.Getpid()),
+					Sizes: sizes, CPUsPerOSlet: per, For: roundTime}
+				var more []bench.Result
+				more, err = s.Run(ctx)
+				results = append(results, more...)
 			}
 			if asJSON {
 				enc := json.NewEncoder(cmd.OutOrStdout())
@@ -146,36 +146,14 @@ func benchCluster(ctx context.Context, exe string) (c *smpc.Client, dir string, 
 	}
 	dir = "/run/smpc-bench-" + strconv.Itoa(os.Getpid())
 	fmt.Fprintf(os.Stderr, "smpc bench: no cluster is running; booting one at %s for the run\n", dir)
-	if out, err := exec.Command(exe, "boot", "--detach", "--state-dir", dir).CombinedOutput(); err != nil {
-		return nil, "", nil, fmt.Errorf("bench: boot: %w: %s", err, strings.TrimSpace(string(out)))
+	if _, stop, err = bench.Boot(ctx, exe, dir); err != nil {
+		return nil, "", nil, fmt.Errorf("bench: %w", err)
 	}
-	stop = func() { exec.Command(exe, "shutdown", "--state-dir", dir).Run() }
 	if c, err = smpc.Connect(dir); err != nil {
 		stop()
 		return nil, "", nil, err
 	}
 	return c, dir, stop, nil
-}
-
-// parseBytes reads a byte count such as 1G, 64M or 4096.
-func parseBytes(s string) (int64, error) {
-	mult := int64(1)
-	switch {
-	case strings.HasSuffix(s, "K"):
-		mult = 1 << 10
-	case strings.HasSuffix(s, "M"):
-		mult = 1 << 20
-	case strings.HasSuffix(s, "G"):
-		mult = 1 << 30
-	}
-	if mult > 1 {
-		s = s[:len(s)-1]
-	}
-	n, err := strconv.ParseInt(s, 10, 64)
-	if err != nil || n <= 0 {
-		return 0, fmt.Errorf("%q is not a positive byte count", s)
-	}
-	return n * mult, nil
 }
 
 func isTerminal(f *os.File) bool {
