@@ -53,8 +53,10 @@ type Client struct {
 	self     int // the caller's OSlet, when inside
 	oslets   []int
 
-	mu    sync.Mutex
-	conns map[int]*fabric.Caller // inside: key 0 is the own init
+	mu         sync.Mutex
+	conns      map[int]*fabric.Caller // inside: key 0 is the own init
+	ipcObjects map[*ipcObject]bool    // mapped IPC objects, to end if their home dies
+	watching   map[int]bool           // homes watched for their death (host only)
 }
 
 // Connect finds the cluster. Inside an OSlet it connects to its own init and
@@ -189,34 +191,45 @@ func (c *Client) Processes(ctx context.Context) (procs []Process, down []int, er
 		_, err := c.call(ctx, 0, fabric.OpProcesses, fabric.ProcessesRequest{Cluster: true}, nil, &r)
 		return r.Processes, r.Down, err
 	}
+	down, err = c.eachOSlet(func(k int) (func(), error) {
+		var r fabric.ProcessesReply
+		_, err := c.call(ctx, k, fabric.OpProcesses, fabric.ProcessesRequest{}, nil, &r)
+		return func() { procs = append(procs, r.Processes...) }, err
+	})
+	if err != nil {
+		return nil, nil, err
+	}
+	sort.Slice(procs, func(a, b int) bool { return procs[a].PID < procs[b].PID })
+	return procs, down, nil
+}
+
+// eachOSlet asks every OSlet at once, from the host. ask returns a merge
+// step, run one at a time when ask succeeded; the OSlets that are down come
+// back in down, and other failures joined in err.
+func (c *Client) eachOSlet(ask func(k int) (merge func(), err error)) (down []int, err error) {
 	var mu sync.Mutex
 	var wg sync.WaitGroup
-	var firstErr error
+	var errs []error
 	for _, k := range c.oslets {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			var r fabric.ProcessesReply
-			_, err := c.call(ctx, k, fabric.OpProcesses, fabric.ProcessesRequest{}, nil, &r)
+			merge, err := ask(k)
 			mu.Lock()
 			defer mu.Unlock()
 			switch {
 			case errors.Is(err, ErrDown):
 				down = append(down, k)
 			case err != nil:
-				firstErr = err
+				errs = append(errs, err)
 			default:
-				procs = append(procs, r.Processes...)
+				merge()
 			}
 		}()
 	}
 	wg.Wait()
-	if firstErr != nil {
-		return nil, nil, firstErr
-	}
 	sort.Ints(down)
-	sort.Slice(procs, func(a, b int) bool { return procs[a].PID < procs[b].PID })
-	return procs, down, nil
+	return down, errors.Join(errs...)
 }
 
 // Status describes every OSlet; a down OSlet has Up false.
@@ -226,27 +239,20 @@ func (c *Client) Status(ctx context.Context) ([]OSletStatus, error) {
 		_, err := c.call(ctx, 0, fabric.OpStatus, fabric.StatusRequest{Cluster: true}, nil, &r)
 		return r.OSlets, err
 	}
-	out := make([]OSletStatus, len(c.oslets))
-	errs := make([]error, len(c.oslets))
-	var wg sync.WaitGroup
-	for n, k := range c.oslets {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			var r fabric.StatusReply
-			_, err := c.call(ctx, k, fabric.OpStatus, fabric.StatusRequest{}, nil, &r)
-			if err != nil || len(r.OSlets) == 0 {
-				out[n] = OSletStatus{Index: k}
-				if !errors.Is(err, ErrDown) {
-					errs[n] = err
-				}
-				return
-			}
-			out[n] = r.OSlets[0]
-		}()
+	var out []OSletStatus
+	down, err := c.eachOSlet(func(k int) (func(), error) {
+		var r fabric.StatusReply
+		_, err := c.call(ctx, k, fabric.OpStatus, fabric.StatusRequest{}, nil, &r)
+		if err == nil && len(r.OSlets) == 0 {
+			err = fmt.Errorf("oslet %d: empty status", k)
+		}
+		return func() { out = append(out, r.OSlets[0]) }, err
+	})
+	for _, k := range down {
+		out = append(out, OSletStatus{Index: k})
 	}
-	wg.Wait()
-	return out, errors.Join(errs...)
+	sort.Slice(out, func(a, b int) bool { return out[a].Index < out[b].Index })
+	return out, err
 }
 
 // Ping makes a null call to OSlet k (inside an OSlet, to its own init).

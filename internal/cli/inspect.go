@@ -4,7 +4,6 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
-	"strings"
 	"text/tabwriter"
 
 	"github.com/spf13/cobra"
@@ -79,14 +78,7 @@ An OSlet that is down is named on standard error, and the exit status is 1.`,
 				}
 				tw.Flush()
 			}
-			if len(down) > 0 {
-				var names []string
-				for _, k := range down {
-					names = append(names, fmt.Sprintf("oslet %d is down", k))
-				}
-				return fmt.Errorf("%s", strings.Join(names, "; "))
-			}
-			return nil
+			return downError(down)
 		},
 	}
 	cmd.Flags().BoolVar(&asJSON, "json", false, "print JSON")

@@ -99,7 +99,7 @@ func Boot(opts Options) (c *Cluster, retErr error) {
 		state: &State{
 			Name: opts.Name, StateDir: opts.StateDir, Plan: opts.Plan, Supervisor: os.Getpid(),
 			Inits: map[int]int{}, Cgroups: map[int]string{}, Owner: opts.Owner,
-			CgroupTop: "smpc", GTmp: filepath.Join(opts.StateDir, "gtmp"),
+			CgroupTop: "smpc", GTmp: filepath.Join(opts.StateDir, "gtmp"), Shm: filepath.Join(opts.StateDir, "shm"),
 			Protocol: fmt.Sprintf("%d.%d", fabric.Major, fabric.Minor),
 		},
 	}
@@ -108,8 +108,13 @@ func Boot(opts Options) (c *Cluster, retErr error) {
 			c.teardown()
 		}
 	}()
-	if err := mountGTmp(c.state.GTmp); err != nil {
-		return c, fmt.Errorf("boot: %w", err)
+	if err := os.MkdirAll(GTmpMount, 0o755); err != nil {
+		return c, fmt.Errorf("boot: create %s mount point: %w", GTmpMount, err)
+	}
+	for _, m := range []struct{ name, dir string }{{"smpc-gtmp", c.state.GTmp}, {"smpc-shm", c.state.Shm}} {
+		if err := mountShared(m.name, m.dir); err != nil {
+			return c, fmt.Errorf("boot: %w", err)
+		}
 	}
 	id := clusterID(opts.StateDir)
 	for _, o := range opts.Plan.OSlets {
@@ -264,7 +269,7 @@ func (c *Cluster) startInit(o plan.OSlet, opts *Options) (*syncChannel, error) {
 	}
 	sc := &syncChannel{f: parentEnd, in: bufio.NewReader(parentEnd)}
 	cfg := oslet.Config{Index: o.Index, Cluster: c.state.Name, StateDir: c.state.StateDir, Plan: opts.Plan,
-		Cgroup: cg.Stats, GTmp: c.state.GTmp, Owner: opts.Owner}
+		Cgroup: cg.Stats, GTmp: c.state.GTmp, Shm: c.state.Shm, Owner: opts.Owner}
 	if err := sc.send(cfg); err != nil {
 		parentEnd.Close()
 		return nil, fmt.Errorf("oslet %d: send config: %w", o.Index, err)
@@ -324,9 +329,11 @@ func (c *Cluster) teardown() error {
 }
 
 func removeStateFiles(s *State) {
-	if s.GTmp != "" {
-		unix.Unmount(s.GTmp, unix.MNT_DETACH)
-		os.Remove(s.GTmp)
+	for _, dir := range []string{s.GTmp, s.Shm} {
+		if dir != "" {
+			unix.Unmount(dir, unix.MNT_DETACH)
+			os.Remove(dir)
+		}
 	}
 	for _, pattern := range []string{"oslet-*.sock", "oslet-*.log", "boot.log", stateFile, stateFile + ".new", "lock"} {
 		matches, _ := filepath.Glob(filepath.Join(s.StateDir, pattern))
@@ -380,14 +387,13 @@ func isInit(pid int) bool {
 	return err == nil && strings.Contains(string(b), "oslet-init")
 }
 
-func mountGTmp(dir string) error {
-	if err := os.MkdirAll(GTmpMount, 0o755); err != nil {
-		return fmt.Errorf("create %s mount point: %w", GTmpMount, err)
-	}
+// mountShared mounts a tmpfs on the host that every OSlet binds in: /gtmp
+// and /dev/shm.
+func mountShared(name, dir string) error {
 	if err := os.MkdirAll(dir, 0o755); err != nil {
 		return fmt.Errorf("shared tmpfs: %w", err)
 	}
-	if err := unix.Mount("smpc-gtmp", dir, "tmpfs", unix.MS_NOSUID|unix.MS_NODEV, "mode=1777"); err != nil {
+	if err := unix.Mount(name, dir, "tmpfs", unix.MS_NOSUID|unix.MS_NODEV, "mode=1777"); err != nil {
 		return fmt.Errorf("mount shared tmpfs on %s: %w", dir, err)
 	}
 	// Private, so that the OSlets' own mounts never propagate back.

@@ -35,6 +35,7 @@ type State struct {
 	Cgroups    map[int]string `json:"cgroups"`
 	CgroupTop  string         `json:"cgroup_top"`
 	GTmp       string         `json:"gtmp"`
+	Shm        string         `json:"shm"` // host path of the tmpfs every OSlet sees as /dev/shm
 	Owner      uint32         `json:"owner"`
 	Booted     time.Time      `json:"booted"`
 	Protocol   string         `json:"protocol"`

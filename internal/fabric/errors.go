@@ -3,6 +3,9 @@ package fabric
 import (
 	"errors"
 	"fmt"
+	"syscall"
+
+	"golang.org/x/sys/unix"
 )
 
 // Code classifies an error so that it survives the trip between OSlets and
@@ -11,12 +14,15 @@ type Code string
 
 // The error codes; each mirrors the Linux errno a local call would give.
 const (
-	CodeNoProcess  Code = "ESRCH"  // no such process
-	CodePermission Code = "EPERM"  // not allowed
-	CodeNotFound   Code = "ENOENT" // program or file not found
-	CodeNoExec     Code = "EACCES" // program not executable
-	CodeInvalid    Code = "EINVAL" // bad request
-	CodeDown       Code = "DOWN"   // the OSlet is down
+	CodeNoProcess  Code = "ESRCH"    // no such process
+	CodePermission Code = "EPERM"    // not allowed
+	CodeNotFound   Code = "ENOENT"   // program, file or IPC key not found
+	CodeAccess     Code = "EACCES"   // the mode bits refuse access
+	CodeNoExec          = CodeAccess // program not executable
+	CodeInvalid    Code = "EINVAL"   // bad request
+	CodeExists     Code = "EEXIST"   // IPC_CREAT|IPC_EXCL on a key in use
+	CodeNoSpace    Code = "ENOSPC"   // a table is full
+	CodeDown       Code = "DOWN"     // the OSlet is down
 	CodeVersion    Code = "VERSION"
 	CodeRefused    Code = "REFUSED" // refused by policy (the seed's socket rule)
 	CodeInternal   Code = "INTERNAL"
@@ -30,10 +36,34 @@ type Error struct {
 
 func (e *Error) Error() string { return e.Message }
 
-// Is lets errors.Is match an *Error against the sentinel of its code.
+// Is lets errors.Is match an *Error against the sentinel of its code, and
+// against the syscall.Errno its code names (errors.Is(err, syscall.EEXIST)),
+// so that an error from another OSlet matches as the local call's would.
 func (e *Error) Is(target error) bool {
-	t, ok := target.(*Error)
-	return ok && t.Message == "" && t.Code == e.Code
+	switch t := target.(type) {
+	case *Error:
+		return t.Message == "" && t.Code == e.Code
+	case syscall.Errno:
+		return t != 0 && unix.ErrnoName(t) == string(e.Code)
+	}
+	return false
+}
+
+// FromErrno converts an error that wraps a syscall.Errno into an *Error
+// whose code is the errno's name, so that it crosses OSlets and still
+// matches the errno; other errors become internal errors. prefix names
+// where it happened ("oslet 2").
+func FromErrno(prefix string, err error) *Error {
+	var e *Error
+	if errors.As(err, &e) {
+		return e
+	}
+	msg := prefix + ": " + err.Error()
+	var errno syscall.Errno
+	if errors.As(err, &errno) && unix.ErrnoName(errno) != "" {
+		return &Error{Code: Code(unix.ErrnoName(errno)), Message: msg}
+	}
+	return &Error{Code: CodeInternal, Message: msg}
 }
 
 // Sentinels for errors.Is.
@@ -42,6 +72,8 @@ var (
 	ErrPermission = &Error{Code: CodePermission}
 	ErrNotFound   = &Error{Code: CodeNotFound}
 	ErrNoExec     = &Error{Code: CodeNoExec}
+	ErrAccess     = &Error{Code: CodeAccess}
+	ErrExists     = &Error{Code: CodeExists}
 	ErrInvalid    = &Error{Code: CodeInvalid}
 	ErrDown       = &Error{Code: CodeDown}
 	ErrVersion    = &Error{Code: CodeVersion}

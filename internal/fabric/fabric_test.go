@@ -2,12 +2,15 @@ package fabric
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
+	"fmt"
 	"io"
 	"os"
 	"path/filepath"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 
@@ -140,8 +143,9 @@ func TestHandshakeRefusals(t *testing.T) {
 		t.Fatal(err)
 	}
 	err = reply.Decode(&HelloReply{})
-	if !errors.Is(err, ErrVersion) || !strings.Contains(err.Error(), "2.3") || !strings.Contains(err.Error(), "1.0") {
-		t.Fatalf("refusal = %v; want one naming 2.3 and 1.0", err)
+	ours := fmt.Sprintf("%d.%d", Major, Minor)
+	if !errors.Is(err, ErrVersion) || !strings.Contains(err.Error(), "2.3") || !strings.Contains(err.Error(), ours) {
+		t.Fatalf("refusal = %v; want one naming 2.3 and %s", err, ours)
 	}
 	if _, err := conn.Recv(); err != io.EOF {
 		t.Fatalf("channel not closed after refusal: %v", err)
@@ -189,6 +193,57 @@ func TestPeerDeathFailsPendingCalls(t *testing.T) {
 	if _, err := c.Call(context.Background(), OpPing, Empty{}, nil, &Empty{}); !errors.Is(err, ErrDown) {
 		t.Fatalf("later call got %v", err)
 	}
+}
+
+// TestNewerOpRefused checks that a request of a newer minor version that
+// this end does not know gets a version error and the channel lives on.
+func TestNewerOpRefused(t *testing.T) {
+	addr := serve(t, ServeConfig{})
+	conn, err := Dial(addr, true)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	if _, err := Handshake(conn, Hello{Role: RolePeer}); err != nil {
+		t.Fatal(err)
+	}
+	f, _ := NewFrame(OpPing, 7, 0, Empty{}, nil)
+	f.Op, f.Minor = opEnd+3, Minor+1
+	if err := conn.Send(f); err != nil {
+		t.Fatal(err)
+	}
+	reply, err := conn.Recv()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := reply.Decode(&Empty{}); !errors.Is(err, ErrVersion) || reply.ID != 7 {
+		t.Fatalf("newer op: reply %d %v, want a version error for request 7", reply.ID, err)
+	}
+	c := NewCaller(conn, nil)
+	if _, err := c.Call(context.Background(), OpPing, Empty{}, nil, &Empty{}); err != nil {
+		t.Fatalf("ping after a refused newer op: %v", err)
+	}
+}
+
+// TestErrnoCodes checks that an errno crosses as its name and still
+// matches the errno.
+func TestErrnoCodes(t *testing.T) {
+	err := FromErrno("oslet 2", fmt.Errorf("msg key 0x1: %w", syscall.EEXIST))
+	var back Error
+	json.Unmarshal(must(json.Marshal(err)), &back)
+	if !errors.Is(&back, syscall.EEXIST) || errors.Is(&back, syscall.ENOENT) || !errors.Is(&back, ErrExists) || back.Error() != "oslet 2: msg key 0x1: file exists" {
+		t.Fatalf("errno across: %+v", back)
+	}
+	if e := FromErrno("x", errors.New("plain")); e.Code != CodeInternal {
+		t.Fatalf("plain error: %+v", e)
+	}
+}
+
+func must(b []byte, err error) []byte {
+	if err != nil {
+		panic(err)
+	}
+	return b
 }
 
 func TestGarbageClosesChannel(t *testing.T) {

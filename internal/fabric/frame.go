@@ -22,7 +22,7 @@ import (
 // (messages only ever gain optional fields within a major version).
 const (
 	Major = 1
-	Minor = 0
+	Minor = 1 // 1.1: System V IPC (ipc-get, ipc-ctl, ipc-list, ipc-release, ipc-watch)
 )
 
 // HeaderSize is the size of a frame's fixed header.
@@ -42,19 +42,25 @@ type Op uint16
 
 // The operations.
 const (
-	OpHello     Op = 1 + iota // version handshake; first frame on every channel
-	OpPing                    // null call
-	OpSpawn                   // create a process
-	OpSignal                  // deliver a signal
-	OpWait                    // wait for a process to end
-	OpOrphan                  // a remote parent is gone
-	OpProcesses               // list processes
-	OpStatus                  // describe OSlets
-	OpPingPeer                // time null calls from this OSlet to another (benchmarks)
+	OpHello      Op = 1 + iota // version handshake; first frame on every channel
+	OpPing                     // null call
+	OpSpawn                    // create a process
+	OpSignal                   // deliver a signal
+	OpWait                     // wait for a process to end
+	OpOrphan                   // a remote parent is gone
+	OpProcesses                // list processes
+	OpStatus                   // describe OSlets
+	OpPingPeer                 // time null calls from this OSlet to another (benchmarks)
+	OpIPCGet                   // msgget, semget: find or create at the key's home (1.1)
+	OpIPCCtl                   // IPC_STAT, IPC_SET, IPC_RMID at the object's home (1.1)
+	OpIPCList                  // list IPC objects, as ipcs(1) (1.1)
+	OpIPCRelease               // processes are gone: end their sessions at a home (1.1)
+	OpIPCWatch                 // answered only when the channel ends: tells a host client its homes died (1.1)
 	opEnd
 )
 
-var opNames = [...]string{"", "hello", "ping", "spawn", "signal", "wait", "orphan", "processes", "status", "ping-peer"}
+var opNames = [...]string{"", "hello", "ping", "spawn", "signal", "wait", "orphan", "processes", "status", "ping-peer",
+	"ipc-get", "ipc-ctl", "ipc-list", "ipc-release", "ipc-watch"}
 
 func (o Op) String() string {
 	if o > 0 && o < opEnd {
@@ -124,7 +130,10 @@ func ParseFrame(b []byte) (*Frame, error) {
 	if int(f.Len) != len(b)-HeaderSize {
 		return nil, fmt.Errorf("%w: header says %d body bytes, datagram has %d", ErrFrame, f.Len, len(b)-HeaderSize)
 	}
-	if f.Op == 0 || f.Op >= opEnd {
+	// An op past ours from a peer of a newer minor version is a request we
+	// cannot serve, not garbage: Serve refuses it and the channel lives on.
+	// A reply only echoes its request's op.
+	if f.Op == 0 || (f.Op >= opEnd && f.Minor <= Minor && f.Flags&FlagReply == 0) {
 		return nil, fmt.Errorf("%w: unknown op %d", ErrFrame, uint16(f.Op))
 	}
 	f.Body = b[HeaderSize:]

@@ -1,6 +1,9 @@
 package fabric
 
-import "github.com/smpc-cluster/smpc/internal/vproc"
+import (
+	"github.com/smpc-cluster/smpc/internal/ipc"
+	"github.com/smpc-cluster/smpc/internal/vproc"
+)
 
 // Role says who opened a channel.
 type Role string
@@ -153,3 +156,70 @@ type PingPeerReply struct {
 
 // Empty is the body of requests and replies that carry nothing.
 type Empty struct{}
+
+// IPCGetRequest is msgget(2) or semget(2): by key (or IPC_PRIVATE), or with
+// ID set an existing object by its ID. It goes to the object's home.
+type IPCGetRequest struct {
+	Kind  ipc.Kind `json:"kind"`
+	Key   int32    `json:"key"`
+	ID    int32    `json:"id,omitempty"`
+	Flags int      `json:"flags"` // IPC_CREAT, IPC_EXCL and the mode bits
+	NSems int      `json:"nsems,omitempty"`
+	Cred  *Cred    `json:"cred,omitempty"` // set by the first init, never by clients
+	// Token names the caller's channel to its first init, which sets it;
+	// its top bits name that OSlet, so a home knows whose sessions to end
+	// when an OSlet dies.
+	Token uint64 `json:"token,omitempty"`
+}
+
+// IPCGetReply names the object and the caller's session in it; the
+// object's memory travels as the reply's descriptor (none when Slot is -1:
+// the caller may neither read nor write it).
+type IPCGetReply struct {
+	ID   int32 `json:"id"`
+	Slot int   `json:"slot"`
+	Home int   `json:"home"`
+}
+
+// The IPC control commands.
+const (
+	IPCStat   = "stat"
+	IPCSet    = "set"
+	IPCRemove = "rmid"
+)
+
+// IPCCtlRequest is msgctl(2) or semctl(2) with IPC_STAT, IPC_SET or
+// IPC_RMID, on the object with ID, or with ByKey on the object with Key
+// (ipcrm -Q and -S). It goes to the object's home.
+type IPCCtlRequest struct {
+	Kind  ipc.Kind        `json:"kind"`
+	Cmd   string          `json:"cmd"`
+	ID    int32           `json:"id,omitempty"`
+	Key   int32           `json:"key,omitempty"`
+	ByKey bool            `json:"by_key,omitempty"`
+	Set   *ipc.SetRequest `json:"set,omitempty"`
+	Cred  *Cred           `json:"cred,omitempty"`
+}
+
+// IPCCtlReply describes the object after IPC_STAT or IPC_SET.
+type IPCCtlReply struct {
+	Info ipc.Info `json:"info"`
+}
+
+// IPCListRequest lists the IPC objects of the OSlet asked, or with Cluster
+// of every OSlet.
+type IPCListRequest struct {
+	Cluster bool `json:"cluster,omitempty"`
+}
+
+// IPCListReply lists objects, and the OSlets that could not answer.
+type IPCListReply struct {
+	Objects []ipc.Info `json:"objects"`
+	Down    []int      `json:"down,omitempty"`
+}
+
+// IPCReleaseRequest ends every session of these tokens at the home asked:
+// the processes behind them are gone.
+type IPCReleaseRequest struct {
+	Tokens []uint64 `json:"tokens"`
+}

@@ -67,6 +67,13 @@ func Serve(conn *Conn, h Handler, cfg ServeConfig) error {
 			conn.Close()
 			return fmt.Errorf("%w: unexpected %s frame", ErrFrame, f.Op)
 		}
+		if f.Op >= opEnd {
+			f.CloseFiles()
+			if err := Reply(conn, f, nil, nil, Errorf(CodeVersion, "%s needs protocol %d.%d; this end speaks %d.%d", f.Op, f.Major, f.Minor, Major, Minor)); err != nil {
+				return err
+			}
+			continue
+		}
 		req := &Request{Frame: f, Conn: conn}
 		if cfg.Inline != nil && cfg.Inline(f.Op) && (cfg.Queue == nil || cfg.Queue.TryAcquire()) {
 			if cfg.Queue != nil {

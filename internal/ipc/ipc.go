@@ -46,6 +46,21 @@ func (k Kind) String() string {
 	return fmt.Sprintf("kind(%d)", uint32(k))
 }
 
+// MarshalText writes the kind by name, for messages and JSON.
+func (k Kind) MarshalText() ([]byte, error) {
+	if k != KindMsg && k != KindSem {
+		return nil, fmt.Errorf("unknown IPC kind %d", uint32(k))
+	}
+	return []byte(k.String()), nil
+}
+
+// UnmarshalText reads a kind's name.
+func (k *Kind) UnmarshalText(b []byte) error {
+	v, err := ParseKind(string(b))
+	*k = v
+	return err
+}
+
 // ParseKind reads a kind's name.
 func ParseKind(s string) (Kind, error) {
 	switch s {
@@ -169,7 +184,7 @@ func (p Perm) Controls(c Cred) bool { return c.UID == 0 || c.UID == p.UID || c.U
 
 // Info describes an object, as IPC_STAT and ipcs(1) do.
 type Info struct {
-	Kind  Kind  `json:"-"`
+	Kind  Kind  `json:"kind"`
 	ID    int32 `json:"id"`
 	Key   int32 `json:"key"`
 	Home  int   `json:"home"`
@@ -186,9 +201,6 @@ type Info struct {
 	NSems    int    `json:"nsems,omitempty"`    // semaphore sets
 	Attached int    `json:"attached,omitempty"` // processes holding the object now
 }
-
-// KindName returns the object's kind by name, for JSON and tables.
-func (i Info) KindName() string { return i.Kind.String() }
 
 // ModeString prints permission bits as ipcs(1) does ("644").
 func ModeString(mode uint32) string { return strconv.FormatUint(uint64(mode&permBits), 8) }

@@ -160,8 +160,10 @@ func (r *Registry) create(req GetRequest) (*object, error) {
 // SetRequest is IPC_SET: the new owner and mode, and for a queue its byte
 // limit (0 leaves it).
 type SetRequest struct {
-	UID, GID, Mode uint32
-	QBytes         uint64
+	UID    uint32 `json:"uid"`
+	GID    uint32 `json:"gid"`
+	Mode   uint32 `json:"mode"`
+	QBytes uint64 `json:"qbytes,omitempty"`
 }
 
 // Set is IPC_SET: the owner, the creator or root may change the owner, the

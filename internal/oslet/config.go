@@ -37,6 +37,7 @@ type Config struct {
 	Plan     *plan.Plan          `json:"plan"`   // the boot table
 	Cgroup   partition.StatFiles `json:"cgroup"` // where the init reads its cgroup's use
 	GTmp     string              `json:"gtmp"`   // host path of the shared tmpfs mounted on /gtmp
+	Shm      string              `json:"shm"`    // host path of the shared tmpfs mounted on /dev/shm
 	Owner    uint32              `json:"owner"`  // uid allowed on the host socket besides root
 	// PeerSlots bounds the peer requests served at once (the queued lock).
 	PeerSlots int `json:"peer_slots"`

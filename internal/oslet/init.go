@@ -28,6 +28,7 @@ type Init struct {
 	table *vproc.Table
 	cg    partition.StatFiles
 	queue *fabric.Queue // the queued lock for peer requests
+	ipc   *ipcState     // System V IPC objects homed here, and callers' sessions
 	peers map[int]*peer // fixed at start; each peer guards itself
 	rr    atomic.Uint64 // round-robin cursor for launches from here
 	// placedHere counts least-loaded launches placed on this OSlet since the
@@ -96,6 +97,7 @@ func Main() error {
 	clientL.Close()
 	os.Remove(HostAddr(cfg.StateDir, cfg.Index))
 	killAll()
+	init.ipcShutdown()
 	return nil
 }
 
@@ -120,6 +122,7 @@ func newInit(cfg *Config) (*Init, error) {
 		queue:    fabric.NewQueue(cfg.PeerSlots),
 		peers:    map[int]*peer{},
 		attached: map[*fabric.Conn][]vproc.PID{},
+		ipc:      newIPCState(cfg.Index),
 	}
 	for _, o := range cfg.Plan.OSlets {
 		if o.Index != cfg.Index {

@@ -117,6 +117,7 @@ func (i *Init) keep(p *peer) {
 			if wasUp {
 				i.log.Warn("peer down", "peer", p.index)
 				i.table.OrphanFrom(p.index)
+				i.ipcPeerDown(p.index)
 				wasUp = false
 			}
 			if p.dial(i.cfg.Index) != nil {

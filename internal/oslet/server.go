@@ -11,6 +11,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/smpc-cluster/smpc/internal/fabric"
+	"github.com/smpc-cluster/smpc/internal/ipc"
 	"github.com/smpc-cluster/smpc/internal/vproc"
 )
 
@@ -23,6 +24,7 @@ type caller struct {
 	conn   *fabric.Conn
 	ctx    context.Context // ends when the channel closes
 	origin int             // OSlet the caller lives on; 0 the host
+	token  uint64          // names the channel's IPC sessions (not for peers)
 }
 
 func (i *Init) serveChannel(fd int, clients bool) {
@@ -56,6 +58,9 @@ func (i *Init) serveChannel(fd int, clients bool) {
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	who.conn, who.ctx = conn, ctx
+	if who.role != fabric.RolePeer {
+		who.token = i.newToken()
+	}
 	cfg := fabric.ServeConfig{Inline: func(op fabric.Op) bool { return op == fabric.OpPing || op == fabric.OpSignal }}
 	if who.role == fabric.RolePeer {
 		cfg.Queue = i.queue
@@ -74,11 +79,13 @@ func (i *Init) serveChannel(fd int, clients bool) {
 func (i *Init) channelClosed(who *caller) {
 	if who.role == fabric.RolePeer {
 		i.table.OrphanFrom(who.from)
+		i.ipcPeerDown(who.from)
 		if p := i.peers[who.from]; p != nil {
 			p.down(fmt.Errorf("channel from oslet %d closed", who.from))
 		}
 		return
 	}
+	i.ipcChannelClosed(who.token)
 	i.mu.Lock()
 	pids := i.attached[who.conn]
 	delete(i.attached, who.conn)
@@ -165,6 +172,45 @@ func (i *Init) handle(who *caller, r *fabric.Request) (any, []*os.File, error) {
 			return nil, nil, fabric.Errorf(fabric.CodeInvalid, "oslet %d: ping-peer is not served to peers", i.cfg.Index)
 		}
 		return i.pingPeer(&req)
+	case fabric.OpIPCGet:
+		var req fabric.IPCGetRequest
+		if err := r.Decode(&req); err != nil {
+			return nil, nil, fabric.Errorf(fabric.CodeInvalid, "oslet %d: %v", i.cfg.Index, err)
+		}
+		return i.ipcGet(who, &req)
+	case fabric.OpIPCCtl:
+		var req fabric.IPCCtlRequest
+		if err := r.Decode(&req); err != nil {
+			return nil, nil, fabric.Errorf(fabric.CodeInvalid, "oslet %d: %v", i.cfg.Index, err)
+		}
+		return i.ipcCtl(who, &req)
+	case fabric.OpIPCList:
+		var req fabric.IPCListRequest
+		if err := r.Decode(&req); err != nil {
+			return nil, nil, fabric.Errorf(fabric.CodeInvalid, "oslet %d: %v", i.cfg.Index, err)
+		}
+		return i.ipcList(who, req.Cluster), nil, nil
+	case fabric.OpIPCRelease:
+		var req fabric.IPCReleaseRequest
+		if err := r.Decode(&req); err != nil {
+			return nil, nil, fabric.Errorf(fabric.CodeInvalid, "oslet %d: %v", i.cfg.Index, err)
+		}
+		if who.role != fabric.RolePeer {
+			return nil, nil, fabric.Errorf(fabric.CodePermission, "oslet %d: ipc-release is served to peers only", i.cfg.Index)
+		}
+		for _, t := range req.Tokens {
+			if ipc.TokenOrigin(t) == who.from {
+				i.ipc.table.Release(t)
+			}
+		}
+		return fabric.Empty{}, nil, nil
+	case fabric.OpIPCWatch:
+		if who.role == fabric.RolePeer {
+			return nil, nil, fabric.Errorf(fabric.CodeInvalid, "oslet %d: ipc-watch is not served to peers", i.cfg.Index)
+		}
+		r.ReleaseSlot()
+		<-who.ctx.Done()
+		return nil, nil, fabric.ErrChannelClosed
 	}
 	return nil, nil, fabric.Errorf(fabric.CodeInvalid, "oslet %d: %s is not a request", i.cfg.Index, r.Op)
 }

@@ -9,8 +9,10 @@ import (
 // setupNamespaces makes the init's new namespaces into an OSlet. It runs as
 // PID 1 before anything else, in this order: mounts go private first so that
 // nothing leaks to the host; /proc is mounted fresh so it shows this PID
-// namespace; then the private /tmp (the seed's local /tmp) and the shared
-// /gtmp (its global one); then the cluster's hostname and loopback.
+// namespace; then the private /tmp (the seed's local /tmp), the shared
+// /gtmp (its global one) and the shared /dev/shm (its memory filesystem for
+// shared memory: shm_open works across OSlets); then the cluster's hostname
+// and loopback.
 func setupNamespaces(cfg *Config) error {
 	steps := []struct {
 		what string
@@ -24,6 +26,12 @@ func setupNamespaces(cfg *Config) error {
 			return unix.Mount("tmpfs", "/tmp", "tmpfs", unix.MS_NOSUID|unix.MS_NODEV, "mode=1777")
 		}},
 		{"mount shared /gtmp", func() error { return unix.Mount(cfg.GTmp, "/gtmp", "", unix.MS_BIND, "") }},
+		{"mount shared /dev/shm", func() error {
+			if cfg.Shm == "" {
+				return nil // booted by an older smpc: keep the host's
+			}
+			return unix.Mount(cfg.Shm, "/dev/shm", "", unix.MS_BIND, "")
+		}},
 		{"set hostname", func() error { return unix.Sethostname([]byte(cfg.Cluster)) }},
 		{"bring up loopback", loopbackUp},
 	}
