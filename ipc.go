@@ -50,6 +50,10 @@ type IPCSet = ipc.SetRequest
 // Num, block while that would go below zero, or with Delta 0 wait for zero.
 type SemOp = ipc.SemOp
 
+// IPCHomeOfKey returns the OSlet, among oslets (the cluster's, as
+// Client.OSlets gives them), that is home to the objects with key.
+func IPCHomeOfKey(key int32, oslets []int) int { return ipc.HomeOfKey(key, oslets) }
+
 // ParseIPCKey reads a key in decimal or 0x hex.
 func ParseIPCKey(s string) (int32, error) { return ipc.ParseKey(s) }
 

@@ -76,6 +76,24 @@ func BenchmarkRunCommand(b *testing.B) { runBench(b, (*bench.Runner).RunCommand)
 // vs on OSlet 1.
 func BenchmarkSignalWait(b *testing.B) { runBench(b, (*bench.Runner).SignalWait) }
 
+// BenchmarkMsgPingPong: a message round trip through one SysV queue
+// between processes on two OSlets vs through a kernel queue between two
+// host processes on the same CPUs.
+func BenchmarkMsgPingPong(b *testing.B) { runBench(b, (*bench.Runner).MsgPingPong) }
+
+// BenchmarkSemOp: an uncontended semop inside an OSlet on a set homed on
+// another vs the kernel's semop on the same CPUs. b.N is in milliseconds of
+// looping.
+func BenchmarkSemOp(b *testing.B) {
+	r := benchRunner(b)
+	b.ResetTimer()
+	res, err := r.SemOp(context.Background(), time.Duration(b.N)*time.Millisecond)
+	if err != nil {
+		b.Fatal(err)
+	}
+	reportResult(b, "", res)
+}
+
 // BenchmarkPipe: b.N MiB through a pipe between two OSlets vs within one, and
 // vs host processes on the same CPUs.
 func BenchmarkPipe(b *testing.B) {

@@ -32,13 +32,15 @@ func Helper(args []string) int {
 		return 2
 	}
 	helpers := map[string]func(*flag.FlagSet, []string) error{
-		"echo":        echo,
-		"pipe-write":  pipeWrite,
-		"pipe-read":   pipeRead,
-		"loop":        loop,
-		"signal-wait": signalWait,
-		"spawn-loop":  spawnLoop,
-		"fork-loop":   forkLoop,
+		"echo":         echo,
+		"pipe-write":   pipeWrite,
+		"pipe-read":    pipeRead,
+		"loop":         loop,
+		"signal-wait":  signalWait,
+		"spawn-loop":   spawnLoop,
+		"fork-loop":    forkLoop,
+		"msg-pingpong": msgPingPong,
+		"sem-loop":     semLoop,
 	}
 	h, ok := helpers[args[0]]
 	if !ok {

@@ -29,6 +29,8 @@ func (r *Runner) All(ctx context.Context, sz Sizes, done func(Result)) ([]Result
 		one(func() (Result, error) { return r.Spawn(ctx, sz.Calls/4) }),
 		one(func() (Result, error) { return r.RunCommand(ctx, sz.Calls/20) }),
 		one(func() (Result, error) { return r.SignalWait(ctx, sz.Calls/4) }),
+		one(func() (Result, error) { return r.MsgPingPong(ctx, sz.Calls) }),
+		one(func() (Result, error) { return r.SemOp(ctx, sz.LoopTime) }),
 		func() ([]Result, error) { return r.Pipe(ctx, sz.PipeBytes) },
 		one(func() (Result, error) { return r.Local(ctx, "cpu", sz.LoopTime) }),
 		one(func() (Result, error) { return r.Local(ctx, "syscall", sz.LoopTime) }),

@@ -443,7 +443,7 @@ func downError(down []int) error {
 }
 
 func ipcrmCmd() *cobra.Command {
-	var qIDs, sIDs, qKeys, sKeys []string
+	var qIDs, sIDs, qKeys, sKeys, mIDs, mKeys []string
 	cmd := &cobra.Command{
 		Use:   "ipcrm [-q ID] [-Q KEY] [-s ID] [-S KEY]...",
 		Short: "Remove message queues and semaphore sets by ID or key, as ipcrm(1)",
@@ -451,9 +451,13 @@ func ipcrmCmd() *cobra.Command {
 -s ID and -S KEY a semaphore set; each option may repeat. Processes blocked
 on a removed object wake with "identifier removed". Only the owner, the
 creator or root may remove an object. Every removal is tried; the exit status
-is 1 if any failed.`,
+is 1 if any failed. -m and -M (System V shared memory) are refused: shared
+memory across OSlets is /dev/shm, managed with 'smpc shm'.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
+			if len(mIDs)+len(mKeys) > 0 {
+				return errors.New("ipcrm: System V shared memory segments (shmget) are not shared across OSlets yet, so there are none to remove; shared memory lives in /dev/shm: remove it with 'smpc shm rm NAME'")
+			}
 			if len(qIDs)+len(sIDs)+len(qKeys)+len(sKeys) == 0 {
 				return errors.New("ipcrm: nothing to remove (give -q, -Q, -s or -S)")
 			}
@@ -502,5 +506,7 @@ is 1 if any failed.`,
 	cmd.Flags().StringArrayVarP(&qKeys, "queue-key", "Q", nil, "remove the message queue with this key")
 	cmd.Flags().StringArrayVarP(&sIDs, "semaphore-id", "s", nil, "remove the semaphore set with this ID")
 	cmd.Flags().StringArrayVarP(&sKeys, "semaphore-key", "S", nil, "remove the semaphore set with this key")
+	cmd.Flags().StringArrayVarP(&mIDs, "shmem-id", "m", nil, "System V shared memory: not clustered (see smpc shm)")
+	cmd.Flags().StringArrayVarP(&mKeys, "shmem-key", "M", nil, "System V shared memory: not clustered (see smpc shm)")
 	return cmd
 }

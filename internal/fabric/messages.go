@@ -2,6 +2,7 @@ package fabric
 
 import (
 	"github.com/smpc-cluster/smpc/internal/ipc"
+	"github.com/smpc-cluster/smpc/internal/shm"
 	"github.com/smpc-cluster/smpc/internal/vproc"
 )
 
@@ -222,4 +223,31 @@ type IPCListReply struct {
 // the processes behind them are gone.
 type IPCReleaseRequest struct {
 	Tokens []uint64 `json:"tokens"`
+}
+
+// The shared memory commands.
+const (
+	ShmCreate = "create"
+	ShmOpen   = "open"
+	ShmList   = "list"
+	ShmRemove = "remove"
+)
+
+// ShmRequest creates, opens, lists or removes named shared memory. Create
+// goes to the home (On, or the name's hash); open and remove to the
+// object's recorded home. Create and open answer with the descriptor.
+type ShmRequest struct {
+	Cmd    string `json:"cmd"`
+	Name   string `json:"name,omitempty"`
+	Size   int64  `json:"size,omitempty"`
+	On     int    `json:"on,omitempty"`
+	Pinned bool   `json:"pinned,omitempty"`
+	Mode   uint32 `json:"mode,omitempty"`
+	Write  bool   `json:"write,omitempty"`
+	Cred   *Cred  `json:"cred,omitempty"`
+}
+
+// ShmReply describes the objects concerned.
+type ShmReply struct {
+	Objects []shm.Info `json:"objects"`
 }

@@ -17,6 +17,7 @@ import (
 	"github.com/smpc-cluster/smpc/internal/fabric"
 	"github.com/smpc-cluster/smpc/internal/partition"
 	"github.com/smpc-cluster/smpc/internal/plan"
+	"github.com/smpc-cluster/smpc/internal/shm"
 	"github.com/smpc-cluster/smpc/internal/vproc"
 )
 
@@ -29,6 +30,7 @@ type Init struct {
 	cg    partition.StatFiles
 	queue *fabric.Queue // the queued lock for peer requests
 	ipc   *ipcState     // System V IPC objects homed here, and callers' sessions
+	shm   *shm.Table    // named shared memory homed here
 	peers map[int]*peer // fixed at start; each peer guards itself
 	rr    atomic.Uint64 // round-robin cursor for launches from here
 	// placedHere counts least-loaded launches placed on this OSlet since the
@@ -123,6 +125,7 @@ func newInit(cfg *Config) (*Init, error) {
 		peers:    map[int]*peer{},
 		attached: map[*fabric.Conn][]vproc.PID{},
 		ipc:      newIPCState(cfg.Index),
+		shm:      shm.NewTable(cfg.Index, shm.Dir),
 	}
 	for _, o := range cfg.Plan.OSlets {
 		if o.Index != cfg.Index {

@@ -2,6 +2,7 @@ package oslet
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"os"
 	"slices"
@@ -11,6 +12,7 @@ import (
 
 	"github.com/smpc-cluster/smpc/internal/fabric"
 	"github.com/smpc-cluster/smpc/internal/ipc"
+	"github.com/smpc-cluster/smpc/internal/shm"
 )
 
 // ipcState is the init's part in System V IPC: the table of the objects
@@ -267,4 +269,64 @@ func closeAll(files []*os.File) {
 	for _, f := range files {
 		f.Close()
 	}
+}
+
+// shmServe serves named shared memory: create at the home, open and remove
+// at the object's recorded home, list anywhere (every OSlet sees the same
+// /dev/shm).
+func (i *Init) shmServe(who *caller, req *fabric.ShmRequest) (any, []*os.File, error) {
+	cred, err := credOf(who, req.Cred)
+	if err != nil {
+		return nil, nil, err
+	}
+	c := shm.Cred{UID: cred.UID, GID: cred.GID, Groups: cred.Groups}
+	if req.Cmd == fabric.ShmList {
+		list, err := i.shm.List()
+		return fabric.ShmReply{Objects: list}, nil, i.ipcError(err)
+	}
+	if err := shm.CheckName(req.Name); err != nil {
+		return nil, nil, i.ipcError(err)
+	}
+	home := i.shm.HomeOf(req.Name)
+	if req.Cmd == fabric.ShmCreate {
+		home = req.On
+		if home == 0 {
+			home = shm.HomeOfName(req.Name, i.oslets())
+		}
+	}
+	if home == 0 {
+		home = i.cfg.Index // made by a program: no home to ask
+	}
+	p, err := i.forwardTo(who, home)
+	if err != nil {
+		return nil, nil, err
+	}
+	if p != nil {
+		fwd := *req
+		fwd.Cred = &cred
+		var reply fabric.ShmReply
+		files, err := p.call(who.ctx, fabric.OpShm, fwd, nil, &reply)
+		if errors.Is(err, fabric.ErrDown) && req.Cmd == fabric.ShmRemove {
+			// The home died and its locked pages with it: unlink here.
+			return fabric.ShmReply{}, nil, i.ipcError(i.shm.Remove(req.Name, c))
+		}
+		return reply, files, err
+	}
+	var f *os.File
+	switch req.Cmd {
+	case fabric.ShmCreate:
+		free := i.self.Memory - i.cg.MemoryUsed()
+		f, err = i.shm.Create(req.Name, req.Size, req.Mode, req.Pinned, c, free)
+	case fabric.ShmOpen:
+		f, err = i.shm.Open(req.Name, req.Write, c)
+	case fabric.ShmRemove:
+		return fabric.ShmReply{}, nil, i.ipcError(i.shm.Remove(req.Name, c))
+	default:
+		return nil, nil, fabric.Errorf(fabric.CodeInvalid, "oslet %d: unknown shm command %q", i.cfg.Index, req.Cmd)
+	}
+	if err != nil {
+		return nil, nil, i.ipcError(err)
+	}
+	info, _ := i.shm.Stat(req.Name)
+	return fabric.ShmReply{Objects: []shm.Info{info}}, []*os.File{f}, nil
 }

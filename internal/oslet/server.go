@@ -204,6 +204,12 @@ func (i *Init) handle(who *caller, r *fabric.Request) (any, []*os.File, error) {
 			}
 		}
 		return fabric.Empty{}, nil, nil
+	case fabric.OpShm:
+		var req fabric.ShmRequest
+		if err := r.Decode(&req); err != nil {
+			return nil, nil, fabric.Errorf(fabric.CodeInvalid, "oslet %d: %v", i.cfg.Index, err)
+		}
+		return i.shmServe(who, &req)
 	case fabric.OpIPCWatch:
 		if who.role == fabric.RolePeer {
 			return nil, nil, fabric.Errorf(fabric.CodeInvalid, "oslet %d: ipc-watch is not served to peers", i.cfg.Index)
