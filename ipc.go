@@ -159,29 +159,48 @@ func (c *Client) watchHome(o *ipcObject) {
 		c.watching = map[int]bool{}
 	}
 	c.watching[o.home] = true
-	go func() {
+	go c.watch(o.home)
+}
+
+// watch waits for home's channel to end, and if the home itself is gone
+// (not this client closing, not a channel that a redial restores) ends the
+// objects of that home for this process.
+func (c *Client) watch(home int) {
+	for {
 		// The home answers a watch only when the channel ends.
-		_, err := c.call(context.Background(), o.home, fabric.OpIPCWatch, fabric.Empty{}, nil, &fabric.Empty{})
+		_, err := c.call(context.Background(), home, fabric.OpIPCWatch, fabric.Empty{}, nil, &fabric.Empty{})
+		if !errors.Is(err, ErrDown) || c.isClosed() {
+			break
+		}
+		if _, err := c.channel(home); err == nil {
+			continue // the home is up: watch the new channel
+		}
 		c.mu.Lock()
-		delete(c.watching, o.home)
 		var ended []*ipcObject
 		for obj := range c.ipcObjects {
-			if obj.home == o.home {
+			if obj.home == home {
 				ended = append(ended, obj)
 			}
 		}
 		c.mu.Unlock()
-		if !errors.Is(err, ErrDown) {
-			return
-		}
 		for _, obj := range ended {
 			obj.mu.RLock()
-			if obj.seg != nil {
+			if obj.seg != nil && !c.isClosed() {
 				obj.seg.MarkHomeDown()
 			}
 			obj.mu.RUnlock()
 		}
-	}()
+		break
+	}
+	c.mu.Lock()
+	delete(c.watching, home)
+	c.mu.Unlock()
+}
+
+func (c *Client) isClosed() bool {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.closed
 }
 
 // ID returns the object's identifier, as ipcs(1) shows it.

@@ -57,6 +57,7 @@ type Client struct {
 	conns      map[int]*fabric.Caller // inside: key 0 is the own init
 	ipcObjects map[*ipcObject]bool    // mapped IPC objects, to end if their home dies
 	watching   map[int]bool           // homes watched for their death (host only)
+	closed     bool
 }
 
 // Connect finds the cluster. Inside an OSlet it connects to its own init and
@@ -93,6 +94,7 @@ func Connect(stateDir string) (*Client, error) {
 func (c *Client) Close() error {
 	c.mu.Lock()
 	defer c.mu.Unlock()
+	c.closed = true
 	for k, cc := range c.conns {
 		cc.Close()
 		delete(c.conns, k)
@@ -117,6 +119,9 @@ func (c *Client) channel(k int) (*fabric.Caller, error) {
 	}
 	c.mu.Lock()
 	defer c.mu.Unlock()
+	if c.closed {
+		return nil, errors.New("smpc: client is closed")
+	}
 	if cc, ok := c.conns[k]; ok && cc.Err() == nil {
 		return cc, nil
 	}
