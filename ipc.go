@@ -84,7 +84,7 @@ func (c *Client) ipcGet(ctx context.Context, req fabric.IPCGetRequest) (*ipcObje
 	home := c.ipcHome(req.Key, req.ID)
 	var reply fabric.IPCGetReply
 	files, err := c.call(ctx, home, fabric.OpIPCGet, req, nil, &reply)
-	defer closeFiles(files)
+	defer fabric.CloseAll(files)
 	what := fmt.Sprintf("%s key %s", req.Kind, ipc.FormatKey(req.Key))
 	if req.ID != 0 {
 		what = fmt.Sprintf("%s id %d", req.Kind, req.ID)
@@ -146,13 +146,16 @@ func (c *Client) ipcCred() ipc.Cred {
 // watchHome makes sure that, on the host, an object whose home dies is
 // ended for this process: inside an OSlet the own init does it.
 func (c *Client) watchHome(o *ipcObject) {
+	if c.inside {
+		return
+	}
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	if c.ipcObjects == nil {
 		c.ipcObjects = map[*ipcObject]bool{}
 	}
 	c.ipcObjects[o] = true
-	if c.inside || c.watching[o.home] {
+	if c.watching[o.home] {
 		return
 	}
 	if c.watching == nil {
@@ -445,10 +448,4 @@ func (c *Client) RemoveIPCKey(ctx context.Context, kind IPCKind, key int32) erro
 		return fmt.Errorf("remove %s key %s: %w", kind, ipc.FormatKey(key), err)
 	}
 	return nil
-}
-
-func closeFiles(files []*os.File) {
-	for _, f := range files {
-		f.Close()
-	}
 }

@@ -43,11 +43,11 @@ func (c *Client) shmFile(ctx context.Context, req fabric.ShmRequest) (*os.File, 
 	var reply fabric.ShmReply
 	files, err := c.call(ctx, 0, fabric.OpShm, req, nil, &reply)
 	if err != nil {
-		closeFiles(files)
+		fabric.CloseAll(files)
 		return nil, fmt.Errorf("shm %s %s: %w", req.Cmd, req.Name, err)
 	}
 	if len(files) != 1 {
-		closeFiles(files)
+		fabric.CloseAll(files)
 		return nil, fmt.Errorf("shm %s %s: got %d descriptors, want 1", req.Cmd, req.Name, len(files))
 	}
 	return files[0], nil

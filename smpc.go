@@ -55,7 +55,7 @@ type Client struct {
 
 	mu         sync.Mutex
 	conns      map[int]*fabric.Caller // inside: key 0 is the own init
-	ipcObjects map[*ipcObject]bool    // mapped IPC objects, to end if their home dies
+	ipcObjects map[*ipcObject]bool    // mapped IPC objects, to end if their home dies (host only)
 	watching   map[int]bool           // homes watched for their death (host only)
 	closed     bool
 }

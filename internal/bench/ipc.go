@@ -8,39 +8,15 @@ import (
 	"os/exec"
 	"strconv"
 	"time"
-	"unsafe"
 
 	"golang.org/x/sys/unix"
 
 	"github.com/smpc-cluster/smpc"
+	"github.com/smpc-cluster/smpc/internal/ipc/native"
 )
-
-// The native sides call the kernel's System V IPC directly: x/sys/unix
-// wraps the shared-memory calls but not msgget, msgsnd, msgrcv, semget,
-// semop and semctl, and a C helper would need cgo for four system calls.
-
-// sysv calls a System V IPC system call and turns its errno into an error.
-func sysv(trap uintptr, a ...uintptr) (uintptr, error) {
-	var args [5]uintptr
-	copy(args[:], a)
-	r, _, errno := unix.Syscall6(trap, args[0], args[1], args[2], args[3], args[4], 0)
-	if errno != 0 {
-		return 0, errno
-	}
-	return r, nil
-}
-
-// semSetVal is semctl's SETVAL command.
-const semSetVal = 16
 
 // pingText is the size of a ping-pong message's text.
 const pingText = 64
-
-// msgBuf is struct msgbuf with room for one ping.
-type msgBuf struct {
-	mtype int64
-	text  [pingText]byte
-}
 
 // queue is one end's view of a message queue: the kernel's or smpc's.
 type queue interface {
@@ -48,21 +24,12 @@ type queue interface {
 	recv(mtype int64) (int64, error)
 }
 
-type nativeQueue struct {
-	id  uintptr
-	buf msgBuf
-}
+type nativeQueue struct{ q *native.Queue }
 
-func (q *nativeQueue) send(mtype int64, text []byte) error {
-	q.buf.mtype = mtype
-	n := copy(q.buf.text[:], text)
-	_, err := sysv(unix.SYS_MSGSND, q.id, uintptr(unsafe.Pointer(&q.buf)), uintptr(n), 0)
-	return err
-}
-
-func (q *nativeQueue) recv(mtype int64) (int64, error) {
-	_, err := sysv(unix.SYS_MSGRCV, q.id, uintptr(unsafe.Pointer(&q.buf)), pingText, uintptr(mtype), 0)
-	return q.buf.mtype, err
+func (q nativeQueue) send(mtype int64, text []byte) error { return q.q.Send(mtype, text) }
+func (q nativeQueue) recv(mtype int64) (int64, error) {
+	t, _, err := q.q.Receive(mtype)
+	return t, err
 }
 
 type smpcQueue struct{ q *smpc.MsgQueue }
@@ -73,11 +40,12 @@ func (q smpcQueue) recv(mtype int64) (int64, error) {
 	return t, err
 }
 
-// Ping-pong message types: a ping, its answer, and the end.
+// Ping-pong message types: a ping, the end, and the answer. The answering
+// end takes types up to typeEnd, so it never takes its own answers.
 const (
 	typePing = 1
-	typePong = 2
-	typeEnd  = 3
+	typeEnd  = 2
+	typePong = 3
 )
 
 // msgPingPong is one end of a message ping-pong on one queue. The ping end
@@ -87,7 +55,7 @@ func msgPingPong(fs *flag.FlagSet, args []string) error {
 	role := fs.String("role", "ping", "ping or pong")
 	key := fs.String("key", "", "the queue's key")
 	n := fs.Int("n", DefaultCalls, "round trips")
-	native := fs.Bool("native", false, "use the kernel's queue instead of the cluster's")
+	kernel := fs.Bool("native", false, "use the kernel's queue instead of the cluster's")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
@@ -96,12 +64,12 @@ func msgPingPong(fs *flag.FlagSet, args []string) error {
 		return err
 	}
 	var q queue
-	if *native {
-		id, err := sysv(unix.SYS_MSGGET, uintptr(k), 0)
+	if *kernel {
+		nq, err := native.OpenQueue(k, 0, pingText)
 		if err != nil {
-			return fmt.Errorf("msgget %s: %w", *key, err)
+			return err
 		}
-		q = &nativeQueue{id: id}
+		q = nativeQueue{nq}
 	} else {
 		c, err := smpc.Connect("")
 		if err != nil {
@@ -154,7 +122,7 @@ func msgPingPong(fs *flag.FlagSet, args []string) error {
 func semLoop(fs *flag.FlagSet, args []string) error {
 	key := fs.String("key", "", "the set's key")
 	d := fs.Duration("for", DefaultLoopTime, "how long to loop")
-	native := fs.Bool("native", false, "use the kernel's semaphore instead of the cluster's")
+	kernel := fs.Bool("native", false, "use the kernel's semaphore instead of the cluster's")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
@@ -162,25 +130,14 @@ func semLoop(fs *flag.FlagSet, args []string) error {
 	if err != nil {
 		return err
 	}
-	var step func() (int64, error)
-	if *native {
-		id, err := sysv(unix.SYS_SEMGET, uintptr(k), 0, 0)
+	var take, give func() error
+	if *kernel {
+		sems, err := native.OpenSems(k, 0, 0)
 		if err != nil {
-			return fmt.Errorf("semget %s: %w", *key, err)
+			return err
 		}
-		take, give := []smpc.SemOp{{Delta: -1}}, []smpc.SemOp{{Delta: 1}}
-		step = func() (int64, error) {
-			for range 1024 {
-				// smpc.SemOp has struct sembuf's layout.
-				if _, err := sysv(unix.SYS_SEMOP, id, uintptr(unsafe.Pointer(&take[0])), 1); err != nil {
-					return 0, err
-				}
-				if _, err := sysv(unix.SYS_SEMOP, id, uintptr(unsafe.Pointer(&give[0])), 1); err != nil {
-					return 0, err
-				}
-			}
-			return 2048, nil
-		}
+		take = func() error { return sems.Op(0, -1) }
+		give = func() error { return sems.Op(0, 1) }
 	} else {
 		c, err := smpc.Connect("")
 		if err != nil {
@@ -192,18 +149,19 @@ func semLoop(fs *flag.FlagSet, args []string) error {
 			return err
 		}
 		defer s.Close()
-		take, give := smpc.SemOp{Delta: -1}, smpc.SemOp{Delta: 1}
-		step = func() (int64, error) {
-			for range 1024 {
-				if err := s.Op(take); err != nil {
-					return 0, err
-				}
-				if err := s.Op(give); err != nil {
-					return 0, err
-				}
+		take = func() error { return s.Op(smpc.SemOp{Delta: -1}) }
+		give = func() error { return s.Op(smpc.SemOp{Delta: 1}) }
+	}
+	step := func() (int64, error) {
+		for range 1024 {
+			if err := take(); err != nil {
+				return 0, err
 			}
-			return 2048, nil
+			if err := give(); err != nil {
+				return 0, err
+			}
 		}
+		return 2048, nil
 	}
 	return timedLoop(*d, step)
 }
@@ -232,11 +190,11 @@ func (r *Runner) MsgPingPong(ctx context.Context, n int) (Result, error) {
 	}
 	defer q.Close()
 	defer q.Remove(context.Background())
-	nativeID, err := sysv(unix.SYS_MSGGET, uintptr(key), unix.IPC_CREAT|unix.IPC_EXCL|0o600)
+	nq, err := native.OpenQueue(key, unix.IPC_CREAT|unix.IPC_EXCL|0o600, pingText)
 	if err != nil {
-		return Result{}, fmt.Errorf("bench msg-pingpong: native msgget: %w", err)
+		return Result{}, fmt.Errorf("bench msg-pingpong: native: %w", err)
 	}
-	defer sysv(unix.SYS_MSGCTL, nativeID, unix.IPC_RMID, 0)
+	defer nq.Remove()
 
 	var inside, native float64
 	for i := 0; i < Reps; i++ {
@@ -303,12 +261,12 @@ func (r *Runner) SemOp(ctx context.Context, d time.Duration) (Result, error) {
 	if err := s.SetVal(0, 1); err != nil {
 		return Result{}, fmt.Errorf("bench semop: %w", err)
 	}
-	nativeID, err := sysv(unix.SYS_SEMGET, uintptr(key), 1, unix.IPC_CREAT|unix.IPC_EXCL|0o600)
+	sems, err := native.OpenSems(key, 1, unix.IPC_CREAT|unix.IPC_EXCL|0o600)
 	if err != nil {
-		return Result{}, fmt.Errorf("bench semop: native semget: %w", err)
+		return Result{}, fmt.Errorf("bench semop: native: %w", err)
 	}
-	defer sysv(unix.SYS_SEMCTL, nativeID, 0, unix.IPC_RMID)
-	if _, err := sysv(unix.SYS_SEMCTL, nativeID, 0, semSetVal, 1); err != nil {
+	defer sems.Remove()
+	if err := sems.SetVal(0, 1); err != nil {
 		return Result{}, fmt.Errorf("bench semop: native SETVAL: %w", err)
 	}
 	loop := []string{"sem-loop", "--key", keyArg, "--for", d.String()}

@@ -7,7 +7,6 @@ import (
 	"fmt"
 	"os"
 	"os/signal"
-	"os/user"
 	"strconv"
 	"strings"
 	"syscall"
@@ -18,11 +17,38 @@ import (
 
 	"github.com/smpc-cluster/smpc"
 	"github.com/smpc-cluster/smpc/internal/ipc"
+	"github.com/smpc-cluster/smpc/internal/vproc"
 )
 
 const keyHelp = `KEY is a System V key in decimal or 0x hex; the same key names the same
 object from every OSlet and from the host. Its home OSlet is chosen by hashing
 the key; 'smpc ipcs' shows it.`
+
+// withQueue gets the queue with key (msgget with flags), runs f, and lets
+// the queue go.
+func withQueue(key int32, flags int, f func(q *smpc.MsgQueue) error) error {
+	return withClient(func(c *smpc.Client) error {
+		q, err := c.MsgGet(context.Background(), key, flags)
+		if err != nil {
+			return err
+		}
+		defer q.Close()
+		return f(q)
+	})
+}
+
+// withSemSet gets the set with key (semget with nsems and flags), runs f,
+// and lets the set go.
+func withSemSet(key int32, nsems, flags int, f func(s *smpc.SemSet) error) error {
+	return withClient(func(c *smpc.Client) error {
+		s, err := c.SemGet(context.Background(), key, nsems, flags)
+		if err != nil {
+			return err
+		}
+		defer s.Close()
+		return f(s)
+	})
+}
 
 // parseMode reads permission bits in octal ("0644", "644").
 func parseMode(s string) (int, error) {
@@ -70,21 +96,13 @@ the sender until a receiver makes room, unless --nowait. ` + keyHelp,
 			if err != nil {
 				return err
 			}
-			c, err := connect()
-			if err != nil {
-				return err
-			}
-			defer c.Close()
-			q, err := c.MsgGet(context.Background(), key, smpc.IPCCreate|perm)
-			if err != nil {
-				return err
-			}
-			defer q.Close()
-			flags := 0
-			if noWait {
-				flags |= smpc.IPCNoWait
-			}
-			return q.Send(mtype, []byte(args[2]), flags)
+			return withQueue(key, smpc.IPCCreate|perm, func(q *smpc.MsgQueue) error {
+				flags := 0
+				if noWait {
+					flags |= smpc.IPCNoWait
+				}
+				return q.Send(mtype, []byte(args[2]), flags)
+			})
 		},
 	}
 	cmd.Flags().StringVar(&mode, "mode", "0644", "permission bits of a queue this creates (octal)")
@@ -111,35 +129,27 @@ desired type") and exit status 1. ` + keyHelp,
 			if err != nil {
 				return err
 			}
-			c, err := connect()
-			if err != nil {
-				return err
-			}
-			defer c.Close()
-			q, err := c.MsgGet(context.Background(), key, 0)
-			if err != nil {
-				return err
-			}
-			defer q.Close()
-			flags := 0
-			if noWait {
-				flags |= smpc.IPCNoWait
-			}
-			if except {
-				flags |= smpc.MsgExcept
-			}
-			if noError {
-				flags |= smpc.MsgNoError
-			}
-			got, text, err := q.Receive(mtype, max, flags)
-			if err != nil {
-				return err
-			}
-			if showType {
-				fmt.Fprintf(cmd.OutOrStdout(), "%d ", got)
-			}
-			fmt.Fprintf(cmd.OutOrStdout(), "%s\n", text)
-			return nil
+			return withQueue(key, 0, func(q *smpc.MsgQueue) error {
+				flags := 0
+				if noWait {
+					flags |= smpc.IPCNoWait
+				}
+				if except {
+					flags |= smpc.MsgExcept
+				}
+				if noError {
+					flags |= smpc.MsgNoError
+				}
+				got, text, err := q.Receive(mtype, max, flags)
+				if err != nil {
+					return err
+				}
+				if showType {
+					fmt.Fprintf(cmd.OutOrStdout(), "%d ", got)
+				}
+				fmt.Fprintf(cmd.OutOrStdout(), "%s\n", text)
+				return nil
+			})
 		},
 	}
 	cmd.Flags().Int64Var(&mtype, "type", 0, "message type to take (msgrcv's msgtyp)")
@@ -199,23 +209,15 @@ its ID. A key already in use is an error ("file exists"). ` + keyHelp,
 					return fmt.Errorf("--values gives %d values for %d semaphores", len(vals), nsems)
 				}
 			}
-			c, err := connect()
-			if err != nil {
-				return err
-			}
-			defer c.Close()
-			s, err := c.SemGet(context.Background(), key, nsems, smpc.IPCCreate|smpc.IPCExcl|perm)
-			if err != nil {
-				return err
-			}
-			defer s.Close()
-			if vals != nil {
-				if err := s.SetAll(vals); err != nil {
-					return err
+			return withSemSet(key, nsems, smpc.IPCCreate|smpc.IPCExcl|perm, func(s *smpc.SemSet) error {
+				if vals != nil {
+					if err := s.SetAll(vals); err != nil {
+						return err
+					}
 				}
-			}
-			fmt.Fprintln(cmd.OutOrStdout(), s.ID())
-			return nil
+				fmt.Fprintln(cmd.OutOrStdout(), s.ID())
+				return nil
+			})
 		},
 	}
 	cmd.Flags().StringVar(&mode, "mode", "0644", "permission bits (octal)")
@@ -263,26 +265,18 @@ for a script, released by the undo. ` + keyHelp,
 			// that is signalled at once still ends through the undo.
 			sigs := make(chan os.Signal, 1)
 			signal.Notify(sigs, syscall.SIGTERM, syscall.SIGINT)
-			c, err := connect()
-			if err != nil {
-				return err
-			}
-			defer c.Close()
-			s, err := c.SemGet(context.Background(), key, 0, 0)
-			if err != nil {
-				return err
-			}
-			defer s.Close()
-			if timeout > 0 {
-				err = s.TimedOp(timeout, ops...)
-			} else {
-				err = s.Op(ops...)
-			}
-			if err != nil || !hold {
-				return err
-			}
-			<-sigs
-			return nil
+			return withSemSet(key, 0, 0, func(s *smpc.SemSet) error {
+				if timeout > 0 {
+					err = s.TimedOp(timeout, ops...)
+				} else {
+					err = s.Op(ops...)
+				}
+				if err != nil || !hold {
+					return err
+				}
+				<-sigs
+				return nil
+			})
 		},
 	}
 	cmd.Flags().BoolVar(&noWait, "nowait", false, "fail instead of waiting (IPC_NOWAIT)")
@@ -306,43 +300,35 @@ last process that operated on it (GETPID). ` + keyHelp,
 			if err != nil {
 				return err
 			}
-			c, err := connect()
-			if err != nil {
-				return err
-			}
-			defer c.Close()
-			s, err := c.SemGet(context.Background(), key, 0, 0)
-			if err != nil {
-				return err
-			}
-			defer s.Close()
-			type semaphore struct {
-				Num   int      `json:"num"`
-				Value int      `json:"value"`
-				NCnt  int      `json:"ncnt"`
-				ZCnt  int      `json:"zcnt"`
-				PID   smpc.PID `json:"pid"`
-			}
-			var out []semaphore
-			for n := range s.NSems() {
-				v, err := s.GetVal(n)
-				if err != nil {
-					return err
+			return withSemSet(key, 0, 0, func(s *smpc.SemSet) error {
+				type semaphore struct {
+					Num   int      `json:"num"`
+					Value int      `json:"value"`
+					NCnt  int      `json:"ncnt"`
+					ZCnt  int      `json:"zcnt"`
+					PID   smpc.PID `json:"pid"`
 				}
-				ncnt, _ := s.GetNCnt(n)
-				zcnt, _ := s.GetZCnt(n)
-				pid, _ := s.GetPID(n)
-				out = append(out, semaphore{n, v, ncnt, zcnt, pid})
-			}
-			if asJSON {
-				return json.NewEncoder(cmd.OutOrStdout()).Encode(out)
-			}
-			tw := tabwriter.NewWriter(cmd.OutOrStdout(), 0, 4, 2, ' ', 0)
-			fmt.Fprintln(tw, "SEMNUM\tVALUE\tNCOUNT\tZCOUNT\tPID")
-			for _, x := range out {
-				fmt.Fprintf(tw, "%d\t%d\t%d\t%d\t%d\n", x.Num, x.Value, x.NCnt, x.ZCnt, x.PID)
-			}
-			return tw.Flush()
+				var out []semaphore
+				for n := range s.NSems() {
+					v, err := s.GetVal(n)
+					if err != nil {
+						return err
+					}
+					ncnt, _ := s.GetNCnt(n)
+					zcnt, _ := s.GetZCnt(n)
+					pid, _ := s.GetPID(n)
+					out = append(out, semaphore{n, v, ncnt, zcnt, pid})
+				}
+				if asJSON {
+					return json.NewEncoder(cmd.OutOrStdout()).Encode(out)
+				}
+				tw := tabwriter.NewWriter(cmd.OutOrStdout(), 0, 4, 2, ' ', 0)
+				fmt.Fprintln(tw, "SEMNUM\tVALUE\tNCOUNT\tZCOUNT\tPID")
+				for _, x := range out {
+					fmt.Fprintf(tw, "%d\t%d\t%d\t%d\t%d\n", x.Num, x.Value, x.NCnt, x.ZCnt, x.PID)
+				}
+				return tw.Flush()
+			})
 		},
 	}
 	cmd.Flags().BoolVar(&asJSON, "json", false, "print JSON")
@@ -360,35 +346,32 @@ ipcs(1) does, with the OSlet each lives on (its home). -q lists only queues,
 the exit status is 1.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			c, err := connect()
-			if err != nil {
-				return err
-			}
-			defer c.Close()
-			objects, down, err := c.IPCs(context.Background())
-			if err != nil {
-				return err
-			}
-			if !queues && !sems {
-				queues, sems = true, true
-			}
-			var shown []smpc.IPCInfo
-			for _, o := range objects {
-				if (o.Kind == smpc.KindMsg && queues) || (o.Kind == smpc.KindSem && sems) {
-					shown = append(shown, o)
-				}
-			}
-			if asJSON {
-				if shown == nil {
-					shown = []smpc.IPCInfo{}
-				}
-				if err := json.NewEncoder(cmd.OutOrStdout()).Encode(shown); err != nil {
+			return withClient(func(c *smpc.Client) error {
+				objects, down, err := c.IPCs(context.Background())
+				if err != nil {
 					return err
 				}
-			} else {
-				printIPCs(cmd, shown, queues, sems)
-			}
-			return downError(down)
+				if !queues && !sems {
+					queues, sems = true, true
+				}
+				var shown []smpc.IPCInfo
+				for _, o := range objects {
+					if (o.Kind == smpc.KindMsg && queues) || (o.Kind == smpc.KindSem && sems) {
+						shown = append(shown, o)
+					}
+				}
+				if asJSON {
+					if shown == nil {
+						shown = []smpc.IPCInfo{}
+					}
+					if err := json.NewEncoder(cmd.OutOrStdout()).Encode(shown); err != nil {
+						return err
+					}
+				} else {
+					printIPCs(cmd, shown, queues, sems)
+				}
+				return downError(down)
+			})
 		},
 	}
 	cmd.Flags().BoolVar(&asJSON, "json", false, "print JSON")
@@ -405,7 +388,7 @@ func printIPCs(cmd *cobra.Command, objects []smpc.IPCInfo, queues, sems bool) {
 		fmt.Fprintln(tw, "key\tmsqid\towner\tperms\tused-bytes\tmessages\thome")
 		for _, o := range objects {
 			if o.Kind == smpc.KindMsg {
-				fmt.Fprintf(tw, "%s\t%d\t%s\t%s\t%d\t%d\t%d\n", ipc.FormatKey(o.Key), o.ID, userName(o.UID), ipc.ModeString(o.Mode), o.CBytes, o.QNum, o.Home)
+				fmt.Fprintf(tw, "%s\t%d\t%s\t%s\t%d\t%d\t%d\n", ipc.FormatKey(o.Key), o.ID, vproc.UserName(o.UID), ipc.ModeString(o.Mode), o.CBytes, o.QNum, o.Home)
 			}
 		}
 		fmt.Fprintln(tw)
@@ -415,19 +398,12 @@ func printIPCs(cmd *cobra.Command, objects []smpc.IPCInfo, queues, sems bool) {
 		fmt.Fprintln(tw, "key\tsemid\towner\tperms\tnsems\thome")
 		for _, o := range objects {
 			if o.Kind == smpc.KindSem {
-				fmt.Fprintf(tw, "%s\t%d\t%s\t%s\t%d\t%d\n", ipc.FormatKey(o.Key), o.ID, userName(o.UID), ipc.ModeString(o.Mode), o.NSems, o.Home)
+				fmt.Fprintf(tw, "%s\t%d\t%s\t%s\t%d\t%d\n", ipc.FormatKey(o.Key), o.ID, vproc.UserName(o.UID), ipc.ModeString(o.Mode), o.NSems, o.Home)
 			}
 		}
 		fmt.Fprintln(tw)
 	}
 	tw.Flush()
-}
-
-func userName(uid uint32) string {
-	if u, err := user.LookupId(strconv.FormatUint(uint64(uid), 10)); err == nil {
-		return u.Username
-	}
-	return strconv.FormatUint(uint64(uid), 10)
 }
 
 // downError names the OSlets that could not answer a listing.
@@ -461,45 +437,42 @@ memory across OSlets is /dev/shm, managed with 'smpc shm'.`,
 			if len(qIDs)+len(sIDs)+len(qKeys)+len(sKeys) == 0 {
 				return errors.New("ipcrm: nothing to remove (give -q, -Q, -s or -S)")
 			}
-			c, err := connect()
-			if err != nil {
-				return err
-			}
-			defer c.Close()
-			ctx := context.Background()
-			failed := false
-			report := func(err error) {
-				if err != nil {
-					fmt.Fprintln(os.Stderr, "smpc: ipcrm:", err)
-					failed = true
+			return withClient(func(c *smpc.Client) error {
+				ctx := context.Background()
+				failed := false
+				report := func(err error) {
+					if err != nil {
+						fmt.Fprintln(os.Stderr, "smpc: ipcrm:", err)
+						failed = true
+					}
 				}
-			}
-			for _, set := range []struct {
-				kind  smpc.IPCKind
-				ids   []string
-				byKey bool
-			}{{smpc.KindMsg, qIDs, false}, {smpc.KindMsg, qKeys, true}, {smpc.KindSem, sIDs, false}, {smpc.KindSem, sKeys, true}} {
-				for _, arg := range set.ids {
-					if set.byKey {
-						key, err := ipc.ParseKey(arg)
-						if err == nil {
-							err = c.RemoveIPCKey(ctx, set.kind, key)
+				for _, set := range []struct {
+					kind  smpc.IPCKind
+					ids   []string
+					byKey bool
+				}{{smpc.KindMsg, qIDs, false}, {smpc.KindMsg, qKeys, true}, {smpc.KindSem, sIDs, false}, {smpc.KindSem, sKeys, true}} {
+					for _, arg := range set.ids {
+						if set.byKey {
+							key, err := ipc.ParseKey(arg)
+							if err == nil {
+								err = c.RemoveIPCKey(ctx, set.kind, key)
+							}
+							report(err)
+							continue
 						}
-						report(err)
-						continue
+						id, err := strconv.ParseInt(arg, 10, 32)
+						if err != nil || id <= 0 {
+							report(fmt.Errorf("bad %s id %q (a positive integer, as smpc ipcs shows)", set.kind, arg))
+							continue
+						}
+						report(c.RemoveIPC(ctx, set.kind, int32(id)))
 					}
-					id, err := strconv.ParseInt(arg, 10, 32)
-					if err != nil || id <= 0 {
-						report(fmt.Errorf("bad %s id %q (a positive integer, as smpc ipcs shows)", set.kind, arg))
-						continue
-					}
-					report(c.RemoveIPC(ctx, set.kind, int32(id)))
 				}
-			}
-			if failed {
-				return exitError{1}
-			}
-			return nil
+				if failed {
+					return exitError{1}
+				}
+				return nil
+			})
 		},
 	}
 	cmd.Flags().StringArrayVarP(&qIDs, "queue-id", "q", nil, "remove the message queue with this ID")

@@ -33,31 +33,28 @@ caller is root or has the process's uid.`,
 				fmt.Fprintln(cmd.OutOrStdout(), strings.Join(vproc.SignalNames(), "\n"))
 				return nil
 			}
-			c, err := connect()
-			if err != nil {
-				return err
-			}
-			defer c.Close()
-			failed := false
-			for _, t := range targets {
-				group := strings.HasPrefix(t, "-")
-				pid, err := vproc.ParsePID(strings.TrimPrefix(t, "-"))
-				if err == nil {
-					if group {
-						err = c.SignalGroup(context.Background(), pid, sig)
-					} else {
-						err = c.Signal(context.Background(), pid, sig)
+			return withClient(func(c *smpc.Client) error {
+				failed := false
+				for _, t := range targets {
+					group := strings.HasPrefix(t, "-")
+					pid, err := vproc.ParsePID(strings.TrimPrefix(t, "-"))
+					if err == nil {
+						if group {
+							err = c.SignalGroup(context.Background(), pid, sig)
+						} else {
+							err = c.Signal(context.Background(), pid, sig)
+						}
+					}
+					if err != nil {
+						fmt.Fprintln(os.Stderr, "smpc: kill:", err)
+						failed = true
 					}
 				}
-				if err != nil {
-					fmt.Fprintln(os.Stderr, "smpc: kill:", err)
-					failed = true
+				if failed {
+					return exitError{1}
 				}
-			}
-			if failed {
-				return exitError{1}
-			}
-			return nil
+				return nil
+			})
 		},
 	}
 }
@@ -123,30 +120,27 @@ is down was lost with it: its status is 137.`,
 				}
 				pids = append(pids, pid)
 			}
-			c, err := connect()
-			if err != nil {
-				return err
-			}
-			defer c.Close()
-			code := 0
-			for _, pid := range pids {
-				st, err := c.Wait(context.Background(), pid)
-				switch {
-				case errors.Is(err, smpc.ErrDown):
-					fmt.Fprintf(os.Stderr, "smpc: wait %d: %v\n", pid, err)
-					code = st.ShellCode()
-				case err != nil:
-					fmt.Fprintf(os.Stderr, "smpc: wait %d: %v\n", pid, err)
-					code = 127 // as the shell's wait for an unknown pid
-				default:
-					fmt.Fprintf(cmd.OutOrStdout(), "%d %s\n", pid, st)
-					code = st.ShellCode()
+			return withClient(func(c *smpc.Client) error {
+				code := 0
+				for _, pid := range pids {
+					st, err := c.Wait(context.Background(), pid)
+					switch {
+					case errors.Is(err, smpc.ErrDown):
+						fmt.Fprintf(os.Stderr, "smpc: wait %d: %v\n", pid, err)
+						code = st.ShellCode()
+					case err != nil:
+						fmt.Fprintf(os.Stderr, "smpc: wait %d: %v\n", pid, err)
+						code = 127 // as the shell's wait for an unknown pid
+					default:
+						fmt.Fprintf(cmd.OutOrStdout(), "%d %s\n", pid, st)
+						code = st.ShellCode()
+					}
 				}
-			}
-			if code != 0 {
-				return exitError{code}
-			}
-			return nil
+				if code != 0 {
+					return exitError{code}
+				}
+				return nil
+			})
 		},
 	}
 }

@@ -64,3 +64,13 @@ cluster on the host. Inside an OSlet, smpc finds its own OSlet with no flag.`,
 }
 
 func connect() (*smpc.Client, error) { return smpc.Connect(stateDir) }
+
+// withClient connects to the cluster, runs f, and closes the connection.
+func withClient(f func(c *smpc.Client) error) error {
+	c, err := connect()
+	if err != nil {
+		return err
+	}
+	defer c.Close()
+	return f(c)
+}

@@ -13,6 +13,7 @@ import (
 	"github.com/smpc-cluster/smpc"
 	"github.com/smpc-cluster/smpc/internal/ipc"
 	"github.com/smpc-cluster/smpc/internal/plan"
+	"github.com/smpc-cluster/smpc/internal/vproc"
 )
 
 func shmCmd() *cobra.Command {
@@ -49,16 +50,13 @@ against the home's memory; a size past the home's free memory is refused.
 			if err != nil {
 				return err
 			}
-			c, err := connect()
-			if err != nil {
-				return err
-			}
-			defer c.Close()
-			f, err := c.ShmCreate(context.Background(), args[0], size, smpc.ShmOptions{On: on, Pinned: pinned, Mode: uint32(perm)})
-			if err != nil {
-				return err
-			}
-			return f.Close()
+			return withClient(func(c *smpc.Client) error {
+				f, err := c.ShmCreate(context.Background(), args[0], size, smpc.ShmOptions{On: on, Pinned: pinned, Mode: uint32(perm)})
+				if err != nil {
+					return err
+				}
+				return f.Close()
+			})
 		},
 	}
 	cmd.Flags().IntVar(&on, "on", 0, "home OSlet (default: chosen by hashing the name)")
@@ -77,31 +75,28 @@ pages; "-" marks an object a program made with shm_open, whose pages count
 against the OSlet of whoever touched each first.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			c, err := connect()
-			if err != nil {
-				return err
-			}
-			defer c.Close()
-			list, err := c.ShmList(context.Background())
-			if err != nil {
-				return err
-			}
-			if asJSON {
-				if list == nil {
-					list = []smpc.ShmInfo{}
+			return withClient(func(c *smpc.Client) error {
+				list, err := c.ShmList(context.Background())
+				if err != nil {
+					return err
 				}
-				return json.NewEncoder(cmd.OutOrStdout()).Encode(list)
-			}
-			tw := tabwriter.NewWriter(cmd.OutOrStdout(), 0, 4, 2, ' ', 0)
-			fmt.Fprintln(tw, "NAME\tSIZE\tOWNER\tPERMS\tHOME\tPINNED")
-			for _, o := range list {
-				home := "-"
-				if o.Home != 0 {
-					home = strconv.Itoa(o.Home)
+				if asJSON {
+					if list == nil {
+						list = []smpc.ShmInfo{}
+					}
+					return json.NewEncoder(cmd.OutOrStdout()).Encode(list)
 				}
-				fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%v\n", o.Name, plan.FormatBytes(o.Size), userName(o.UID), ipc.ModeString(o.Mode), home, o.Pinned)
-			}
-			return tw.Flush()
+				tw := tabwriter.NewWriter(cmd.OutOrStdout(), 0, 4, 2, ' ', 0)
+				fmt.Fprintln(tw, "NAME\tSIZE\tOWNER\tPERMS\tHOME\tPINNED")
+				for _, o := range list {
+					home := "-"
+					if o.Home != 0 {
+						home = strconv.Itoa(o.Home)
+					}
+					fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%v\n", o.Name, plan.FormatBytes(o.Size), vproc.UserName(o.UID), ipc.ModeString(o.Mode), home, o.Pinned)
+				}
+				return tw.Flush()
+			})
 		},
 	}
 	cmd.Flags().BoolVar(&asJSON, "json", false, "print JSON")
@@ -116,22 +111,19 @@ func shmRmCmd() *cobra.Command {
 until they unmap them, as with shm_unlink(3).`,
 		Args: cobra.MinimumNArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			c, err := connect()
-			if err != nil {
-				return err
-			}
-			defer c.Close()
-			failed := false
-			for _, name := range args {
-				if err := c.ShmRemove(context.Background(), name); err != nil {
-					fmt.Fprintln(cmd.ErrOrStderr(), "smpc: shm rm:", err)
-					failed = true
+			return withClient(func(c *smpc.Client) error {
+				failed := false
+				for _, name := range args {
+					if err := c.ShmRemove(context.Background(), name); err != nil {
+						fmt.Fprintln(cmd.ErrOrStderr(), "smpc: shm rm:", err)
+						failed = true
+					}
 				}
-			}
-			if failed {
-				return exitError{1}
-			}
-			return nil
+				if failed {
+					return exitError{1}
+				}
+				return nil
+			})
 		},
 	}
 }

@@ -118,7 +118,7 @@ func (c *Conn) Recv() (*Frame, error) {
 		return nil, io.EOF
 	}
 	if ferr != nil || flags&(unix.MSG_TRUNC|unix.MSG_CTRUNC) != 0 {
-		closeAll(files)
+		CloseAll(files)
 		if ferr == nil {
 			ferr = fmt.Errorf("%w: datagram or descriptors truncated", ErrFrame)
 		}
@@ -128,7 +128,7 @@ func (c *Conn) Recv() (*Frame, error) {
 	copy(body, c.rbuf[:n])
 	fr, err := ParseFrame(body)
 	if err != nil {
-		closeAll(files)
+		CloseAll(files)
 		return nil, err
 	}
 	fr.Files = files
@@ -156,7 +156,8 @@ func parseRights(oob []byte) ([]*os.File, error) {
 	return files, nil
 }
 
-func closeAll(files []*os.File) {
+// CloseAll closes descriptors that nobody took.
+func CloseAll(files []*os.File) {
 	for _, f := range files {
 		f.Close()
 	}

@@ -49,23 +49,6 @@ func (e *Error) Is(target error) bool {
 	return false
 }
 
-// FromErrno converts an error that wraps a syscall.Errno into an *Error
-// whose code is the errno's name, so that it crosses OSlets and still
-// matches the errno; other errors become internal errors. prefix names
-// where it happened ("oslet 2").
-func FromErrno(prefix string, err error) *Error {
-	var e *Error
-	if errors.As(err, &e) {
-		return e
-	}
-	msg := prefix + ": " + err.Error()
-	var errno syscall.Errno
-	if errors.As(err, &errno) && unix.ErrnoName(errno) != "" {
-		return &Error{Code: Code(unix.ErrnoName(errno)), Message: msg}
-	}
-	return &Error{Code: CodeInternal, Message: msg}
-}
-
 // Sentinels for errors.Is.
 var (
 	ErrNoProcess  = &Error{Code: CodeNoProcess}
@@ -88,11 +71,17 @@ func Errorf(code Code, format string, args ...any) *Error {
 // DownError says that OSlet k is down.
 func DownError(k int) *Error { return Errorf(CodeDown, "oslet %d is down", k) }
 
-// AsError converts any error into an *Error for a reply.
+// AsError converts any error into an *Error for a reply. An error that
+// wraps a syscall.Errno gets the errno's name as its code, so that it
+// crosses OSlets and still matches the errno; others are internal errors.
 func AsError(err error) *Error {
 	var e *Error
 	if errors.As(err, &e) {
 		return e
+	}
+	var errno syscall.Errno
+	if errors.As(err, &errno) && unix.ErrnoName(errno) != "" {
+		return &Error{Code: Code(unix.ErrnoName(errno)), Message: err.Error()}
 	}
 	return &Error{Code: CodeInternal, Message: err.Error()}
 }

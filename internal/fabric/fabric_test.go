@@ -228,13 +228,13 @@ func TestNewerOpRefused(t *testing.T) {
 // TestErrnoCodes checks that an errno crosses as its name and still
 // matches the errno.
 func TestErrnoCodes(t *testing.T) {
-	err := FromErrno("oslet 2", fmt.Errorf("msg key 0x1: %w", syscall.EEXIST))
+	err := AsError(fmt.Errorf("oslet 2: msg key 0x1: %w", syscall.EEXIST))
 	var back Error
 	json.Unmarshal(must(json.Marshal(err)), &back)
 	if !errors.Is(&back, syscall.EEXIST) || errors.Is(&back, syscall.ENOENT) || !errors.Is(&back, ErrExists) || back.Error() != "oslet 2: msg key 0x1: file exists" {
 		t.Fatalf("errno across: %+v", back)
 	}
-	if e := FromErrno("x", errors.New("plain")); e.Code != CodeInternal {
+	if e := AsError(errors.New("plain")); e.Code != CodeInternal {
 		t.Fatalf("plain error: %+v", e)
 	}
 }

@@ -174,10 +174,6 @@ func (f *Frame) Decode(v any) error {
 
 // CloseFiles closes the descriptors a frame brought that nobody took.
 func (f *Frame) CloseFiles() {
-	for _, file := range f.Files {
-		if file != nil {
-			file.Close()
-		}
-	}
+	CloseAll(f.Files) // a nil entry, taken by a handler, closes nothing
 	f.Files = nil
 }

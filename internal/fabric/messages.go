@@ -247,7 +247,8 @@ type ShmRequest struct {
 	Cred   *Cred  `json:"cred,omitempty"`
 }
 
-// ShmReply describes the objects concerned.
+// ShmReply lists the objects, for list; create and open answer with the
+// descriptor alone.
 type ShmReply struct {
 	Objects []shm.Info `json:"objects"`
 }

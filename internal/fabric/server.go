@@ -101,9 +101,7 @@ func serveOne(req *Request, h Handler) {
 	if rerr := Reply(req.Conn, req.Frame, resp, files, err); rerr != nil {
 		req.Conn.Close()
 	}
-	for _, f := range files {
-		f.Close()
-	}
+	CloseAll(files)
 }
 
 // AcceptConn finishes accepting a channel: it reads the hello, lets decide

@@ -3,6 +3,7 @@ package ipc
 import (
 	"errors"
 	"fmt"
+	"os"
 	"runtime"
 	"sync"
 	"sync/atomic"
@@ -10,6 +11,8 @@ import (
 	"time"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/smpc-cluster/smpc/internal/ipc/native"
 )
 
 var root = Cred{UID: 0, PID: 1}
@@ -372,40 +375,99 @@ func TestKeys(t *testing.T) {
 
 // BenchmarkPingPong is the fast path's own cost: two sessions, two
 // goroutines, a message each way per round.
+// endpoint is one side's handle on a queue, the cluster's or the kernel's.
+type endpoint struct {
+	send func(mtype int64, text []byte) error
+	recv func(mtype int64) (int64, error)
+}
+
+// timePingPong times n round trips from ping to a goroutine answering on
+// pong: type 1 out, type 3 back, type 2 to end (the answerer takes types
+// up to 2, never its own answers).
+func timePingPong(n int, ping, pong endpoint) time.Duration {
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		for {
+			t, err := pong.recv(-2)
+			if err != nil || t == 2 || pong.send(3, []byte("pong")) != nil {
+				return
+			}
+		}
+	}()
+	start := time.Now()
+	for range n {
+		ping.send(1, []byte("ping"))
+		ping.recv(3)
+	}
+	took := time.Since(start)
+	ping.send(2, nil)
+	<-done
+	return took
+}
+
+// reportRatio reports both sides of a comparison made in one run.
+func reportRatio(b *testing.B, n int, smpc, kernel time.Duration) {
+	b.ReportMetric(float64(smpc.Nanoseconds())/float64(n), "smpc-ns/op")
+	b.ReportMetric(float64(kernel.Nanoseconds())/float64(n), "native-ns/op")
+	b.ReportMetric(float64(smpc)/float64(kernel), "ratio")
+}
+
+// BenchmarkPingPong: a round trip between two goroutines through a queue's
+// segment vs through a kernel message queue, the same number of times.
 func BenchmarkPingPong(b *testing.B) {
 	r := NewRegistry(1)
 	defer r.Close()
 	res, f, _ := r.Get(GetRequest{Kind: KindMsg, Key: 20, Flags: Create | 0o600, Cred: root, Token: 1})
 	q, _ := Map(f)
 	defer q.Unmap()
-	done := make(chan struct{})
-	go func() {
-		defer close(done)
-		for {
-			_, text, err := q.Receive(res.Slot, root, 1, 64, 0)
-			if err != nil || len(text) == 0 {
-				return
-			}
-			q.Send(res.Slot, root, 2, text, 0)
-		}
-	}()
-	for b.Loop() {
-		q.Send(res.Slot, root, 1, []byte("ping"), 0)
-		q.Receive(res.Slot, root, 2, 64, 0)
+	seg := endpoint{
+		send: func(t int64, text []byte) error { return q.Send(res.Slot, root, t, text, 0) },
+		recv: func(t int64) (int64, error) {
+			got, _, err := q.Receive(res.Slot, root, t, 64, 0)
+			return got, err
+		},
 	}
-	q.Send(res.Slot, root, 1, nil, 0)
-	<-done
+	key := int32(0x53490000 | os.Getpid()&0xffff)
+	pingQ, err := native.OpenQueue(key, unix.IPC_CREAT|unix.IPC_EXCL|0o600, 64)
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer pingQ.Remove()
+	pongQ, _ := native.OpenQueue(key, 0, 64) // its own buffer, for the other goroutine
+	kernel := func(nq *native.Queue) endpoint {
+		return endpoint{send: nq.Send, recv: func(t int64) (int64, error) {
+			got, _, err := nq.Receive(t)
+			return got, err
+		}}
+	}
+	reportRatio(b, b.N, timePingPong(b.N, seg, seg), timePingPong(b.N, kernel(pingQ), kernel(pongQ)))
 }
 
+// BenchmarkSemOp: an uncontended semaphore taken and given back through a
+// set's segment vs the kernel's semop, the same number of times.
 func BenchmarkSemOp(b *testing.B) {
 	r := NewRegistry(1)
 	defer r.Close()
 	res, f, _ := r.Get(GetRequest{Kind: KindSem, Key: 21, NSems: 1, Flags: Create | 0o600, Cred: root, Token: 1})
 	s, _ := Map(f)
 	defer s.Unmap()
+	sems, err := native.OpenSems(Private, 1, unix.IPC_CREAT|0o600)
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer sems.Remove()
 	up, down := []SemOp{{Delta: 1}}, []SemOp{{Delta: -1}}
-	for b.Loop() {
+	start := time.Now()
+	for range b.N {
 		s.Op(res.Slot, root, up, time.Time{})
 		s.Op(res.Slot, root, down, time.Time{})
 	}
+	segment := time.Since(start)
+	start = time.Now()
+	for range b.N {
+		sems.Op(0, 1)
+		sems.Op(0, -1)
+	}
+	reportRatio(b, b.N, segment, time.Since(start))
 }

@@ -3,6 +3,7 @@ package ipc
 import (
 	"encoding/binary"
 	"sync/atomic"
+	"time"
 
 	"golang.org/x/sys/unix"
 )
@@ -112,18 +113,10 @@ func (s *Segment) Send(slot int, c Cred, mtype int64, text []byte, flags int) er
 	if mtype < 1 || len(text) > MsgMax {
 		return unix.EINVAL
 	}
-	if err := s.checkSlot(slot); err != nil {
+	if err := s.enter(slot, c, AccessWrite); err != nil {
 		return err
 	}
-	if !s.perm().Allows(c, AccessWrite) {
-		return unix.EACCES
-	}
-	s.lock(uint32(slot) + 1)
 	for {
-		if err := s.removedError(); err != nil {
-			s.unlock()
-			return err
-		}
 		qbytes, cbytes, qnum := *s.u64(offQBytes), *s.u64(offCBytes), *s.u64(offQNum)
 		if cbytes+uint64(len(text)) <= qbytes && qnum+1 <= qbytes && s.append(mtype, text) {
 			break
@@ -132,8 +125,7 @@ func (s *Segment) Send(slot int, c Cred, mtype int64, text []byte, flags int) er
 			s.unlock()
 			return unix.EAGAIN
 		}
-		if err := s.sleep(slot, zeroTime); err != nil {
-			s.unlock()
+		if err := s.wait(slot, time.Time{}, 0, 0); err != nil {
 			return err
 		}
 	}
@@ -152,18 +144,10 @@ func (s *Segment) Receive(slot int, c Cred, mtype int64, max int, flags int) (in
 	if max < 0 {
 		return 0, nil, unix.EINVAL
 	}
-	if err := s.checkSlot(slot); err != nil {
+	if err := s.enter(slot, c, AccessRead); err != nil {
 		return 0, nil, err
 	}
-	if !s.perm().Allows(c, AccessRead) {
-		return 0, nil, unix.EACCES
-	}
-	s.lock(uint32(slot) + 1)
 	for {
-		if err := s.removedError(); err != nil {
-			s.unlock()
-			return 0, nil, err
-		}
 		r, ok := s.find(mtype, flags)
 		if ok {
 			if r.textLen > max && flags&NoError == 0 {
@@ -187,8 +171,7 @@ func (s *Segment) Receive(slot int, c Cred, mtype int64, max int, flags int) (in
 			s.unlock()
 			return 0, nil, unix.ENOMSG
 		}
-		if err := s.sleep(slot, zeroTime); err != nil {
-			s.unlock()
+		if err := s.wait(slot, time.Time{}, 0, 0); err != nil {
 			return 0, nil, err
 		}
 	}
@@ -223,9 +206,4 @@ func (s *Segment) find(mtype int64, flags int) (record, bool) {
 		return true
 	})
 	return best, found
-}
-
-// setQBytes changes a queue's byte limit and wakes senders that may now fit.
-func (s *Segment) setQBytes(q uint64) {
-	atomic.StoreUint64(s.u64(offQBytes), q)
 }

@@ -108,26 +108,31 @@ func (r *Registry) Get(req GetRequest) (GetResult, *os.File, error) {
 	if !perm.Allows(req.Cred, AccessRead) && !perm.Allows(req.Cred, AccessWrite) {
 		return res, nil, nil
 	}
-	slot, ok := o.sessions[req.Token]
-	if !ok {
-		slot = -1
-		for n := range sessionsPerID {
-			if atomic.LoadUint32(o.seg.u32(o.seg.slotOff(n)+slotInUse)) == 0 {
-				slot = n
-				break
-			}
-		}
-		if slot < 0 {
-			return GetResult{}, nil, fmt.Errorf("%s %d: %d processes attached already: %w", req.Kind, o.seg.ID(), sessionsPerID, unix.ENOSPC)
-		}
-		base := o.seg.slotOff(slot)
-		*o.seg.u64(base + slotToken) = req.Token
-		atomic.StoreUint32(o.seg.u32(base+slotInUse), 1)
-		o.sessions[req.Token] = slot
-		r.tokens[req.Token] = append(r.tokens[req.Token], o.seg.ID())
+	slot, err := r.openSession(o, req.Token)
+	if err != nil {
+		return GetResult{}, nil, err
 	}
 	res.Slot = slot
 	return res, o.file, nil
+}
+
+// openSession gives token a session slot in o, or the one it has.
+func (r *Registry) openSession(o *object, token uint64) (int, error) {
+	if slot, ok := o.sessions[token]; ok {
+		return slot, nil
+	}
+	for slot := range sessionsPerID {
+		base := o.seg.slotOff(slot)
+		if atomic.LoadUint32(o.seg.u32(base+slotInUse)) != 0 {
+			continue
+		}
+		*o.seg.u64(base + slotToken) = token
+		atomic.StoreUint32(o.seg.u32(base+slotInUse), 1)
+		o.sessions[token] = slot
+		r.tokens[token] = append(r.tokens[token], o.seg.ID())
+		return slot, nil
+	}
+	return 0, fmt.Errorf("%s %d: %d processes attached already: %w", o.seg.kind, o.seg.ID(), sessionsPerID, unix.ENOSPC)
 }
 
 func (r *Registry) create(req GetRequest) (*object, error) {
@@ -191,7 +196,7 @@ func (r *Registry) Set(kind Kind, id int32, c Cred, set SetRequest) (Info, error
 	p.UID, p.GID, p.Mode = set.UID, set.GID, set.Mode&permBits
 	o.seg.setPerm(p)
 	if set.QBytes != 0 {
-		o.seg.setQBytes(set.QBytes)
+		atomic.StoreUint64(o.seg.u64(offQBytes), set.QBytes) // senders that now fit wake below
 	}
 	atomic.StoreInt64(o.seg.i64(offCTime), now())
 	o.seg.changed()

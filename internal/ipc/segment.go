@@ -184,9 +184,6 @@ func (s *Segment) u64(off int) *uint64 { return (*uint64)(unsafe.Pointer(&s.mem[
 func (s *Segment) i64(off int) *int64  { return (*int64)(unsafe.Pointer(&s.mem[off])) }
 func (s *Segment) i16(off int) *int16  { return (*int16)(unsafe.Pointer(&s.mem[off])) }
 
-// Kind returns what the object is.
-func (s *Segment) Kind() Kind { return s.kind }
-
 // ID returns the object's ID.
 func (s *Segment) ID() int32 { return *s.i32(offID) }
 
@@ -203,9 +200,6 @@ func (s *Segment) perm() Perm {
 func (s *Segment) setPerm(p Perm) {
 	*s.u32(offUID), *s.u32(offUID + 4), *s.u32(offUID + 8), *s.u32(offUID + 12), *s.u32(offUID + 16) = p.UID, p.GID, p.CUID, p.CGID, p.Mode&permBits
 }
-
-// Perm returns the object's owner and mode.
-func (s *Segment) Perm() Perm { return s.perm() }
 
 // removedError says why an object is gone: removed, or its home is down.
 func (s *Segment) removedError() error {
@@ -283,39 +277,69 @@ func (s *Segment) unlockWake() {
 	}
 }
 
-// sleep waits, with the mutex held, for the next change; it returns with
-// the mutex held again. The sleeper is counted in the header and in its
-// session slot, so that the home can take it out if the process is killed.
-func (s *Segment) sleep(slot int, deadline time.Time) error {
+// enter checks the caller's session and access, and takes the mutex of an
+// object that still exists.
+func (s *Segment) enter(slot int, c Cred, want uint32) error {
+	if err := s.checkSlot(slot); err != nil {
+		return err
+	}
+	if !s.perm().Allows(c, want) {
+		return unix.EACCES
+	}
+	s.lock(uint32(slot) + 1)
+	if err := s.removedError(); err != nil {
+		s.unlock()
+		return err
+	}
+	return nil
+}
+
+// wait sleeps, with the mutex held, until the next change or the deadline
+// (EAGAIN), and returns with the mutex held again, or released with an
+// error: the object ended, or the home released the session. The sleeper is
+// counted in the header and in its session slot, with what it waits for
+// (sem and kind, for GETNCNT and GETZCNT; kind 0 for none), so that the
+// home can take it out if the process is killed.
+func (s *Segment) wait(slot int, deadline time.Time, sem, kind int) error {
+	base := s.slotOff(slot)
 	seen := atomic.LoadUint32(s.u32(offSeq))
-	token := *s.u64(s.slotOff(slot) + slotToken)
+	token := *s.u64(base + slotToken)
+	entry := -1
+	if kind != 0 {
+		entry = s.recordWait(slot, sem, kind)
+	}
 	atomic.AddUint32(s.u32(offSleepers), 1)
-	atomic.AddUint32(s.u32(s.slotOff(slot)+slotSleeping), 1)
+	atomic.AddUint32(s.u32(base+slotSleeping), 1)
 	s.unlock()
 	var err error
 	if deadline.IsZero() {
 		err = futexWait(s.u32(offSeq), seen, nil)
+	} else if left := time.Until(deadline); left <= 0 {
+		err = unix.ETIMEDOUT
 	} else {
-		left := time.Until(deadline)
-		if left <= 0 {
-			err = unix.ETIMEDOUT
-		} else {
-			ts := unix.NsecToTimespec(left.Nanoseconds())
-			err = futexWait(s.u32(offSeq), seen, &ts)
-		}
+		ts := unix.NsecToTimespec(left.Nanoseconds())
+		err = futexWait(s.u32(offSeq), seen, &ts)
 	}
 	s.lock(uint32(slot) + 1)
-	if atomic.LoadUint32(s.u32(s.slotOff(slot)+slotInUse)) == 0 || *s.u64(s.slotOff(slot) + slotToken) != token {
+	if atomic.LoadUint32(s.u32(base+slotInUse)) == 0 || *s.u64(base + slotToken) != token {
 		// The home released the session while it slept, and took its
-		// sleeper out of the counts: its process is counted as gone.
+		// sleeper and waits out: the slot may be another's already.
+		s.unlock()
 		return fmt.Errorf("%s %d: session %d released: %w", s.kind, s.ID(), slot, unix.EINVAL)
 	}
-	atomic.AddUint32(s.u32(s.slotOff(slot)+slotSleeping), ^uint32(0))
+	s.clearWait(slot, entry)
+	atomic.AddUint32(s.u32(base+slotSleeping), ^uint32(0))
 	atomic.AddUint32(s.u32(offSleepers), ^uint32(0))
-	if err == unix.ETIMEDOUT {
-		return unix.EAGAIN
+	if err == nil {
+		err = s.removedError()
 	}
-	return nil
+	if err == unix.ETIMEDOUT {
+		err = unix.EAGAIN
+	}
+	if err != nil {
+		s.unlock()
+	}
+	return err
 }
 
 func (s *Segment) slotOff(slot int) int { return headerSize + slot*s.slotSize }
@@ -386,15 +410,4 @@ func (s *Segment) Stat() Info {
 		info.NSems = s.nsems
 	}
 	return info
-}
-
-// StatAs is IPC_STAT for a caller: read permission needed.
-func (s *Segment) StatAs(c Cred) (Info, error) {
-	if err := s.removedError(); err != nil {
-		return Info{}, err
-	}
-	if !s.perm().Allows(c, AccessRead) {
-		return Info{}, unix.EACCES
-	}
-	return s.Stat(), nil
 }

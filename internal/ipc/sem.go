@@ -14,8 +14,6 @@ type SemOp struct {
 	Flags int16  // NoWait, Undo
 }
 
-var zeroTime time.Time
-
 func (s *Segment) semVal(n int) *int32 { return s.i32(s.offSems + 8*n) }
 func (s *Segment) semPID(n int) *int32 { return s.i32(s.offSems + 8*n + 4) }
 func (s *Segment) adj(slot, n int) *int16 {
@@ -26,10 +24,10 @@ func (s *Segment) adj(slot, n int) *int16 {
 // applies, atomically, or none does and the caller sleeps until they can
 // (EAGAIN for an operation flagged NoWait, or when the deadline passes).
 func (s *Segment) Op(slot int, c Cred, ops []SemOp, deadline time.Time) error {
-	if len(ops) == 0 || len(ops) > SemOpMax {
-		if len(ops) == 0 {
-			return unix.EINVAL
-		}
+	if len(ops) == 0 {
+		return unix.EINVAL
+	}
+	if len(ops) > SemOpMax {
 		return unix.E2BIG
 	}
 	want := uint32(AccessRead)
@@ -41,18 +39,10 @@ func (s *Segment) Op(slot int, c Cred, ops []SemOp, deadline time.Time) error {
 			want = AccessWrite
 		}
 	}
-	if err := s.checkSlot(slot); err != nil {
+	if err := s.enter(slot, c, want); err != nil {
 		return err
 	}
-	if !s.perm().Allows(c, want) {
-		return unix.EACCES
-	}
-	s.lock(uint32(slot) + 1)
 	for {
-		if err := s.removedError(); err != nil {
-			s.unlock()
-			return err
-		}
 		blocked, kind, err := s.try(slot, ops)
 		if err != nil {
 			s.unlock()
@@ -65,11 +55,7 @@ func (s *Segment) Op(slot int, c Cred, ops []SemOp, deadline time.Time) error {
 			s.unlock()
 			return unix.EAGAIN
 		}
-		entry := s.recordWait(slot, int(ops[blocked].Num), kind)
-		err = s.sleep(slot, deadline)
-		s.clearWait(slot, entry)
-		if err != nil {
-			s.unlock()
+		if err := s.wait(slot, deadline, int(ops[blocked].Num), kind); err != nil {
 			return err
 		}
 	}
@@ -175,7 +161,7 @@ func (s *Segment) Waiting(c Cred, n int, zero bool) (int, error) {
 
 // SetValue is semctl SETVAL.
 func (s *Segment) SetValue(slot int, c Cred, n, v int) error {
-	return s.setValues(slot, c, map[int]int{n: v})
+	return s.setValues(slot, c, n, []int{v})
 }
 
 // SetValues is semctl SETALL.
@@ -183,33 +169,25 @@ func (s *Segment) SetValues(slot int, c Cred, vals []int) error {
 	if len(vals) != s.nsems {
 		return unix.EINVAL
 	}
-	m := map[int]int{}
-	for n, v := range vals {
-		m[n] = v
-	}
-	return s.setValues(slot, c, m)
+	return s.setValues(slot, c, 0, vals)
 }
 
-// setValues sets values and, as Linux does, clears every process's
-// adjustment of them.
-func (s *Segment) setValues(slot int, c Cred, vals map[int]int) error {
-	for n, v := range vals {
-		if err := s.semCheck(c, n, AccessWrite); err != nil {
-			return err
-		}
+// setValues sets the semaphores from first on to vals and, as Linux does,
+// clears every process's adjustment of them.
+func (s *Segment) setValues(slot int, c Cred, first int, vals []int) error {
+	if err := s.semCheck(c, first, AccessWrite); err != nil {
+		return err
+	}
+	for _, v := range vals {
 		if v < 0 || v > SemValueMax {
 			return unix.ERANGE
 		}
 	}
-	if err := s.checkSlot(slot); err != nil {
+	if err := s.enter(slot, c, AccessWrite); err != nil {
 		return err
 	}
-	s.lock(uint32(slot) + 1)
-	if err := s.removedError(); err != nil {
-		s.unlock()
-		return err
-	}
-	for n, v := range vals {
+	for i, v := range vals {
+		n := first + i
 		atomic.StoreInt32(s.semVal(n), int32(v))
 		atomic.StoreInt32(s.semPID(n), c.PID)
 		for other := range sessionsPerID {

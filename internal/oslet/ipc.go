@@ -7,6 +7,7 @@ import (
 	"os"
 	"slices"
 	"sync"
+	"sync/atomic"
 
 	"golang.org/x/sys/unix"
 
@@ -27,10 +28,11 @@ import (
 type ipcState struct {
 	table *ipc.Registry
 
+	serial atomic.Uint64 // the last token issued
+
 	mu     sync.Mutex
 	homes  map[uint64][]int       // token → other homes it holds sessions at
 	remote map[int32]*ipc.Segment // objects of other homes that callers here got
-	serial uint64                 // the last token issued
 }
 
 func newIPCState(self int) *ipcState {
@@ -38,16 +40,10 @@ func newIPCState(self int) *ipcState {
 }
 
 // newToken names a caller's channel for the sessions it opens.
-func (i *Init) newToken() uint64 {
-	s := i.ipc
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	s.serial++
-	return ipc.MakeToken(i.cfg.Index, s.serial)
-}
+func (i *Init) newToken() uint64 { return ipc.MakeToken(i.cfg.Index, i.ipc.serial.Add(1)) }
 
 // homeOf is the OSlet that holds the object a request names.
-func (i *Init) homeOf(kind ipc.Kind, key, id int32, byKey bool) int {
+func (i *Init) homeOf(key, id int32, byKey bool) int {
 	switch {
 	case !byKey && id != 0:
 		return ipc.HomeOfID(id)
@@ -57,11 +53,13 @@ func (i *Init) homeOf(kind ipc.Kind, key, id int32, byKey bool) int {
 	return ipc.HomeOfKey(key, i.oslets())
 }
 
+// ipcError names this OSlet in an error of the IPC tables; the reply keeps
+// the errno it wraps (fabric.AsError).
 func (i *Init) ipcError(err error) error {
 	if err == nil {
 		return nil
 	}
-	return fabric.FromErrno(fmt.Sprintf("oslet %d", i.cfg.Index), err)
+	return fmt.Errorf("oslet %d: %w", i.cfg.Index, err)
 }
 
 func toIPCCred(c fabric.Cred) ipc.Cred {
@@ -82,7 +80,7 @@ func (i *Init) ipcGet(who *caller, req *fabric.IPCGetRequest) (any, []*os.File, 
 	if req.ID < 0 {
 		return nil, nil, fabric.Errorf(fabric.CodeInvalid, "oslet %d: %s id %d: invalid", i.cfg.Index, req.Kind, req.ID)
 	}
-	home := i.homeOf(req.Kind, req.Key, req.ID, false)
+	home := i.homeOf(req.Key, req.ID, false)
 	if who.role == fabric.RolePeer && home != i.cfg.Index {
 		return nil, nil, fabric.Errorf(fabric.CodeInvalid, "oslet %d: %s get for home %d arrived from oslet %d", i.cfg.Index, req.Kind, home, who.from)
 	}
@@ -110,7 +108,7 @@ func (i *Init) ipcGet(who *caller, req *fabric.IPCGetRequest) (any, []*os.File, 
 	var reply fabric.IPCGetReply
 	files, err := p.call(who.ctx, fabric.OpIPCGet, fwd, nil, &reply)
 	if err != nil {
-		closeAll(files)
+		fabric.CloseAll(files)
 		return nil, nil, err
 	}
 	i.noteSession(token, home)
@@ -156,7 +154,7 @@ func (i *Init) ipcCtl(who *caller, req *fabric.IPCCtlRequest) (any, []*os.File, 
 	if err != nil {
 		return nil, nil, err
 	}
-	home := i.homeOf(req.Kind, req.Key, req.ID, req.ByKey)
+	home := i.homeOf(req.Key, req.ID, req.ByKey)
 	p, err := i.forwardTo(who, home)
 	if err != nil {
 		return nil, nil, err
@@ -265,12 +263,6 @@ func dupFile(f *os.File) (*os.File, error) {
 	return os.NewFile(uintptr(fd), f.Name()), nil
 }
 
-func closeAll(files []*os.File) {
-	for _, f := range files {
-		f.Close()
-	}
-}
-
 // shmServe serves named shared memory: create at the home, open and remove
 // at the object's recorded home, list anywhere (every OSlet sees the same
 // /dev/shm).
@@ -327,6 +319,5 @@ func (i *Init) shmServe(who *caller, req *fabric.ShmRequest) (any, []*os.File, e
 	if err != nil {
 		return nil, nil, i.ipcError(err)
 	}
-	info, _ := i.shm.Stat(req.Name)
-	return fabric.ShmReply{Objects: []shm.Info{info}}, []*os.File{f}, nil
+	return fabric.ShmReply{}, []*os.File{f}, nil
 }

@@ -4,10 +4,8 @@ import (
 	"bytes"
 	"fmt"
 	"os"
-	"os/user"
 	"strconv"
 	"strings"
-	"sync"
 )
 
 // procStat is what /proc/PID/stat and status tell about one process.
@@ -97,18 +95,4 @@ func runnable() int {
 func alive(pid int) bool {
 	s, err := readProc(pid)
 	return err == nil && s.state != "Z" && s.state != "X"
-}
-
-var userNames sync.Map // uid -> name
-
-func userName(uid uint32) string {
-	if n, ok := userNames.Load(uid); ok {
-		return n.(string)
-	}
-	name := strconv.Itoa(int(uid))
-	if u, err := user.LookupId(name); err == nil {
-		name = u.Username
-	}
-	userNames.Store(uid, name)
-	return name
 }

@@ -434,7 +434,7 @@ func (i *Init) localProcesses() []fabric.Process {
 		}
 		out = append(out, fabric.Process{
 			PID: int32(vproc.Global(i.cfg.Index, n)), OSlet: i.cfg.Index, Parent: int32(parent),
-			UID: s.uidReal, User: userName(s.uidReal), State: s.state,
+			UID: s.uidReal, User: vproc.UserName(s.uidReal), State: s.state,
 			CPUTime: float64(s.ticks) / clockTicks, Command: cmdline(n, s.comm),
 		})
 	}

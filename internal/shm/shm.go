@@ -148,43 +148,46 @@ func (t *Table) Create(name string, size int64, mode uint32, pinned bool, c Cred
 
 // Open opens an object for a caller, if its owner and mode bits allow
 // (read, and write when write is set), and returns the descriptor to hand
-// over.
+// over. The bits are checked on the file opened, not on the name.
 func (t *Table) Open(name string, write bool, c Cred) (*os.File, error) {
 	if err := CheckName(name); err != nil {
 		return nil, err
 	}
-	info, err := t.Stat(name)
-	if err != nil {
-		return nil, err
-	}
-	want := uint32(4)
-	flag := os.O_RDONLY
+	flag, want := os.O_RDONLY, uint32(4)
 	if write {
-		want, flag = 6, os.O_RDWR
+		flag, want = os.O_RDWR, 6
 	}
-	if !allows(info, c, want) {
-		return nil, fmt.Errorf("shm %s: %w", clean(name), syscall.EACCES)
-	}
-	f, err := os.OpenFile(t.path(name), flag|syscall.O_NOFOLLOW, 0)
+	f, err := os.OpenFile(t.path(name), flag|syscall.O_NOFOLLOW|syscall.O_NONBLOCK, 0)
 	if err != nil {
 		return nil, fmt.Errorf("shm %s: %w", clean(name), err)
 	}
-	return f, nil
+	var st unix.Stat_t
+	err = unix.Fstat(int(f.Fd()), &st)
+	switch {
+	case err != nil:
+	case st.Mode&unix.S_IFMT != unix.S_IFREG:
+		err = fmt.Errorf("not a shared memory object: %w", syscall.EINVAL)
+	case !allows(st.Uid, st.Gid, st.Mode, c, want):
+		err = syscall.EACCES
+	default:
+		return f, nil
+	}
+	f.Close()
+	return nil, fmt.Errorf("shm %s: %w", clean(name), err)
 }
 
-// allows applies the file's owner and mode bits, as open(2) would.
-func allows(i Info, c Cred, want uint32) bool {
+// allows applies a file's owner and mode bits, as open(2) would.
+func allows(uid, gid, mode uint32, c Cred, want uint32) bool {
 	if c.UID == 0 {
 		return true
 	}
-	bits := i.Mode
 	switch {
-	case c.UID == i.UID:
-		bits >>= 6
-	case c.GID == i.GID || slices.Contains(c.Groups, i.GID):
-		bits >>= 3
+	case c.UID == uid:
+		mode >>= 6
+	case c.GID == gid || slices.Contains(c.Groups, gid):
+		mode >>= 3
 	}
-	return bits&want == want
+	return mode&want == want
 }
 
 // Remove unlinks an object and lets go of its locked pages. Only its owner
@@ -204,18 +207,13 @@ func (t *Table) Remove(name string, c Cred) error {
 	if err := os.Remove(t.path(name)); err != nil {
 		return fmt.Errorf("shm %s: %w", clean(name), err)
 	}
-	t.Forget(name)
-	return nil
-}
-
-// Forget lets go of an object's locked pages, if this home holds them.
-func (t *Table) Forget(name string) {
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	if mem, ok := t.pinned[clean(name)]; ok {
 		unix.Munmap(mem)
 		delete(t.pinned, clean(name))
 	}
+	return nil
 }
 
 // Stat describes one object.
