@@ -10,6 +10,8 @@ import (
 	"syscall"
 	"time"
 
+	"golang.org/x/sys/unix"
+
 	"github.com/smpc-cluster/smpc/internal/fabric"
 	"github.com/smpc-cluster/smpc/internal/ipc"
 	"github.com/smpc-cluster/smpc/internal/vproc"
@@ -38,6 +40,7 @@ type IPCKind = ipc.Kind
 const (
 	KindMsg = ipc.KindMsg
 	KindSem = ipc.KindSem
+	KindShm = ipc.KindShm
 )
 
 // IPCInfo describes an IPC object, as IPC_STAT and ipcs(1) do.
@@ -69,8 +72,9 @@ type ipcObject struct {
 
 	// mu lets operations run at once and keeps Close, and a home's death,
 	// from unmapping the memory under them.
-	mu  sync.RWMutex
-	seg *ipc.Segment // nil once closed
+	mu   sync.RWMutex
+	seg  *ipc.Segment // nil once closed
+	data *os.File     // a shared memory segment's pages; nil for others
 }
 
 // get asks the object's home for it (msgget, semget) and maps its memory.
@@ -94,11 +98,18 @@ func (c *Client) ipcGet(ctx context.Context, req fabric.IPCGetRequest) (*ipcObje
 	}
 	o := &ipcObject{c: c, kind: req.Kind, id: reply.ID, home: reply.Home, slot: reply.Slot, cred: c.ipcCred()}
 	if reply.Slot >= 0 {
-		if len(files) != 1 {
-			return nil, fmt.Errorf("%sget %s: home oslet %d sent %d descriptors, want 1", req.Kind, what, reply.Home, len(files))
+		want := 1
+		if req.Kind == KindShm {
+			want = 2
+		}
+		if len(files) != want {
+			return nil, fmt.Errorf("%sget %s: home oslet %d sent %d descriptors, want %d", req.Kind, what, reply.Home, len(files), want)
 		}
 		if o.seg, err = ipc.Map(files[0]); err != nil {
 			return nil, fmt.Errorf("%sget %s: %w", req.Kind, what, err)
+		}
+		if req.Kind == KindShm {
+			o.data, files[1] = files[1], nil // kept: Attach maps it
 		}
 		c.watchHome(o)
 	}
@@ -272,6 +283,10 @@ func (o *ipcObject) Close() error {
 	}
 	err := o.seg.Unmap()
 	o.seg = nil
+	if o.data != nil {
+		o.data.Close()
+		o.data = nil
+	}
 	return err
 }
 
@@ -409,8 +424,61 @@ func (s *SemSet) GetZCnt(n int) (count int, err error) {
 	return count, err
 }
 
-// IPCs lists every message queue and semaphore set of the cluster, as
-// ipcs(1) does; down lists the OSlets that could not answer.
+// ShmSegment is a System V shared memory segment of the cluster: the same
+// pages for every process that attaches it, on any OSlet. Its home OSlet
+// allocates the pages, so they count against the home's memory. Its
+// methods mirror shmat(2), shmdt(2) and shmctl(2).
+type ShmSegment struct{ *ipcObject }
+
+// ShmGet is shmget(2): the segment with key, created with size bytes with
+// IPCCreate and the mode bits in flags. A size past the home's free memory
+// is refused (ENOMEM); a size past an existing segment's is EINVAL.
+func (c *Client) ShmGet(ctx context.Context, key int32, size int64, flags int) (*ShmSegment, error) {
+	o, err := c.ipcGet(ctx, fabric.IPCGetRequest{Kind: KindShm, Key: key, Size: size, Flags: flags})
+	if err != nil {
+		return nil, err
+	}
+	return &ShmSegment{o}, nil
+}
+
+// Size returns the segment's size in bytes.
+func (s *ShmSegment) Size() (n int64) {
+	s.use("shmctl IPC_STAT", func(seg *ipc.Segment) error { n = seg.Stat().Size; return nil })
+	return n
+}
+
+// Attach is shmat(2): it maps the segment's pages, for reading and, unless
+// readOnly, writing, where the owner and mode bits allow.
+func (s *ShmSegment) Attach(readOnly bool) (mem []byte, err error) {
+	err = s.use("shmat", func(seg *ipc.Segment) error {
+		want, prot := uint32(ipc.AccessRead|ipc.AccessWrite), unix.PROT_READ|unix.PROT_WRITE
+		if readOnly {
+			want, prot = ipc.AccessRead, unix.PROT_READ
+		}
+		if !seg.Perm().Allows(s.cred, want) {
+			return syscall.EACCES
+		}
+		info := seg.Stat()
+		if err := seg.Err(); err != nil {
+			return err
+		}
+		mem, err = unix.Mmap(int(s.data.Fd()), 0, int(info.Size), prot, unix.MAP_SHARED)
+		return err
+	})
+	return mem, err
+}
+
+// Detach is shmdt(2): it unmaps memory that Attach returned. The pages
+// stay with the segment, and with the others who have it attached.
+func (s *ShmSegment) Detach(mem []byte) error {
+	if err := unix.Munmap(mem); err != nil {
+		return fmt.Errorf("shmdt shm %d: %w", s.id, err)
+	}
+	return nil
+}
+
+// IPCs lists every message queue, shared memory segment and semaphore set of
+// the cluster, as ipcs(1) does; down lists the OSlets that could not answer.
 func (c *Client) IPCs(ctx context.Context) (objects []IPCInfo, down []int, err error) {
 	if c.inside {
 		var r fabric.IPCListReply

@@ -6,11 +6,14 @@ import (
 	"crypto/sha256"
 	"encoding/hex"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"net"
 	"os"
+	"strconv"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -33,6 +36,21 @@ func awaitBytes(mem []byte, off int, want string) error {
 		}
 		time.Sleep(time.Millisecond)
 	}
+	return nil
+}
+
+// exchangeThrough is one side of an exchange through shared pages: the
+// writer writes "ping" and waits for "pong"; the reader waits for "ping"
+// and answers "pong" in its own mapping.
+func exchangeThrough(mem []byte, writer bool) error {
+	if writer {
+		copy(mem, "ping")
+		return awaitBytes(mem, 100, "pong")
+	}
+	if err := awaitBytes(mem, 0, "ping"); err != nil {
+		return err
+	}
+	copy(mem[100:], "pong")
 	return nil
 }
 
@@ -79,15 +97,7 @@ func TestShmHelper(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if role == "shm-writer" {
-		copy(mem, "ping")
-		err = awaitBytes(mem, 100, "pong")
-	} else {
-		if err = awaitBytes(mem, 0, "ping"); err == nil {
-			copy(mem[100:], "pong")
-		}
-	}
-	if err != nil {
+	if err := exchangeThrough(mem, role == "shm-writer"); err != nil {
 		t.Fatal(err)
 	}
 	fmt.Println(role, "ok")
@@ -262,5 +272,99 @@ func TestPipesAndSockets(t *testing.T) {
 	}
 	if out, code := serverDone(); code != 0 {
 		t.Errorf("socket server on oslet 2: %d %s", code, out)
+	}
+}
+
+// TestSysVShmHelper, run inside OSlets by TestSysVSharedMemory, is one side
+// of an exchange through a System V segment: the writer creates the segment
+// with SMPC_KEY, attaches it, writes "ping" and waits for "pong"; the
+// reader attaches it, waits for "ping" and answers "pong".
+func TestSysVShmHelper(t *testing.T) {
+	role := os.Getenv("SMPC_E2E_HELPER")
+	if role != "sysv-writer" && role != "sysv-reader" {
+		t.Skip("helper process for TestSysVSharedMemory")
+	}
+	key, _ := smpc.ParseIPCKey(os.Getenv("SMPC_KEY"))
+	c, err := smpc.Connect("")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	flags := 0
+	if role == "sysv-writer" {
+		flags = smpc.IPCCreate | smpc.IPCExcl | 0o600
+	}
+	var seg *smpc.ShmSegment
+	for try := 0; try < 500; try++ { // the writer, started first, may not have made it yet
+		if seg, err = c.ShmGet(context.Background(), key, 4096, flags); err == nil || flags != 0 {
+			break
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	if err != nil {
+		t.Fatal(err)
+	}
+	mem, err := seg.Attach(false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer seg.Detach(mem)
+	if err := exchangeThrough(mem, role == "sysv-writer"); err != nil {
+		t.Fatal(err)
+	}
+	fmt.Println(role, "ok")
+}
+
+// TestSysVSharedMemory checks System V shared memory across OSlets: a
+// segment made on one OSlet and attached on another shares its pages, is
+// listed by ipcs with its size and home, refuses a size past the home's
+// memory, and is removed by ipcrm -m and -M.
+func TestSysVSharedMemory(t *testing.T) {
+	c := boot(t)
+	helper := testBinary(t)
+	writer, writerDone := c.background("run", "--on", "1", "--", "/usr/bin/env", "SMPC_E2E_HELPER=sysv-writer", "SMPC_KEY=0x5e6",
+		helper, "-test.run=^TestSysVShmHelper$")
+	defer writer.Process.Kill()
+	out, code := c.smpc("run", "--on", "2", "--", "/usr/bin/env", "SMPC_E2E_HELPER=sysv-reader", "SMPC_KEY=0x5e6",
+		helper, "-test.run=^TestSysVShmHelper$")
+	if code != 0 || !strings.Contains(out, "sysv-reader ok") {
+		t.Fatalf("reader on oslet 2: %d %s", code, out)
+	}
+	if out, code := writerDone(); code != 0 || !strings.Contains(out, "sysv-writer ok") {
+		t.Fatalf("writer on oslet 1: %d %s", code, out)
+	}
+	var objs []smpc.IPCInfo
+	json.Unmarshal([]byte(c.must("ipcs", "-m", "--json")), &objs)
+	if len(objs) != 1 || objs[0].Kind != smpc.KindShm || objs[0].Key != 0x5e6 || objs[0].Size != 4096 || objs[0].Home != smpc.IPCHomeOfKey(0x5e6, []int{1, 2}) {
+		t.Fatalf("ipcs -m: %+v", objs)
+	}
+	if out := c.must("ipcs"); !strings.Contains(out, "Shared Memory Segments") || !strings.Contains(out, "0x000005e6") {
+		t.Errorf("ipcs table:\n%s", out)
+	}
+
+	// From the host, through the Go package: a second segment, too large a
+	// third, and removal by ID and by key.
+	client, err := smpc.Connect(c.dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer client.Close()
+	if _, err := client.ShmGet(context.Background(), 0x5e7, 1<<40, smpc.IPCCreate|0o600); !errors.Is(err, syscall.ENOMEM) {
+		t.Errorf("a segment past the home's memory: %v, want ENOMEM", err)
+	}
+	seg, err := client.ShmGet(context.Background(), 0x5e7, 1<<20, smpc.IPCCreate|0o600)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := client.ShmGet(context.Background(), 0x5e7, 2<<20, 0); !errors.Is(err, syscall.EINVAL) {
+		t.Errorf("shmget larger than the segment: %v, want EINVAL", err)
+	}
+	c.must("ipcrm", "-m", strconv.Itoa(int(seg.ID())), "-M", "0x5e6")
+	if _, err := seg.Attach(true); err == nil {
+		t.Errorf("attach after removal succeeded")
+	}
+	json.Unmarshal([]byte(c.must("ipcs", "--json")), &objs)
+	if len(objs) != 0 {
+		t.Errorf("ipcs after ipcrm -m and -M: %+v", objs)
 	}
 }

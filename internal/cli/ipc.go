@@ -335,15 +335,36 @@ last process that operated on it (GETPID). ` + keyHelp,
 	return cmd
 }
 
+// ipcsSection is how ipcs(1) shows one kind of object.
+type ipcsSection struct {
+	kind   smpc.IPCKind
+	title  string
+	header string
+	row    func(o smpc.IPCInfo) string // the columns after key, id, owner and perms
+}
+
+var ipcsSections = []ipcsSection{
+	{smpc.KindMsg, "Message Queues", "msqid\towner\tperms\tused-bytes\tmessages", func(o smpc.IPCInfo) string {
+		return fmt.Sprintf("%d\t%d", o.CBytes, o.QNum)
+	}},
+	{smpc.KindShm, "Shared Memory Segments", "shmid\towner\tperms\tbytes\tnattch", func(o smpc.IPCInfo) string {
+		return fmt.Sprintf("%d\t%d", o.Size, o.Attached)
+	}},
+	{smpc.KindSem, "Semaphore Arrays", "semid\towner\tperms\tnsems", func(o smpc.IPCInfo) string {
+		return strconv.Itoa(o.NSems)
+	}},
+}
+
 func ipcsCmd() *cobra.Command {
-	var asJSON, queues, sems bool
+	var asJSON bool
+	only := map[smpc.IPCKind]*bool{smpc.KindMsg: new(bool), smpc.KindShm: new(bool), smpc.KindSem: new(bool)}
 	cmd := &cobra.Command{
 		Use:   "ipcs",
-		Short: "List every message queue and semaphore set of the cluster, with its home OSlet",
-		Long: `List every System V message queue and semaphore set of the cluster, as
-ipcs(1) does, with the OSlet each lives on (its home). -q lists only queues,
--s only semaphore sets. An OSlet that is down is named on standard error, and
-the exit status is 1.`,
+		Short: "List every message queue, shared memory segment and semaphore set, with its home OSlet",
+		Long: `List every System V message queue, shared memory segment and semaphore set
+of the cluster, as ipcs(1) does, with the OSlet each lives on (its home). -q,
+-m and -s pick kinds. NATTCH counts the processes that hold a segment. An
+OSlet that is down is named on standard error, and the exit status is 1.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			return withClient(func(c *smpc.Client) error {
@@ -351,59 +372,42 @@ the exit status is 1.`,
 				if err != nil {
 					return err
 				}
-				if !queues && !sems {
-					queues, sems = true, true
-				}
-				var shown []smpc.IPCInfo
+				picked := *only[smpc.KindMsg] || *only[smpc.KindShm] || *only[smpc.KindSem]
+				shown := []smpc.IPCInfo{}
 				for _, o := range objects {
-					if (o.Kind == smpc.KindMsg && queues) || (o.Kind == smpc.KindSem && sems) {
+					if !picked || *only[o.Kind] {
 						shown = append(shown, o)
 					}
 				}
 				if asJSON {
-					if shown == nil {
-						shown = []smpc.IPCInfo{}
-					}
 					if err := json.NewEncoder(cmd.OutOrStdout()).Encode(shown); err != nil {
 						return err
 					}
 				} else {
-					printIPCs(cmd, shown, queues, sems)
+					tw := tabwriter.NewWriter(cmd.OutOrStdout(), 0, 4, 2, ' ', 0)
+					for _, sec := range ipcsSections {
+						if picked && !*only[sec.kind] {
+							continue
+						}
+						fmt.Fprintf(tw, "------ %s --------\nkey\t%s\thome\n", sec.title, sec.header)
+						for _, o := range shown {
+							if o.Kind == sec.kind {
+								fmt.Fprintf(tw, "%s\t%d\t%s\t%s\t%s\t%d\n", ipc.FormatKey(o.Key), o.ID, vproc.UserName(o.UID), ipc.ModeString(o.Mode), sec.row(o), o.Home)
+							}
+						}
+						fmt.Fprintln(tw)
+					}
+					tw.Flush()
 				}
 				return downError(down)
 			})
 		},
 	}
 	cmd.Flags().BoolVar(&asJSON, "json", false, "print JSON")
-	cmd.Flags().BoolVarP(&queues, "queues", "q", false, "message queues only")
-	cmd.Flags().BoolVarP(&sems, "semaphores", "s", false, "semaphore sets only")
+	cmd.Flags().BoolVarP(only[smpc.KindMsg], "queues", "q", false, "message queues")
+	cmd.Flags().BoolVarP(only[smpc.KindShm], "shmems", "m", false, "shared memory segments")
+	cmd.Flags().BoolVarP(only[smpc.KindSem], "semaphores", "s", false, "semaphore sets")
 	return cmd
-}
-
-func printIPCs(cmd *cobra.Command, objects []smpc.IPCInfo, queues, sems bool) {
-	w := cmd.OutOrStdout()
-	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
-	if queues {
-		fmt.Fprintln(tw, "------ Message Queues --------")
-		fmt.Fprintln(tw, "key\tmsqid\towner\tperms\tused-bytes\tmessages\thome")
-		for _, o := range objects {
-			if o.Kind == smpc.KindMsg {
-				fmt.Fprintf(tw, "%s\t%d\t%s\t%s\t%d\t%d\t%d\n", ipc.FormatKey(o.Key), o.ID, vproc.UserName(o.UID), ipc.ModeString(o.Mode), o.CBytes, o.QNum, o.Home)
-			}
-		}
-		fmt.Fprintln(tw)
-	}
-	if sems {
-		fmt.Fprintln(tw, "------ Semaphore Arrays --------")
-		fmt.Fprintln(tw, "key\tsemid\towner\tperms\tnsems\thome")
-		for _, o := range objects {
-			if o.Kind == smpc.KindSem {
-				fmt.Fprintf(tw, "%s\t%d\t%s\t%s\t%d\t%d\n", ipc.FormatKey(o.Key), o.ID, vproc.UserName(o.UID), ipc.ModeString(o.Mode), o.NSems, o.Home)
-			}
-		}
-		fmt.Fprintln(tw)
-	}
-	tw.Flush()
 }
 
 // downError names the OSlets that could not answer a listing.
@@ -419,53 +423,40 @@ func downError(down []int) error {
 }
 
 func ipcrmCmd() *cobra.Command {
-	var qIDs, sIDs, qKeys, sKeys, mIDs, mKeys []string
+	type target struct {
+		kind  smpc.IPCKind
+		byKey bool
+		args  []string
+	}
+	targets := []*target{{kind: smpc.KindMsg}, {kind: smpc.KindMsg, byKey: true}, {kind: smpc.KindShm}, {kind: smpc.KindShm, byKey: true},
+		{kind: smpc.KindSem}, {kind: smpc.KindSem, byKey: true}}
 	cmd := &cobra.Command{
-		Use:   "ipcrm [-q ID] [-Q KEY] [-s ID] [-S KEY]...",
-		Short: "Remove message queues and semaphore sets by ID or key, as ipcrm(1)",
+		Use:   "ipcrm [-q ID] [-Q KEY] [-m ID] [-M KEY] [-s ID] [-S KEY]...",
+		Short: "Remove message queues, shared memory segments and semaphore sets by ID or key, as ipcrm(1)",
 		Long: `Remove System V objects as ipcrm(1) does: -q ID and -Q KEY a message queue,
--s ID and -S KEY a semaphore set; each option may repeat. Processes blocked
-on a removed object wake with "identifier removed". Only the owner, the
-creator or root may remove an object. Every removal is tried; the exit status
-is 1 if any failed. -m and -M (System V shared memory) are refused: shared
-memory across OSlets is /dev/shm, managed with 'smpc shm'.`,
+-m ID and -M KEY a shared memory segment, -s ID and -S KEY a semaphore set;
+each option may repeat. Processes blocked on a removed queue or set wake with
+"identifier removed"; a removed segment's pages stay with the processes that
+have it attached. Only the owner, the creator or root may remove an object.
+Every removal is tried; the exit status is 1 if any failed.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			if len(mIDs)+len(mKeys) > 0 {
-				return errors.New("ipcrm: System V shared memory segments (shmget) are not shared across OSlets yet, so there are none to remove; shared memory lives in /dev/shm: remove it with 'smpc shm rm NAME'")
+			n := 0
+			for _, t := range targets {
+				n += len(t.args)
 			}
-			if len(qIDs)+len(sIDs)+len(qKeys)+len(sKeys) == 0 {
-				return errors.New("ipcrm: nothing to remove (give -q, -Q, -s or -S)")
+			if n == 0 {
+				return errors.New("ipcrm: nothing to remove (give -q, -Q, -m, -M, -s or -S)")
 			}
 			return withClient(func(c *smpc.Client) error {
 				ctx := context.Background()
 				failed := false
-				report := func(err error) {
-					if err != nil {
-						fmt.Fprintln(os.Stderr, "smpc: ipcrm:", err)
-						failed = true
-					}
-				}
-				for _, set := range []struct {
-					kind  smpc.IPCKind
-					ids   []string
-					byKey bool
-				}{{smpc.KindMsg, qIDs, false}, {smpc.KindMsg, qKeys, true}, {smpc.KindSem, sIDs, false}, {smpc.KindSem, sKeys, true}} {
-					for _, arg := range set.ids {
-						if set.byKey {
-							key, err := ipc.ParseKey(arg)
-							if err == nil {
-								err = c.RemoveIPCKey(ctx, set.kind, key)
-							}
-							report(err)
-							continue
+				for _, t := range targets {
+					for _, arg := range t.args {
+						if err := removeIPC(ctx, c, t.kind, t.byKey, arg); err != nil {
+							fmt.Fprintln(os.Stderr, "smpc: ipcrm:", err)
+							failed = true
 						}
-						id, err := strconv.ParseInt(arg, 10, 32)
-						if err != nil || id <= 0 {
-							report(fmt.Errorf("bad %s id %q (a positive integer, as smpc ipcs shows)", set.kind, arg))
-							continue
-						}
-						report(c.RemoveIPC(ctx, set.kind, int32(id)))
 					}
 				}
 				if failed {
@@ -475,11 +466,28 @@ memory across OSlets is /dev/shm, managed with 'smpc shm'.`,
 			})
 		},
 	}
-	cmd.Flags().StringArrayVarP(&qIDs, "queue-id", "q", nil, "remove the message queue with this ID")
-	cmd.Flags().StringArrayVarP(&qKeys, "queue-key", "Q", nil, "remove the message queue with this key")
-	cmd.Flags().StringArrayVarP(&sIDs, "semaphore-id", "s", nil, "remove the semaphore set with this ID")
-	cmd.Flags().StringArrayVarP(&sKeys, "semaphore-key", "S", nil, "remove the semaphore set with this key")
-	cmd.Flags().StringArrayVarP(&mIDs, "shmem-id", "m", nil, "System V shared memory: not clustered (see smpc shm)")
-	cmd.Flags().StringArrayVarP(&mKeys, "shmem-key", "M", nil, "System V shared memory: not clustered (see smpc shm)")
+	for n, spec := range []struct{ short, long, what string }{
+		{"q", "queue-id", "the message queue with this ID"}, {"Q", "queue-key", "the message queue with this key"},
+		{"m", "shmem-id", "the shared memory segment with this ID"}, {"M", "shmem-key", "the shared memory segment with this key"},
+		{"s", "semaphore-id", "the semaphore set with this ID"}, {"S", "semaphore-key", "the semaphore set with this key"},
+	} {
+		cmd.Flags().StringArrayVarP(&targets[n].args, spec.long, spec.short, nil, "remove "+spec.what)
+	}
 	return cmd
+}
+
+// removeIPC removes one object named by ID, or with byKey by key.
+func removeIPC(ctx context.Context, c *smpc.Client, kind smpc.IPCKind, byKey bool, arg string) error {
+	if byKey {
+		key, err := ipc.ParseKey(arg)
+		if err != nil {
+			return err
+		}
+		return c.RemoveIPCKey(ctx, kind, key)
+	}
+	id, err := strconv.ParseInt(arg, 10, 32)
+	if err != nil || id <= 0 {
+		return fmt.Errorf("bad %s id %q (a positive integer, as smpc ipcs shows)", kind, arg)
+	}
+	return c.RemoveIPC(ctx, kind, int32(id))
 }

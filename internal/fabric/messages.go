@@ -158,7 +158,7 @@ type PingPeerReply struct {
 // Empty is the body of requests and replies that carry nothing.
 type Empty struct{}
 
-// IPCGetRequest is msgget(2) or semget(2): by key (or IPC_PRIVATE), or with
+// IPCGetRequest is msgget(2), semget(2) or shmget(2): by key (or IPC_PRIVATE), or with
 // ID set an existing object by its ID. It goes to the object's home.
 type IPCGetRequest struct {
 	Kind  ipc.Kind `json:"kind"`
@@ -166,6 +166,7 @@ type IPCGetRequest struct {
 	ID    int32    `json:"id,omitempty"`
 	Flags int      `json:"flags"` // IPC_CREAT, IPC_EXCL and the mode bits
 	NSems int      `json:"nsems,omitempty"`
+	Size  int64    `json:"size,omitempty"` // shared memory segments
 	Cred  *Cred    `json:"cred,omitempty"` // set by the first init, never by clients
 	// Token names the caller's channel to its first init, which sets it;
 	// its top bits name that OSlet, so a home knows whose sessions to end
@@ -174,8 +175,9 @@ type IPCGetRequest struct {
 }
 
 // IPCGetReply names the object and the caller's session in it; the
-// object's memory travels as the reply's descriptor (none when Slot is -1:
-// the caller may neither read nor write it).
+// object's memory travels as the reply's descriptor, followed for a shared
+// memory segment by the segment's pages (none when Slot is -1: the caller
+// may neither read nor write it).
 type IPCGetReply struct {
 	ID   int32 `json:"id"`
 	Slot int   `json:"slot"`

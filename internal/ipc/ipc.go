@@ -1,5 +1,7 @@
-// Package ipc is the cluster's System V IPC: message queues and semaphore
-// sets whose keys mean the same object on every OSlet.
+// Package ipc is the cluster's System V IPC: message queues, semaphore sets
+// and shared memory segments whose keys mean the same object on every
+// OSlet. A segment's pages are a memfd of their own that the home hands out
+// beside the object's memory; processes map them and need nothing more.
 //
 // The seed stripes IPC objects over the OSlets and sends operations to the
 // home of each. Sending every msgsnd or semop through the home's proxy would
@@ -34,7 +36,11 @@ type Kind uint32
 const (
 	KindMsg Kind = 1 // message queue
 	KindSem Kind = 2 // semaphore set
+	KindShm Kind = 3 // shared memory segment
 )
+
+// kinds lists every kind, in ipcs(1)'s order of sections.
+var kinds = []Kind{KindMsg, KindShm, KindSem}
 
 func (k Kind) String() string {
 	switch k {
@@ -42,13 +48,15 @@ func (k Kind) String() string {
 		return "msg"
 	case KindSem:
 		return "sem"
+	case KindShm:
+		return "shm"
 	}
 	return fmt.Sprintf("kind(%d)", uint32(k))
 }
 
 // MarshalText writes the kind by name, for messages and JSON.
 func (k Kind) MarshalText() ([]byte, error) {
-	if k != KindMsg && k != KindSem {
+	if !k.valid() {
 		return nil, fmt.Errorf("unknown IPC kind %d", uint32(k))
 	}
 	return []byte(k.String()), nil
@@ -61,15 +69,16 @@ func (k *Kind) UnmarshalText(b []byte) error {
 	return err
 }
 
+func (k Kind) valid() bool { return k == KindMsg || k == KindSem || k == KindShm }
+
 // ParseKind reads a kind's name.
 func ParseKind(s string) (Kind, error) {
-	switch s {
-	case "msg":
-		return KindMsg, nil
-	case "sem":
-		return KindSem, nil
+	for _, k := range kinds {
+		if s == k.String() {
+			return k, nil
+		}
 	}
-	return 0, fmt.Errorf("unknown IPC kind %q (msg or sem)", s)
+	return 0, fmt.Errorf("unknown IPC kind %q (msg, shm or sem)", s)
 }
 
 // Flags, with Linux's values, so that programs pass what they would pass to
@@ -199,6 +208,7 @@ type Info struct {
 	STime    int64  `json:"stime,omitempty"`    // last msgsnd or semop
 	RTime    int64  `json:"rtime,omitempty"`    // last msgrcv
 	NSems    int    `json:"nsems,omitempty"`    // semaphore sets
+	Size     int64  `json:"size,omitempty"`     // shared memory segments: bytes
 	Attached int    `json:"attached,omitempty"` // processes holding the object now
 }
 

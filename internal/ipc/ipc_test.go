@@ -27,7 +27,7 @@ func attach(t *testing.T, r *Registry, req GetRequest) (*Segment, int) {
 	if f == nil {
 		t.Fatalf("get %+v: no descriptor", req)
 	}
-	seg, err := Map(f)
+	seg, err := Map(f[0])
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -326,7 +326,7 @@ func TestPermissions(t *testing.T) {
 		t.Fatalf("other asks rw: %v, want EACCES", err)
 	}
 	res, f, err := r.Get(GetRequest{Kind: KindMsg, Key: 15, Cred: other, Token: 2})
-	if err != nil || f != nil || res.Slot != -1 {
+	if err != nil || len(f) != 0 || res.Slot != -1 {
 		t.Fatalf("other asks nothing: %+v %v %v, want an ID and no descriptor", res, f, err)
 	}
 	res, _, err = r.Get(GetRequest{Kind: KindMsg, Key: 15, Flags: 0o040, Cred: group, Token: 3})
@@ -419,7 +419,7 @@ func BenchmarkPingPong(b *testing.B) {
 	r := NewRegistry(1)
 	defer r.Close()
 	res, f, _ := r.Get(GetRequest{Kind: KindMsg, Key: 20, Flags: Create | 0o600, Cred: root, Token: 1})
-	q, _ := Map(f)
+	q, _ := Map(f[0])
 	defer q.Unmap()
 	seg := endpoint{
 		send: func(t int64, text []byte) error { return q.Send(res.Slot, root, t, text, 0) },
@@ -450,7 +450,7 @@ func BenchmarkSemOp(b *testing.B) {
 	r := NewRegistry(1)
 	defer r.Close()
 	res, f, _ := r.Get(GetRequest{Kind: KindSem, Key: 21, NSems: 1, Flags: Create | 0o600, Cred: root, Token: 1})
-	s, _ := Map(f)
+	s, _ := Map(f[0])
 	defer s.Unmap()
 	sems, err := native.OpenSems(Private, 1, unix.IPC_CREAT|0o600)
 	if err != nil {
@@ -470,4 +470,55 @@ func BenchmarkSemOp(b *testing.B) {
 		sems.Op(0, -1)
 	}
 	reportRatio(b, b.N, segment, time.Since(start))
+}
+
+// TestSharedMemorySegment checks shmget at the home: the segment's pages
+// come as a second descriptor that every process maps to the same memory,
+// a size past the home's free memory or past an existing segment's is
+// refused, and removal ends it.
+func TestSharedMemorySegment(t *testing.T) {
+	r := NewRegistry(1)
+	r.Free = func() int64 { return 1 << 20 }
+	defer r.Close()
+	if _, _, err := r.Get(GetRequest{Kind: KindShm, Key: 30, Size: 2 << 20, Flags: Create | 0o600, Cred: root, Token: 1}); !errors.Is(err, unix.ENOMEM) {
+		t.Fatalf("a segment past the home's free memory: %v, want ENOMEM", err)
+	}
+	res, files, err := r.Get(GetRequest{Kind: KindShm, Key: 30, Size: 8192, Flags: Create | 0o600, Cred: root, Token: 1})
+	if err != nil || len(files) != 2 {
+		t.Fatalf("shmget: %v, %d descriptors", err, len(files))
+	}
+	_, again, err := r.Get(GetRequest{Kind: KindShm, Key: 30, Size: 4096, Cred: root, Token: 2})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, _, err := r.Get(GetRequest{Kind: KindShm, Key: 30, Size: 16384, Cred: root, Token: 3}); !errors.Is(err, unix.EINVAL) {
+		t.Fatalf("shmget larger than the segment: %v, want EINVAL", err)
+	}
+	a, err := unix.Mmap(int(files[1].Fd()), 0, 8192, unix.PROT_READ|unix.PROT_WRITE, unix.MAP_SHARED)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer unix.Munmap(a)
+	b, err := unix.Mmap(int(again[1].Fd()), 0, 8192, unix.PROT_READ, unix.MAP_SHARED)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer unix.Munmap(b)
+	copy(a[5000:], "shared")
+	if string(b[5000:5006]) != "shared" {
+		t.Fatalf("second mapping reads %q", b[5000:5006])
+	}
+	info, err := r.Stat(KindShm, res.ID, root)
+	if err != nil || info.Size != 8192 || info.Attached != 2 || info.Kind != KindShm {
+		t.Fatalf("stat: %+v %v", info, err)
+	}
+	if err := r.Remove(KindShm, res.ID, root); err != nil {
+		t.Fatal(err)
+	}
+	if _, _, err := r.Get(GetRequest{Kind: KindShm, Key: 30, Cred: root, Token: 1}); !errors.Is(err, unix.ENOENT) {
+		t.Fatalf("shmget after removal: %v, want ENOENT", err)
+	}
+	if string(b[5000:5006]) != "shared" {
+		t.Fatal("a mapping lost its pages when the segment was removed")
+	}
 }

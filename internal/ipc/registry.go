@@ -18,6 +18,7 @@ type GetRequest struct {
 	ID    int32
 	Flags int // Create, Excl and the mode bits
 	NSems int
+	Size  int64 // shared memory segments: bytes
 	Cred  Cred
 	// Token names the caller's channel to its own OSlet; when that channel
 	// closes, the process is gone and its session is released.
@@ -40,6 +41,9 @@ func MakeToken(oslet int, serial uint64) uint64 { return uint64(oslet)<<40 | ser
 // Registry is a home OSlet's table of the objects it holds.
 type Registry struct {
 	home int
+	// Free, if set, returns the home's free memory: a shared memory
+	// segment larger than that is refused, since its pages count there.
+	Free func() int64
 
 	mu      sync.Mutex
 	objects map[int32]*object
@@ -51,23 +55,26 @@ type Registry struct {
 type object struct {
 	seg      *Segment
 	file     *os.File
+	data     *os.File // a shared memory segment's pages
 	key      int32
 	sessions map[uint64]int // token → slot
 }
 
 // NewRegistry makes the table of OSlet home.
 func NewRegistry(home int) *Registry {
-	return &Registry{home: home, objects: map[int32]*object{}, keys: map[Kind]map[int32]int32{KindMsg: {}, KindSem: {}}, tokens: map[uint64][]int32{}}
+	return &Registry{home: home, objects: map[int32]*object{}, keys: map[Kind]map[int32]int32{KindMsg: {}, KindSem: {}, KindShm: {}}, tokens: map[uint64][]int32{}}
 }
 
-// Get finds or creates an object as msgget(2) and semget(2) do, and opens a
-// session in it for the caller's token. The descriptor is nil when the
+// Get finds or creates an object as msgget(2), semget(2) and shmget(2) do,
+// and opens a session in it for the caller's token. It returns the
+// object's descriptors (the table keeps them; send copies): its memory, and
+// for a shared memory segment the segment's pages. There are none when the
 // caller has no access (the call succeeds, as it does on Linux, and every
 // operation will be refused).
-func (r *Registry) Get(req GetRequest) (GetResult, *os.File, error) {
+func (r *Registry) Get(req GetRequest) (GetResult, []*os.File, error) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	if req.Kind != KindMsg && req.Kind != KindSem {
+	if !req.Kind.valid() {
 		return GetResult{}, nil, unix.EINVAL
 	}
 	var o *object
@@ -104,6 +111,11 @@ func (r *Registry) Get(req GetRequest) (GetResult, *os.File, error) {
 	if req.Kind == KindSem && req.NSems > o.seg.nsems {
 		return GetResult{}, nil, fmt.Errorf("sem %d has %d semaphores, not %d: %w", o.seg.ID(), o.seg.nsems, req.NSems, unix.EINVAL)
 	}
+	if req.Kind == KindShm {
+		if size := *o.seg.i64(offSize); req.Size > size {
+			return GetResult{}, nil, fmt.Errorf("shm %d has %d bytes, not %d: %w", o.seg.ID(), size, req.Size, unix.EINVAL)
+		}
+	}
 	res := GetResult{ID: o.seg.ID(), Slot: -1}
 	if !perm.Allows(req.Cred, AccessRead) && !perm.Allows(req.Cred, AccessWrite) {
 		return res, nil, nil
@@ -113,7 +125,10 @@ func (r *Registry) Get(req GetRequest) (GetResult, *os.File, error) {
 		return GetResult{}, nil, err
 	}
 	res.Slot = slot
-	return res, o.file, nil
+	if o.data != nil {
+		return res, []*os.File{o.file, o.data}, nil
+	}
+	return res, []*os.File{o.file}, nil
 }
 
 // openSession gives token a session slot in o, or the one it has.
@@ -139,6 +154,14 @@ func (r *Registry) create(req GetRequest) (*object, error) {
 	if req.Kind == KindSem && (req.NSems <= 0 || req.NSems > SemMax) {
 		return nil, fmt.Errorf("sem key %s: %d semaphores (1 to %d): %w", FormatKey(req.Key), req.NSems, SemMax, unix.EINVAL)
 	}
+	if req.Kind == KindShm {
+		if req.Size <= 0 {
+			return nil, fmt.Errorf("shm key %s: size %d: %w", FormatKey(req.Key), req.Size, unix.EINVAL)
+		}
+		if r.Free != nil && req.Size > r.Free() {
+			return nil, fmt.Errorf("shm key %s: %d bytes is more than the %d oslet %d has free: %w", FormatKey(req.Key), req.Size, max(r.Free(), 0), r.home, unix.ENOMEM)
+		}
+	}
 	if len(r.objects) >= 1<<IDBits-1 {
 		return nil, unix.ENOSPC
 	}
@@ -155,6 +178,14 @@ func (r *Registry) create(req GetRequest) (*object, error) {
 		return nil, fmt.Errorf("%s key %s: %w", req.Kind, FormatKey(req.Key), err)
 	}
 	o := &object{seg: seg, file: f, key: req.Key, sessions: map[uint64]int{}}
+	if req.Kind == KindShm {
+		if o.data, err = shmData(id, req.Size); err != nil {
+			seg.Unmap()
+			f.Close()
+			return nil, fmt.Errorf("shm key %s: %w", FormatKey(req.Key), err)
+		}
+		*seg.i64(offSize) = req.Size
+	}
 	r.objects[id] = o
 	if req.Key != Private {
 		r.keys[req.Kind][req.Key] = id
@@ -227,9 +258,33 @@ func (r *Registry) Remove(kind Kind, id int32, c Cred) error {
 			delete(r.tokens, token)
 		}
 	}
+	o.close()
+	return nil
+}
+
+// close lets go of the table's hold on an object; its memory lives on in
+// the processes that map it.
+func (o *object) close() {
 	o.seg.Unmap()
 	o.file.Close()
-	return nil
+	if o.data != nil {
+		o.data.Close()
+	}
+}
+
+// shmData makes a shared memory segment's pages, allocated here so that the
+// home's memory cgroup is charged for them (shared memory pages count
+// against whoever first allocates them).
+func shmData(id int32, size int64) (*os.File, error) {
+	f, err := memfd(fmt.Sprintf("smpc-shm-%d-data", id), size)
+	if err != nil {
+		return nil, err
+	}
+	if err := unix.Fallocate(int(f.Fd()), 0, 0, size); err != nil {
+		f.Close()
+		return nil, fmt.Errorf("allocate %d bytes: %w", size, err)
+	}
+	return f, nil
 }
 
 // IDOfKey returns the ID of the object with this key, for ipcrm -Q and -S.
@@ -327,8 +382,7 @@ func (r *Registry) Close() {
 	defer r.mu.Unlock()
 	for id, o := range r.objects {
 		o.seg.markRemoved(removedHomeDown)
-		o.seg.Unmap()
-		o.file.Close()
+		o.close()
 		delete(r.objects, id)
 	}
 }

@@ -42,6 +42,7 @@ const (
 	offUsed     = 128 // ring bytes from head to the end of the newest record
 	offRingSize = 136
 	offNSems    = 96 // u32, sets
+	offSize     = 96 // i64, shared memory segments: the data's bytes
 	headerSize  = 256
 
 	segMagic  = 0x53494d50 // "PMIS"
@@ -98,24 +99,37 @@ func layoutFor(kind Kind, nsems int) (slotSize, offSems, offRing, size int) {
 	case KindMsg:
 		offRing = align(end, 4096)
 		size = offRing + ringSize
+	case KindShm:
+		// The data is a memfd of its own, mapped where a process attaches
+		// it; this part holds the owner, mode and sessions.
+		size = align(end, 4096)
 	}
 	return
+}
+
+// memfd makes anonymous shared memory of size bytes, named for /proc.
+func memfd(name string, size int64) (*os.File, error) {
+	fd, err := unix.MemfdCreate(name, unix.MFD_CLOEXEC)
+	if err != nil {
+		return nil, fmt.Errorf("memfd_create: %w", err)
+	}
+	f := os.NewFile(uintptr(fd), name)
+	if err := f.Truncate(size); err != nil {
+		f.Close()
+		return nil, fmt.Errorf("size %s: %w", name, err)
+	}
+	return f, nil
 }
 
 // createSegment makes an object's memory: a memfd of the right size, its
 // header written. Only the home calls it.
 func createSegment(kind Kind, home int, id, key int32, nsems int, perm Perm) (*Segment, *os.File, error) {
 	_, _, _, size := layoutFor(kind, nsems)
-	fd, err := unix.MemfdCreate(fmt.Sprintf("smpc-%s-%d", kind, id), unix.MFD_CLOEXEC)
+	f, err := memfd(fmt.Sprintf("smpc-%s-%d", kind, id), int64(size))
 	if err != nil {
-		return nil, nil, fmt.Errorf("memfd_create: %w", err)
+		return nil, nil, err
 	}
-	f := os.NewFile(uintptr(fd), fmt.Sprintf("smpc-%s-%d", kind, id))
-	if err := f.Truncate(int64(size)); err != nil {
-		f.Close()
-		return nil, nil, fmt.Errorf("size %s %d: %w", kind, id, err)
-	}
-	mem, err := unix.Mmap(fd, 0, size, unix.PROT_READ|unix.PROT_WRITE, unix.MAP_SHARED)
+	mem, err := unix.Mmap(int(f.Fd()), 0, size, unix.PROT_READ|unix.PROT_WRITE, unix.MAP_SHARED)
 	if err != nil {
 		f.Close()
 		return nil, nil, fmt.Errorf("map %s %d: %w", kind, id, err)
@@ -200,6 +214,13 @@ func (s *Segment) perm() Perm {
 func (s *Segment) setPerm(p Perm) {
 	*s.u32(offUID), *s.u32(offUID + 4), *s.u32(offUID + 8), *s.u32(offUID + 12), *s.u32(offUID + 16) = p.UID, p.GID, p.CUID, p.CGID, p.Mode&permBits
 }
+
+// Perm returns the object's owner and mode.
+func (s *Segment) Perm() Perm { return s.perm() }
+
+// Err says why the object has ended (EIDRM: removed, or its home is down),
+// or nil while it lives.
+func (s *Segment) Err() error { return s.removedError() }
 
 // removedError says why an object is gone: removed, or its home is down.
 func (s *Segment) removedError() error {
@@ -408,6 +429,8 @@ func (s *Segment) Stat() Info {
 		info.RTime = atomic.LoadInt64(s.i64(offRTime))
 	case KindSem:
 		info.NSems = s.nsems
+	case KindShm:
+		info.Size = atomic.LoadInt64(s.i64(offSize))
 	}
 	return info
 }

@@ -132,6 +132,7 @@ func newInit(cfg *Config) (*Init, error) {
 			i.peers[o.Index] = &peer{index: o.Index, addr: HostAddr(cfg.StateDir, o.Index), cpus: len(o.CPUs)}
 		}
 	}
+	i.ipc.table.Free = i.freeMemory
 	return i, nil
 }
 

@@ -81,27 +81,27 @@ func (i *Init) ipcGet(who *caller, req *fabric.IPCGetRequest) (any, []*os.File, 
 		return nil, nil, fabric.Errorf(fabric.CodeInvalid, "oslet %d: %s id %d: invalid", i.cfg.Index, req.Kind, req.ID)
 	}
 	home := i.homeOf(req.Key, req.ID, false)
-	if who.role == fabric.RolePeer && home != i.cfg.Index {
-		return nil, nil, fabric.Errorf(fabric.CodeInvalid, "oslet %d: %s get for home %d arrived from oslet %d", i.cfg.Index, req.Kind, home, who.from)
-	}
 	p, err := i.forwardTo(who, home)
 	if err != nil {
 		return nil, nil, err
 	}
 	if p == nil {
-		res, f, err := i.ipc.table.Get(ipc.GetRequest{Kind: req.Kind, Key: req.Key, ID: req.ID, Flags: req.Flags, NSems: req.NSems, Cred: toIPCCred(cred), Token: token})
+		res, kept, err := i.ipc.table.Get(ipc.GetRequest{Kind: req.Kind, Key: req.Key, ID: req.ID, Flags: req.Flags,
+			NSems: req.NSems, Size: req.Size, Cred: toIPCCred(cred), Token: token})
 		if err != nil {
 			return nil, nil, i.ipcError(err)
 		}
-		reply := fabric.IPCGetReply{ID: res.ID, Slot: res.Slot, Home: i.cfg.Index}
-		if f == nil {
-			return reply, nil, nil
+		// The table keeps its descriptors; the reply sends, and closes, copies.
+		var files []*os.File
+		for _, f := range kept {
+			dup, err := dupFile(f)
+			if err != nil {
+				fabric.CloseAll(files)
+				return nil, nil, i.ipcError(fmt.Errorf("%s %d: %w", req.Kind, res.ID, err))
+			}
+			files = append(files, dup)
 		}
-		dup, err := dupFile(f)
-		if err != nil {
-			return nil, nil, i.ipcError(fmt.Errorf("%s %d: %w", req.Kind, res.ID, err))
-		}
-		return reply, []*os.File{dup}, nil
+		return fabric.IPCGetReply{ID: res.ID, Slot: res.Slot, Home: i.cfg.Index}, files, nil
 	}
 	fwd := *req
 	fwd.Cred, fwd.Token = &cred, token
@@ -249,6 +249,10 @@ func (i *Init) ipcPeerDown(k int) {
 	}
 }
 
+// freeMemory is what the OSlet's memory limit leaves: shared memory homed
+// here counts against it.
+func (i *Init) freeMemory() int64 { return i.self.Memory - i.cg.MemoryUsed() }
+
 // ipcShutdown ends every object this OSlet is home to, so that processes
 // elsewhere that use them get "home oslet k is down" at once.
 func (i *Init) ipcShutdown() { i.ipc.table.Close() }
@@ -307,8 +311,7 @@ func (i *Init) shmServe(who *caller, req *fabric.ShmRequest) (any, []*os.File, e
 	var f *os.File
 	switch req.Cmd {
 	case fabric.ShmCreate:
-		free := i.self.Memory - i.cg.MemoryUsed()
-		f, err = i.shm.Create(req.Name, req.Size, req.Mode, req.Pinned, c, free)
+		f, err = i.shm.Create(req.Name, req.Size, req.Mode, req.Pinned, c, i.freeMemory())
 	case fabric.ShmOpen:
 		f, err = i.shm.Open(req.Name, req.Write, c)
 	case fabric.ShmRemove:
