@@ -70,7 +70,7 @@ func Connect(stateDir string) (*Client, error) {
 			conn.Close()
 			return nil, fmt.Errorf("connect to own oslet: %w", err)
 		}
-		c := &Client{inside: true, self: reply.OSlet, oslets: reply.OSlets, conns: map[int]*fabric.Caller{}}
+		c := &Client{inside: true, self: reply.OSlet, oslets: reply.OSlets, conns: map[int]*fabric.Caller{}, stateDir: reply.StateDir}
 		c.conns[0] = fabric.NewCaller(conn, func(error) error { return fabric.DownError(reply.OSlet) })
 		return c, nil
 	}

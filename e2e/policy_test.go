@@ -68,6 +68,22 @@ func TestSocketRule(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer tcp.Close()
+	// A real connection: the client end and the accepted end.
+	go func() {
+		if conn, err := l.Accept(); err == nil {
+			t.Cleanup(func() { conn.Close() })
+		}
+	}()
+	dialed, err := net.Dial("tcp", l.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer dialed.Close()
+	connFile, err := dialed.(*net.TCPConn).File()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer connFile.Close()
 	pair, err := syscall.Socketpair(syscall.AF_UNIX, syscall.SOCK_STREAM, 0)
 	if err != nil {
 		t.Fatal(err)
@@ -85,6 +101,8 @@ func TestSocketRule(t *testing.T) {
 	}{
 		{"tcp listener to oslet 2", tcp, []string{"--on", "2"}, 125, "is a TCP/IP (inet) socket"},
 		{"tcp listener, overridden", tcp, []string{"--on", "2", "--allow-sockets"}, 0, ""},
+		{"tcp connection to oslet 2", connFile, []string{"--on", "2"}, 125, "is a TCP/IP (inet) socket"},
+		{"tcp connection, overridden", connFile, []string{"--on", "2", "--allow-sockets"}, 0, ""},
 		{"unix socket to oslet 2", unixSock, []string{"--on", "2"}, 0, ""},
 	}
 	for _, tt := range fromHost {

@@ -86,6 +86,7 @@ way, removing every cgroup, mount, socket and state file it made.`,
 	f.add(cmd, true)
 	cmd.Flags().BoolVar(&detach, "detach", false, "run the cluster in the background and return once it is up")
 	cmd.Flags().StringVar(&name, "name", "", "the cluster's hostname (default: this host's)")
+
 	cmd.Flags().IntVar(&readyFD, "ready-fd", 0, "")
 	cmd.Flags().MarkHidden("ready-fd")
 	return cmd

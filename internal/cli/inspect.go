@@ -16,7 +16,7 @@ func statusCmd() *cobra.Command {
 	var asJSON bool
 	cmd := &cobra.Command{
 		Use:   "status",
-		Short: "Describe each OSlet: CPUs, memory, processes, load, proxy queue, up or down",
+		Short: "Describe each OSlet: address, CPUs, memory, processes, load, proxy queue, up or down",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			return withClient(func(c *smpc.Client) error {
@@ -28,13 +28,13 @@ func statusCmd() *cobra.Command {
 					return json.NewEncoder(cmd.OutOrStdout()).Encode(st)
 				}
 				tw := tabwriter.NewWriter(cmd.OutOrStdout(), 0, 4, 2, ' ', 0)
-				fmt.Fprintln(tw, "OSLET\tSTATE\tCPUS\tMEMORY\tUSED\tPROCS\tLOAD\tQUEUE\tPROTOCOL")
+				fmt.Fprintln(tw, "OSLET\tSTATE\tADDRESS\tCPUS\tMEMORY\tUSED\tPROCS\tLOAD\tQUEUE\tPROTOCOL")
 				for _, o := range st {
 					if !o.Up {
-						fmt.Fprintf(tw, "%d\tdown\t-\t-\t-\t-\t-\t-\t-\n", o.Index)
+						fmt.Fprintf(tw, "%d\tdown\t-\t-\t-\t-\t-\t-\t-\t-\n", o.Index)
 						continue
 					}
-					fmt.Fprintf(tw, "%d\tup\t%s\t%s\t%s\t%d\t%.2f\t%d\t%s\n", o.Index, o.CPUs, plan.FormatBytes(o.MemoryLimit),
+					fmt.Fprintf(tw, "%d\tup\t%s\t%s\t%s\t%s\t%d\t%.2f\t%d\t%s\n", o.Index, orDash(o.Address), o.CPUs, plan.FormatBytes(o.MemoryLimit),
 						plan.FormatBytes(o.MemoryUsed), o.Processes, o.Load, o.Queue, o.Protocol)
 				}
 				return tw.Flush()
@@ -78,4 +78,11 @@ An OSlet that is down is named on standard error, and the exit status is 1.`,
 	}
 	cmd.Flags().BoolVar(&asJSON, "json", false, "print JSON")
 	return cmd
+}
+
+func orDash(s string) string {
+	if s == "" {
+		return "-"
+	}
+	return s
 }

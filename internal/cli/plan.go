@@ -5,11 +5,14 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"slices"
+	"strconv"
 	"strings"
 	"text/tabwriter"
 
 	"github.com/spf13/cobra"
 
+	"github.com/smpc-cluster/smpc/internal/network"
 	"github.com/smpc-cluster/smpc/internal/plan"
 	"github.com/smpc-cluster/smpc/internal/topology"
 )
@@ -17,6 +20,8 @@ import (
 type planFlags struct {
 	oslets, cpusPer int
 	file            string
+	subnet          string
+	devices         []string // K=NAME
 }
 
 func (f *planFlags) add(cmd *cobra.Command, withFile bool) {
@@ -25,6 +30,8 @@ func (f *planFlags) add(cmd *cobra.Command, withFile bool) {
 	if withFile {
 		cmd.Flags().StringVar(&f.file, "plan", "", "boot this plan (JSON from 'smpc plan --json')")
 	}
+	cmd.Flags().StringVar(&f.subnet, "subnet", "", "the cluster's IPv4 subnet: the bridge and one address per OSlet (default "+network.DefaultSubnet+")")
+	cmd.Flags().StringArrayVar(&f.devices, "device", nil, "give a device to an OSlet, as K=NAME (a network interface, or a block or character device in /dev); repeatable")
 }
 
 // make returns the plan the flags ask for, checked against this machine.
@@ -49,6 +56,21 @@ func (f *planFlags) make() (*plan.Plan, error) {
 	} else if p, err = plan.Make(m, plan.Options{OSlets: f.oslets, CPUsPerOSlet: f.cpusPer}); err != nil {
 		return nil, err
 	}
+	if f.subnet != "" {
+		p.Subnet = f.subnet
+	}
+	for _, d := range f.devices {
+		k, name, ok := strings.Cut(d, "=")
+		n, err := strconv.Atoi(k)
+		if !ok || err != nil || name == "" {
+			return nil, fmt.Errorf("--device %q: want K=NAME, such as 2=loop7", d)
+		}
+		i := slices.IndexFunc(p.OSlets, func(o plan.OSlet) bool { return o.Index == n })
+		if i < 0 {
+			return nil, fmt.Errorf("--device %q: the plan has no oslet %d", d, n)
+		}
+		p.OSlets[i].Devices = append(p.OSlets[i].Devices, name)
+	}
 	if err := p.Validate(m); err != nil {
 		return nil, err
 	}
@@ -66,7 +88,11 @@ process limit and devices. By default OSlets get 4 to 8 CPUs, aligned to NUMA
 nodes and L3 caches, never splitting a core's SMT siblings; a machine of fewer
 than 8 CPUs gets two OSlets. --oslets N splits the machine into N OSlets,
 --cpus-per-oslet K into OSlets of K CPUs; both together make N OSlets of K CPUs
-and leave the other CPUs outside the cluster. Devices not named go to OSlet 1.
+and leave the other CPUs outside the cluster. --device K=NAME gives OSlet K a
+device: a network interface moves into its network stack, a block or
+character device is its alone, reached from the other OSlets as /rdev/K/NAME.
+Devices not named belong to OSlet 1; the host's network interfaces stay the
+cluster's one face to the network unless a plan gives one away.
 
 Save a plan with --json, edit it, and boot it with 'smpc boot --plan FILE'.`,
 		Args: cobra.NoArgs,

@@ -2,6 +2,7 @@ package cluster
 
 import (
 	"bufio"
+	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -20,6 +21,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/smpc-cluster/smpc/internal/fabric"
+	"github.com/smpc-cluster/smpc/internal/network"
 	"github.com/smpc-cluster/smpc/internal/oslet"
 	"github.com/smpc-cluster/smpc/internal/partition"
 	"github.com/smpc-cluster/smpc/internal/plan"
@@ -50,6 +52,9 @@ type Cluster struct {
 	stopping bool // guarded by mu
 	exited   chan int
 	done     map[int]chan struct{}
+
+	stopForwarder context.CancelFunc
+	forwarderDone chan struct{}
 }
 
 // GTmpMount is where every OSlet sees the cluster's shared tmpfs (the seed's
@@ -117,8 +122,13 @@ func Boot(opts Options) (c *Cluster, retErr error) {
 		}
 	}
 	id := clusterID(opts.StateDir)
+	var indexes []int
 	for _, o := range opts.Plan.OSlets {
 		c.state.Cgroups[o.Index] = fmt.Sprintf("smpc/%s/oslet-%d", id, o.Index)
+		indexes = append(indexes, o.Index)
+	}
+	if err := c.setupNetwork(id, indexes, &opts); err != nil {
+		return c, fmt.Errorf("boot: %w", err)
 	}
 	// Start every init at once: boot time should not grow with N.
 	syncs := map[int]*syncChannel{}
@@ -149,6 +159,13 @@ func Boot(opts Options) (c *Cluster, retErr error) {
 	if firstErr != nil {
 		return c, fmt.Errorf("boot: %w", firstErr)
 	}
+	// Every stack exists now: wire it to the bridge before any process of
+	// the OSlet runs.
+	for _, o := range opts.Plan.OSlets {
+		if err := network.Attach(c.state.Network, o.Index, c.state.Inits[o.Index], netInterfaces(o.Devices)); err != nil {
+			return c, fmt.Errorf("boot: %w", err)
+		}
+	}
 	for _, o := range opts.Plan.OSlets {
 		go func() { errs <- syncs[o.Index].step(o.Index, oslet.StepStart, oslet.StepReady) }()
 	}
@@ -164,7 +181,76 @@ func Boot(opts Options) (c *Cluster, retErr error) {
 	if err := c.state.write(); err != nil {
 		return c, fmt.Errorf("boot: %w", err)
 	}
+	c.startForwarder()
 	return c, nil
+}
+
+// setupNetwork makes the cluster's face (bridge, addresses, nftables table)
+// and the hosts file every OSlet sees, after checking that the subnet is
+// free. The record goes into the state first, so that a failure removes
+// whatever part was made.
+func (c *Cluster) setupNetwork(id string, indexes []int, opts *Options) error {
+	rec, err := network.Plan(id, opts.Plan.Subnet, indexes)
+	if err != nil {
+		return err
+	}
+	if err := network.CheckFree(rec); err != nil {
+		return err
+	}
+	c.state.Network = rec
+	if err := network.Setup(rec); err != nil {
+		return err
+	}
+	hosts, _ := os.ReadFile("/etc/hosts")
+	c.state.Hosts = filepath.Join(c.state.StateDir, "hosts")
+	if err := os.WriteFile(c.state.Hosts, network.HostsFile(rec, hosts), 0o644); err != nil {
+		return fmt.Errorf("network: hosts file: %w", err)
+	}
+	return nil
+}
+
+// netInterfaces picks the network interfaces out of an OSlet's devices.
+func netInterfaces(devices []string) []string {
+	var names []string
+	for _, d := range devices {
+		if network.IsInterface(d) {
+			names = append(names, d)
+		}
+	}
+	return names
+}
+
+// startForwarder runs the port forwarder until shutdown; it publishes the
+// port map in the state dir, where smpc ports reads it.
+func (c *Cluster) startForwarder() {
+	ctx, cancel := context.WithCancel(context.Background())
+	c.stopForwarder, c.forwarderDone = cancel, make(chan struct{})
+	path := filepath.Join(c.state.StateDir, PortsFile)
+	f := &network.Forwarder{
+		Record:  c.state.Network,
+		Inits:   c.liveInits,
+		Publish: func(ports []network.Port) error { return network.WritePorts(path, ports) },
+		Log:     c.log,
+	}
+	go func() {
+		defer close(c.forwarderDone)
+		f.Run(ctx)
+	}()
+}
+
+// liveInits maps each OSlet whose init still runs to the init's host PID.
+func (c *Cluster) liveInits() map[int]int {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	live := map[int]int{}
+	for k, pid := range c.state.Inits {
+		select {
+		case <-c.done[k]:
+		default:
+			live[k] = pid
+		}
+	}
+	return live
 }
 
 // State returns the cluster's boot record.
@@ -269,7 +355,8 @@ func (c *Cluster) startInit(o plan.OSlet, opts *Options) (*syncChannel, error) {
 	}
 	sc := &syncChannel{f: parentEnd, in: bufio.NewReader(parentEnd)}
 	cfg := oslet.Config{Index: o.Index, Cluster: c.state.Name, StateDir: c.state.StateDir, Plan: opts.Plan,
-		Cgroup: cg.Stats, GTmp: c.state.GTmp, Shm: c.state.Shm, Owner: opts.Owner}
+		Cgroup: cg.Stats, GTmp: c.state.GTmp, Shm: c.state.Shm, Owner: opts.Owner,
+		Address: c.state.Network.Addr(o.Index), Hosts: c.state.Hosts}
 	if err := sc.send(cfg); err != nil {
 		parentEnd.Close()
 		return nil, fmt.Errorf("oslet %d: send config: %w", o.Index, err)
@@ -303,6 +390,17 @@ func (c *Cluster) teardown() error {
 		inits[k] = cmd
 	}
 	c.mu.Unlock()
+	if c.stopForwarder != nil {
+		c.stopForwarder()
+		<-c.forwarderDone
+	}
+	var errs []error
+	if c.state.Network != nil {
+		// Before the inits die: an interface dies with its namespace.
+		if err := network.ReturnInterfaces(c.state.Network, c.liveInits()); err != nil {
+			errs = append(errs, err)
+		}
+	}
 	for _, cmd := range inits {
 		cmd.Process.Signal(unix.SIGTERM)
 	}
@@ -315,7 +413,11 @@ func (c *Cluster) teardown() error {
 			<-c.done[k]
 		}
 	}
-	var errs []error
+	if c.state.Network != nil {
+		if err := network.Teardown(c.state.Network); err != nil {
+			errs = append(errs, err)
+		}
+	}
 	for _, cg := range c.cgroups {
 		if err := cg.Destroy(); err != nil {
 			errs = append(errs, err)
@@ -335,7 +437,8 @@ func removeStateFiles(s *State) {
 			os.Remove(dir)
 		}
 	}
-	for _, pattern := range []string{"oslet-*.sock", "oslet-*.log", "boot.log", stateFile, stateFile + ".new", "lock"} {
+	for _, pattern := range []string{"oslet-*.sock", "oslet-*.log", "boot.log", stateFile, stateFile + ".new", "lock",
+		"hosts", PortsFile, PortsFile + ".new"} {
 		matches, _ := filepath.Glob(filepath.Join(s.StateDir, pattern))
 		for _, m := range matches {
 			os.Remove(m)
@@ -368,10 +471,20 @@ func lockStateDir(dir string) (*os.File, error) {
 
 // cleanStale removes what a crashed cluster left behind.
 func cleanStale(s *State) {
-	for _, pid := range s.Inits {
+	live := map[int]int{}
+	for k, pid := range s.Inits {
 		if isInit(pid) {
-			unix.Kill(pid, unix.SIGKILL)
+			live[k] = pid
 		}
+	}
+	if s.Network != nil {
+		network.ReturnInterfaces(s.Network, live)
+	}
+	for _, pid := range live {
+		unix.Kill(pid, unix.SIGKILL)
+	}
+	if s.Network != nil {
+		network.Teardown(s.Network)
 	}
 	for _, group := range s.Cgroups {
 		if cg, err := partition.Load(group); err == nil {

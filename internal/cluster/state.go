@@ -13,6 +13,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/smpc-cluster/smpc/internal/network"
 	"github.com/smpc-cluster/smpc/internal/plan"
 )
 
@@ -27,21 +28,27 @@ const EnvStateDir = "SMPC_STATE_DIR"
 // what the host side of smpc reads to find the OSlets, and what a later boot
 // reads to clean up after a crash.
 type State struct {
-	Name       string         `json:"name"`
-	StateDir   string         `json:"state_dir"`
-	Plan       *plan.Plan     `json:"plan"`
-	Supervisor int            `json:"supervisor"` // host PID of the boot process
-	Inits      map[int]int    `json:"inits"`      // OSlet index to host PID of its init
-	Cgroups    map[int]string `json:"cgroups"`
-	CgroupTop  string         `json:"cgroup_top"`
-	GTmp       string         `json:"gtmp"`
-	Shm        string         `json:"shm"` // host path of the tmpfs every OSlet sees as /dev/shm
-	Owner      uint32         `json:"owner"`
-	Booted     time.Time      `json:"booted"`
-	Protocol   string         `json:"protocol"`
+	Name       string          `json:"name"`
+	StateDir   string          `json:"state_dir"`
+	Plan       *plan.Plan      `json:"plan"`
+	Supervisor int             `json:"supervisor"` // host PID of the boot process
+	Inits      map[int]int     `json:"inits"`      // OSlet index to host PID of its init
+	Cgroups    map[int]string  `json:"cgroups"`
+	CgroupTop  string          `json:"cgroup_top"`
+	GTmp       string          `json:"gtmp"`
+	Shm        string          `json:"shm"` // host path of the tmpfs every OSlet sees as /dev/shm
+	Owner      uint32          `json:"owner"`
+	Network    *network.Record `json:"network,omitempty"`
+	Hosts      string          `json:"hosts,omitempty"` // the /etc/hosts every OSlet sees
+	Booted     time.Time       `json:"booted"`
+	Protocol   string          `json:"protocol"`
 }
 
 const stateFile = "cluster.json"
+
+// PortsFile is the cluster's port map in its state dir, kept by the
+// forwarder and read by smpc ports.
+const PortsFile = "ports.json"
 
 // ErrNoCluster says no cluster runs on a state dir.
 var ErrNoCluster = errors.New("no cluster is running")

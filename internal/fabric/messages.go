@@ -30,6 +30,7 @@ type HelloReply struct {
 	Cluster  string `json:"cluster"`
 	OSlets   []int  `json:"oslets"`
 	Software string `json:"software,omitempty"`
+	StateDir string `json:"state_dir,omitempty"` // the cluster's state dir on the host (added in 1.2)
 }
 
 // Cred is who asked: the kernel's word (SO_PEERCRED) taken by the first init
@@ -136,6 +137,7 @@ type OSletStatus struct {
 	Active      int     `json:"active"`
 	Protocol    string  `json:"protocol"`
 	InitPID     int     `json:"init_pid,omitempty"` // host PID of the init
+	Address     string  `json:"address,omitempty"`  // its address on the cluster bridge (added in 1.2)
 }
 
 // StatusReply describes OSlets.

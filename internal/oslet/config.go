@@ -34,11 +34,13 @@ type Config struct {
 	Index    int                 `json:"index"`
 	Cluster  string              `json:"cluster"` // hostname of every OSlet
 	StateDir string              `json:"state_dir"`
-	Plan     *plan.Plan          `json:"plan"`   // the boot table
-	Cgroup   partition.StatFiles `json:"cgroup"` // where the init reads its cgroup's use
-	GTmp     string              `json:"gtmp"`   // host path of the shared tmpfs mounted on /gtmp
-	Shm      string              `json:"shm"`    // host path of the shared tmpfs mounted on /dev/shm
-	Owner    uint32              `json:"owner"`  // uid allowed on the host socket besides root
+	Plan     *plan.Plan          `json:"plan"`              // the boot table
+	Cgroup   partition.StatFiles `json:"cgroup"`            // where the init reads its cgroup's use
+	GTmp     string              `json:"gtmp"`              // host path of the shared tmpfs mounted on /gtmp
+	Shm      string              `json:"shm"`               // host path of the shared tmpfs mounted on /dev/shm
+	Owner    uint32              `json:"owner"`             // uid allowed on the host socket besides root
+	Address  string              `json:"address,omitempty"` // the OSlet's address on the cluster bridge
+	Hosts    string              `json:"hosts,omitempty"`   // host path of the /etc/hosts the OSlet sees
 	// PeerSlots bounds the peer requests served at once (the queued lock).
 	PeerSlots int `json:"peer_slots"`
 }

@@ -46,7 +46,7 @@ func (i *Init) serveChannel(fd int, clients bool) {
 		default:
 			return false, nil, fabric.Errorf(fabric.CodeInvalid, "oslet %d: role %q is not served on this socket", i.cfg.Index, h.Role)
 		}
-		return who.role == fabric.RolePeer, &fabric.HelloReply{OSlet: i.cfg.Index, Cluster: i.cfg.Cluster, OSlets: i.oslets()}, nil
+		return who.role == fabric.RolePeer, &fabric.HelloReply{OSlet: i.cfg.Index, Cluster: i.cfg.Cluster, OSlets: i.oslets(), StateDir: i.cfg.StateDir}, nil
 	})
 	if err != nil {
 		return
@@ -449,6 +449,7 @@ func (i *Init) localStatus() fabric.OSletStatus {
 		MemoryLimit: i.self.Memory, MemoryUsed: i.cg.MemoryUsed(),
 		Processes: procs, Load: float64(runnable()) / float64(len(i.self.CPUs)),
 		Queue: waiting, Active: active, Protocol: fmt.Sprintf("%d.%d", fabric.Major, fabric.Minor),
+		Address: i.cfg.Address,
 	}
 }
 

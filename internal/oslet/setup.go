@@ -11,8 +11,9 @@ import (
 // nothing leaks to the host; /proc is mounted fresh so it shows this PID
 // namespace; then the private /tmp (the seed's local /tmp), the shared
 // /gtmp (its global one) and the shared /dev/shm (its memory filesystem for
-// shared memory: shm_open works across OSlets); then the cluster's hostname
-// and loopback.
+// shared memory: shm_open works across OSlets); the cluster's /etc/hosts,
+// where smpc-cluster names the cluster's face; then the cluster's hostname
+// and loopback. The boot firmware wires eth0 in afterwards, from the host.
 func setupNamespaces(cfg *Config) error {
 	steps := []struct {
 		what string
@@ -31,6 +32,12 @@ func setupNamespaces(cfg *Config) error {
 				return nil // booted by an older smpc: keep the host's
 			}
 			return unix.Mount(cfg.Shm, "/dev/shm", "", unix.MS_BIND, "")
+		}},
+		{"mount the cluster's /etc/hosts", func() error {
+			if cfg.Hosts == "" {
+				return nil
+			}
+			return unix.Mount(cfg.Hosts, "/etc/hosts", "", unix.MS_BIND, "")
 		}},
 		{"set hostname", func() error { return unix.Sethostname([]byte(cfg.Cluster)) }},
 		{"bring up loopback", loopbackUp},

@@ -10,6 +10,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net/netip"
 	"slices"
 
 	"github.com/smpc-cluster/smpc/internal/topology"
@@ -36,6 +37,9 @@ type OSlet struct {
 type Plan struct {
 	Version int     `json:"version"`
 	OSlets  []OSlet `json:"oslets"`
+	// Subnet is the cluster's IPv4 subnet (the bridge and one address per
+	// OSlet); empty for the default.
+	Subnet string `json:"subnet,omitempty"`
 }
 
 // Options shape a generated plan. With OSlets alone, the machine is split
@@ -102,8 +106,8 @@ func Make(m *topology.Machine, opt Options) (*Plan, error) {
 		o.Memory = memoryShare(m, o.CPUs)
 		p.OSlets = append(p.OSlets, o)
 	}
-	// Devices not named go to OSlet 1.
-	p.OSlets[0].Devices = append(append([]string{}, m.Net...), m.Block...)
+	// Devices not named belong to OSlet 1 without being listed; the host's
+	// network interfaces stay the cluster's face unless a plan moves one.
 	return p, nil
 }
 
@@ -289,6 +293,11 @@ func (p *Plan) Validate(m *topology.Machine) error {
 				return fmt.Errorf("plan: oslet %d: device %q is also given to oslet %d", o.Index, d, other)
 			}
 			devOwner[d] = o.Index
+		}
+	}
+	if p.Subnet != "" {
+		if sub, err := netip.ParsePrefix(p.Subnet); err != nil || !sub.Addr().Is4() {
+			return fmt.Errorf("plan: subnet %q is not an IPv4 prefix such as 10.77.0.0/24", p.Subnet)
 		}
 	}
 	if memory > m.Memory {

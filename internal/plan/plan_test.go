@@ -77,7 +77,7 @@ func TestMake(t *testing.T) {
 					t.Errorf("cpu %d and its sibling %d are split", c.ID, c.Core)
 				}
 			}
-			if p.OSlets[0].Devices == nil || tab.OwnerOfDevice("eth0") != 1 {
+			if p.OSlets[0].Devices != nil || tab.OwnerOfDevice("eth0") != 1 {
 				t.Errorf("devices not named should go to OSlet 1")
 			}
 		})
@@ -128,7 +128,8 @@ func TestValidate(t *testing.T) {
 		{"bad index", func(p *Plan) { p.OSlets[1].Index = 0 }, "out of range"},
 		{"no cpus", func(p *Plan) { p.OSlets[1].CPUs = nil }, "has no CPUs"},
 		{"unknown device", func(p *Plan) { p.OSlets[1].Devices = []string{"sdz"} }, `device "sdz" does not exist`},
-		{"device twice", func(p *Plan) { p.OSlets[1].Devices = []string{"eth0"} }, `"eth0" is also given to oslet 1`},
+		{"device twice", func(p *Plan) { p.OSlets[0].Devices = []string{"eth0"}; p.OSlets[1].Devices = []string{"eth0"} }, `"eth0" is also given to oslet 1`},
+		{"bad subnet", func(p *Plan) { p.Subnet = "fd00::/64" }, `not an IPv4 prefix`},
 		{"version", func(p *Plan) { p.Version = 9 }, "version 9"},
 	}
 	for _, tt := range tests {

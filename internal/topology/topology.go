@@ -58,9 +58,18 @@ func (m *Machine) Node(id int) (Node, bool) {
 	return m.Nodes[i], true
 }
 
-// HasDevice reports whether name is one of the machine's devices.
+// HasDevice reports whether name is one of the machine's devices: a
+// network interface or block device it lists, or any block or character
+// device in /dev (loop devices and terminals, which the listing leaves out).
 func (m *Machine) HasDevice(name string) bool {
-	return slices.Contains(m.Net, name) || slices.Contains(m.Block, name)
+	if slices.Contains(m.Net, name) || slices.Contains(m.Block, name) {
+		return true
+	}
+	if name == "" || strings.Contains(name, "/") {
+		return false
+	}
+	fi, err := os.Stat(filepath.Join("/dev", name))
+	return err == nil && fi.Mode()&os.ModeDevice != 0
 }
 
 // Detect probes this machine: Read("/sys") limited to the CPUs this process

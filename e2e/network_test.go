@@ -1,0 +1,366 @@
+package e2e
+
+import (
+	"encoding/json"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"strconv"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/google/nftables"
+	"github.com/vishvananda/netlink"
+)
+
+// TestNetHelper is a server run inside an OSlet by TestNetwork: with
+// SMPC_E2E_HELPER=http it serves HTTP on SMPC_PORT with Go's net/http, with
+// udp it echoes UDP datagrams; either runs until killed.
+func TestNetHelper(t *testing.T) {
+	port := os.Getenv("SMPC_PORT")
+	switch os.Getenv("SMPC_E2E_HELPER") {
+	case "http":
+		host, _ := os.Hostname()
+		http.ListenAndServe(":"+port, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			fmt.Fprintf(w, "net/http on %s\n", host)
+		}))
+	case "udp":
+		c, err := net.ListenPacket("udp", ":"+port)
+		if err != nil {
+			t.Fatal(err)
+		}
+		buf := make([]byte, 1500)
+		for {
+			n, from, err := c.ReadFrom(buf)
+			if err != nil {
+				return
+			}
+			c.WriteTo(buf[:n], from)
+		}
+	default:
+		t.Skip("helper process for TestNetwork")
+	}
+}
+
+type portEntry struct {
+	Proto     string `json:"proto"`
+	Port      int    `json:"port"`
+	OSlet     int    `json:"oslet"`
+	PID       int    `json:"pid"`
+	Command   string `json:"command"`
+	Holder    int    `json:"holder"`
+	Forwarded bool   `json:"forwarded"`
+}
+
+func (c *cluster) ports() []portEntry {
+	c.t.Helper()
+	var ps []portEntry
+	if err := json.Unmarshal([]byte(c.must("ports", "--json")), &ps); err != nil {
+		c.t.Fatal(err)
+	}
+	return ps
+}
+
+// waitPort waits until the port map has an entry for proto/port on OSlet k
+// that matches want (nil: until it has none for the port at all), within the
+// second the forwarder promises.
+func (c *cluster) waitPort(proto string, port, k int, want func(portEntry) bool) portEntry {
+	c.t.Helper()
+	deadline := time.Now().Add(time.Second)
+	for {
+		var got *portEntry
+		any := false
+		for _, p := range c.ports() {
+			if p.Proto == proto && p.Port == port {
+				any = true
+				if p.OSlet == k {
+					got = &p
+				}
+			}
+		}
+		if want == nil && !any {
+			return portEntry{}
+		}
+		if want != nil && got != nil && want(*got) {
+			return *got
+		}
+		if time.Now().After(deadline) {
+			c.t.Fatalf("port map after 1s: %s", c.must("ports"))
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+func forwarded(p portEntry) bool { return p.Forwarded }
+
+func httpGet(t *testing.T, url string) string {
+	t.Helper()
+	cl := http.Client{Timeout: 3 * time.Second}
+	r, err := cl.Get(url)
+	if err != nil {
+		t.Fatalf("GET %s: %v", url, err)
+	}
+	defer r.Body.Close()
+	b, _ := io.ReadAll(r.Body)
+	return string(b)
+}
+
+// smpcLinks lists the host's interfaces whose names smpc would make.
+func smpcLinks(t *testing.T) []string {
+	links, err := netlink.LinkList()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var names []string
+	for _, l := range links {
+		if strings.HasPrefix(l.Attrs().Name, "smpc") && !strings.HasPrefix(l.Attrs().Name, "smpce2e") {
+			names = append(names, l.Attrs().Name)
+		}
+	}
+	return names
+}
+
+func nftTables(t *testing.T) []string {
+	conn, err := nftables.New()
+	if err != nil {
+		t.Fatal(err)
+	}
+	ts, err := conn.ListTables()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var names []string
+	for _, tb := range ts {
+		names = append(names, tb.Name)
+	}
+	return names
+}
+
+func readSysctl(t *testing.T, name string) string {
+	b, err := os.ReadFile("/proc/sys/" + name)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return strings.TrimSpace(string(b))
+}
+
+// TestNetwork checks the cluster's one face: OSlet addresses, smpc-cluster,
+// servers on OSlets reached at the host's loopback and from other OSlets
+// through kernel forwards that follow the listeners, port conflicts, an
+// interface moved into an OSlet and back, and nothing left at shutdown but
+// what smpc did not make.
+func TestNetwork(t *testing.T) {
+	needRoot(t)
+	for _, tool := range []string{"python3", "curl", "ip"} {
+		if _, err := exec.LookPath(tool); err != nil {
+			t.Skipf("this test runs real servers and clients; %s is missing (.ci/run installs it)", tool)
+		}
+	}
+	// A table and an interface that are not smpc's: they must survive.
+	conn, err := nftables.New()
+	if err != nil {
+		t.Fatal(err)
+	}
+	foreign := conn.AddTable(&nftables.Table{Family: nftables.TableFamilyIPv4, Name: "e2e-foreign"})
+	if err := conn.Flush(); err != nil {
+		t.Fatal(err)
+	}
+	defer func() { conn.DelTable(foreign); conn.Flush() }()
+	// A veth pair stands for a NIC: a virtual interface dies with the
+	// namespace it is in, so it comes back only if smpc moves it back.
+	dummy := &netlink.Veth{LinkAttrs: netlink.LinkAttrs{Name: "smpce2e0"}, PeerName: "smpce2e1"}
+	netlink.LinkDel(dummy)
+	if err := netlink.LinkAdd(dummy); err != nil {
+		t.Fatal(err)
+	}
+	defer netlink.LinkDel(dummy)
+	forwardWas := readSysctl(t, "net/ipv4/ip_forward")
+	linksBefore := smpcLinks(t)
+
+	c := boot(t, "--device", "2=smpce2e0")
+	var st []struct {
+		Index   int    `json:"index"`
+		Address string `json:"address"`
+	}
+	json.Unmarshal([]byte(c.must("status", "--json")), &st)
+	if len(st) != 2 || st[0].Address != "10.77.0.2" || st[1].Address != "10.77.0.3" {
+		t.Fatalf("status addresses: %+v", st)
+	}
+	if out := c.must("status"); !strings.Contains(out, "ADDRESS") || !strings.Contains(out, "10.77.0.3") {
+		t.Errorf("status does not show addresses:\n%s", out)
+	}
+
+	t.Run("interface moved into its oslet", func(t *testing.T) {
+		if _, err := netlink.LinkByName("smpce2e0"); err == nil {
+			t.Error("smpce2e0 is still on the host")
+		}
+		out := c.must("run", "--on", "2", "--", "ip", "-br", "link", "show", "smpce2e0")
+		if !strings.Contains(out, "smpce2e0") {
+			t.Errorf("oslet 2 does not have smpce2e0: %s", out)
+		}
+	})
+
+	t.Run("oslets reach each other by address and name", func(t *testing.T) {
+		out := c.must("run", "--on", "1", "--", "getent", "hosts", "smpc-cluster", "oslet-2")
+		if !strings.Contains(out, "10.77.0.1") || !strings.Contains(out, "10.77.0.3") {
+			t.Fatalf("names in oslet 1: %s", out)
+		}
+	})
+
+	helper := testBinary(t)
+	startHelper := func(k int, kind string, port int) int {
+		out := c.must("run", "--on", strconv.Itoa(k), "--detach", "--", "/usr/bin/env", "SMPC_E2E_HELPER="+kind,
+			"SMPC_PORT="+strconv.Itoa(port), helper, "-test.run=^TestNetHelper$")
+		pid, err := strconv.Atoi(strings.TrimSpace(out))
+		if err != nil {
+			t.Fatalf("run --detach: %q", out)
+		}
+		return pid
+	}
+
+	t.Run("net/http on oslet 2", func(t *testing.T) {
+		const port = 18081
+		pid := startHelper(2, "http", port)
+		p := c.waitPort("tcp", port, 2, forwarded)
+		if p.PID != pid || p.Command != "e2e.test" {
+			t.Errorf("port map names pid %d %q, want %d e2e.test", p.PID, p.Command, pid)
+		}
+		if body := httpGet(t, fmt.Sprintf("http://127.0.0.1:%d/", port)); !strings.Contains(body, "net/http on") {
+			t.Errorf("host loopback: %q", body)
+		}
+		out := c.must("run", "--on", "1", "--", "curl", "-sS", "-m", "3", fmt.Sprintf("http://smpc-cluster:%d/", port))
+		if !strings.Contains(out, "net/http on") {
+			t.Errorf("from oslet 1 through smpc-cluster: %q", out)
+		}
+		// The server exits: its forward goes within a second, and the port
+		// is closed on the host again.
+		c.must("kill", strconv.Itoa(pid))
+		c.waitPort("tcp", port, 2, nil)
+		if _, err := net.DialTimeout("tcp", fmt.Sprintf("127.0.0.1:%d", port), time.Second); err == nil {
+			t.Error("the port still answers after its server exited")
+		}
+	})
+
+	t.Run("python http.server on oslet 2, conflict on oslet 1", func(t *testing.T) {
+		const port = 18082
+		out := c.must("run", "--on", "2", "--detach", "--", "python3", "-m", "http.server", "--bind", "0.0.0.0", "--directory", "/etc", strconv.Itoa(port))
+		first, _ := strconv.Atoi(strings.TrimSpace(out))
+		c.waitPort("tcp", port, 2, forwarded)
+		if body := httpGet(t, fmt.Sprintf("http://127.0.0.1:%d/hostname", port)); strings.TrimSpace(body) == "" {
+			t.Errorf("host loopback: empty body")
+		}
+		out = c.must("run", "--on", "1", "--", "curl", "-sS", "-m", "3", fmt.Sprintf("http://smpc-cluster:%d/hosts", port))
+		if !strings.Contains(out, "smpc-cluster") {
+			t.Errorf("from oslet 1: %q", out)
+		}
+		out = c.must("run", "--on", "1", "--detach", "--", "python3", "-m", "http.server", "--bind", "0.0.0.0", strconv.Itoa(port))
+		second, _ := strconv.Atoi(strings.TrimSpace(out))
+		p := c.waitPort("tcp", port, 1, func(p portEntry) bool { return p.Holder == 2 && !p.Forwarded })
+		if p.PID != second {
+			t.Errorf("conflict names pid %d, want %d", p.PID, second)
+		}
+		if out := c.must("ports"); !strings.Contains(out, "conflict: held by oslet 2") {
+			t.Errorf("smpc ports does not show the conflict:\n%s", out)
+		}
+		// The holder leaves: the port goes to the one still listening.
+		c.must("kill", strconv.Itoa(first))
+		c.waitPort("tcp", port, 1, forwarded)
+		c.must("kill", strconv.Itoa(second))
+		c.waitPort("tcp", port, 1, nil)
+	})
+
+	t.Run("udp echo on oslet 1", func(t *testing.T) {
+		const port = 18083
+		pid := startHelper(1, "udp", port)
+		c.waitPort("udp", port, 1, forwarded)
+		conn, err := net.Dial("udp", fmt.Sprintf("127.0.0.1:%d", port))
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer conn.Close()
+		conn.SetDeadline(time.Now().Add(3 * time.Second))
+		conn.Write([]byte("ping"))
+		buf := make([]byte, 16)
+		n, err := conn.Read(buf)
+		if err != nil || string(buf[:n]) != "ping" {
+			t.Fatalf("echo: %q %v", buf[:n], err)
+		}
+		c.must("kill", strconv.Itoa(pid))
+		c.waitPort("udp", port, 1, nil)
+	})
+
+	t.Run("a port the host serves stays the host's", func(t *testing.T) {
+		l, err := net.Listen("tcp", "127.0.0.1:18084")
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer l.Close()
+		go http.Serve(l, http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) { io.WriteString(w, "host") }))
+		pid := startHelper(2, "http", 18084)
+		c.waitPort("tcp", 18084, 2, func(p portEntry) bool { return p.Holder == 0 })
+		if body := httpGet(t, "http://127.0.0.1:18084/"); body != "host" {
+			t.Errorf("the host's own server lost its port: %q", body)
+		}
+		c.must("kill", strconv.Itoa(pid))
+	})
+
+	c.must("shutdown")
+	if links := smpcLinks(t); len(links) != len(linksBefore) {
+		t.Errorf("links left after shutdown: %v (before boot: %v)", links, linksBefore)
+	}
+	tables := nftTables(t)
+	for _, name := range tables {
+		if strings.HasPrefix(name, "smpc") {
+			t.Errorf("nftables table %s left after shutdown", name)
+		}
+	}
+	if !strings.Contains(strings.Join(tables, " "), "e2e-foreign") {
+		t.Error("shutdown removed a table smpc did not make")
+	}
+	if _, err := netlink.LinkByName("smpce2e0"); err != nil {
+		t.Errorf("smpce2e0 did not come back to the host: %v", err)
+	}
+	if got := readSysctl(t, "net/ipv4/ip_forward"); got != forwardWas {
+		t.Errorf("ip_forward is %s after shutdown, was %s", got, forwardWas)
+	}
+}
+
+// TestNetworkAfterCrash kills the boot process and every init with SIGKILL,
+// as a crash would, and checks that the next boot on the same state dir
+// removes the bridge, veths and table the dead cluster left, and that its
+// own shutdown leaves nothing.
+func TestNetworkAfterCrash(t *testing.T) {
+	c := boot(t)
+	b, err := os.ReadFile(c.dir + "/cluster.json")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var st struct {
+		Supervisor int         `json:"supervisor"`
+		Inits      map[int]int `json:"inits"`
+	}
+	json.Unmarshal(b, &st)
+	syscall.Kill(st.Supervisor, syscall.SIGKILL)
+	for _, pid := range st.Inits {
+		syscall.Kill(pid, syscall.SIGKILL)
+	}
+	time.Sleep(200 * time.Millisecond)
+	if len(smpcLinks(t)) == 0 {
+		t.Fatal("the crashed cluster left no bridge: the test does not test anything")
+	}
+	c.must("boot", "--detach")
+	c.must("shutdown")
+	if links := smpcLinks(t); len(links) != 0 {
+		t.Errorf("links left: %v", links)
+	}
+	for _, name := range nftTables(t) {
+		if strings.HasPrefix(name, "smpc") {
+			t.Errorf("nftables table %s left", name)
+		}
+	}
+}

@@ -1,0 +1,69 @@
+package cli
+
+import (
+	"encoding/json"
+	"fmt"
+	"text/tabwriter"
+
+	"github.com/spf13/cobra"
+
+	"github.com/smpc-cluster/smpc"
+	"github.com/smpc-cluster/smpc/internal/network"
+)
+
+func portsCmd() *cobra.Command {
+	var asJSON bool
+	cmd := &cobra.Command{
+		Use:   "ports",
+		Short: "List the cluster's port map: which OSlet's process holds each TCP and UDP port",
+		Long: `List every TCP and UDP port a process of an OSlet listens on: protocol, port,
+OSlet, global PID, command, and what the cluster does with it.
+
+Ports are one namespace across the cluster. The first process to listen on a
+port holds it: connections to that port on any of the host's addresses
+(127.0.0.1 included) and on the cluster's face (smpc-cluster inside the
+OSlets) are forwarded to it, in the kernel. A process that listens on a port
+someone else holds has the port in its own OSlet's stack only; it is listed as
+a conflict, with the holder (the host itself shows as OSlet 0). Forwards
+follow listeners within a second: they appear when a process starts listening
+and go away when it stops.`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			return withClient(func(c *smpc.Client) error {
+				ports, err := c.Ports()
+				if err != nil {
+					return err
+				}
+				if asJSON {
+					return json.NewEncoder(cmd.OutOrStdout()).Encode(ports)
+				}
+				tw := tabwriter.NewWriter(cmd.OutOrStdout(), 0, 4, 2, ' ', 0)
+				fmt.Fprintln(tw, "PROTO\tPORT\tOSLET\tPID\tCOMMAND\tSTATE")
+				for _, p := range ports {
+					fmt.Fprintf(tw, "%s\t%d\t%s\t%d\t%s\t%s\n", p.Proto, p.Port, osletName(p.OSlet), p.PID, orDash(p.Command), portState(p))
+				}
+				return tw.Flush()
+			})
+		},
+	}
+	cmd.Flags().BoolVar(&asJSON, "json", false, "print JSON")
+	return cmd
+}
+
+func osletName(k int) string {
+	if k == network.Host {
+		return "host"
+	}
+	return fmt.Sprint(k)
+}
+
+func portState(p smpc.Port) string {
+	switch {
+	case p.Forwarded:
+		return "forwarded"
+	case p.Conflict():
+		return "conflict: held by " + map[bool]string{true: "the host", false: "oslet " + fmt.Sprint(p.Holder)}[p.Holder == network.Host]
+	default:
+		return "host's own"
+	}
+}

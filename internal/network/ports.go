@@ -1,0 +1,317 @@
+package network
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"slices"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/smpc-cluster/smpc/internal/vproc"
+)
+
+// Host is the OSlet number the port map gives the host's own stack: its
+// listeners hold cluster ports too (a forward must never steal a port the
+// host serves), but nothing is forwarded to them.
+const Host = 0
+
+// Port is one listener in the cluster's port map.
+type Port struct {
+	Proto   string `json:"proto"` // tcp or udp
+	Port    uint16 `json:"port"`
+	OSlet   int    `json:"oslet"`   // the listener's OSlet; 0 for the host
+	PID     int64  `json:"pid"`     // its global PID (a host PID for the host); 0 if it is gone
+	Command string `json:"command"` // its command name
+	// Holder is who holds the cluster's port: the first to listen on it. A
+	// listener whose OSlet is not the holder has the port in its own stack
+	// only: a conflict.
+	Holder int `json:"holder"`
+	// Forwarded says that the cluster's port leads to this listener.
+	Forwarded bool `json:"forwarded"`
+}
+
+// Conflict says whether p listens on a port another holds.
+func (p Port) Conflict() bool { return p.OSlet != p.Holder }
+
+// Forwarder keeps the cluster's forwarding rules equal to the OSlets'
+// listening sockets. The kernel has no event for a new listening socket, so
+// it asks each stack's socket diagnostics for its listeners on every tick,
+// a request whose cost does not grow with the number of connections; a
+// listener that closes loses its forward on the next tick.
+type Forwarder struct {
+	Record   *Record
+	Inits    func() map[int]int // the OSlets up now: index to the host PID of its init
+	Publish  func([]Port) error // called with the port map whenever it changes
+	Interval time.Duration      // between scans; 200ms by default
+	Log      *slog.Logger
+
+	holders   map[portKey]int
+	owners    map[ownerKey]owner
+	fwds      []forward
+	ports     []Port
+	applied   bool // the rules in fwds are in the kernel
+	published bool // ports is published
+}
+
+type portKey struct {
+	proto string
+	port  uint16
+}
+
+type ownerKey struct {
+	oslet int
+	inode uint32
+}
+
+type owner struct {
+	pid     int64
+	command string
+}
+
+// Run scans until ctx ends.
+func (f *Forwarder) Run(ctx context.Context) {
+	if f.Interval == 0 {
+		f.Interval = 200 * time.Millisecond
+	}
+	t := time.NewTicker(f.Interval)
+	defer t.Stop()
+	for {
+		if err := f.Scan(); err != nil && f.Log != nil {
+			f.Log.Warn("port scan", "err", err)
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+	}
+}
+
+// Scan reads every stack's listeners once, decides who holds each port,
+// and applies and publishes what changed.
+func (f *Forwarder) Scan() error {
+	if f.holders == nil {
+		f.holders, f.owners = map[portKey]int{}, map[ownerKey]owner{}
+	}
+	inits := f.Inits()
+	seen := map[portKey]map[int]listener{}
+	note := func(k int, l listener) {
+		key := portKey{l.proto, l.port}
+		if seen[key] == nil {
+			seen[key] = map[int]listener{}
+		}
+		if _, dup := seen[key][k]; !dup {
+			seen[key][k] = l
+		}
+	}
+	hostLs, err := listeners(0)
+	if err != nil {
+		return fmt.Errorf("host listeners: %w", err)
+	}
+	for _, l := range hostLs {
+		note(Host, l)
+	}
+	var errs []error
+	for k, pid := range inits {
+		own, _ := netip.ParseAddr(f.Record.Addrs[k])
+		ls, err := listenersOf(pid)
+		if err != nil {
+			// The OSlet died since Inits: it holds nothing.
+			if _, alive := f.Inits()[k]; alive {
+				errs = append(errs, fmt.Errorf("oslet %d: %w", k, err))
+			}
+			continue
+		}
+		for _, l := range ls {
+			if reachable(l.addr, own) {
+				note(k, l)
+			}
+		}
+	}
+	// The first to listen keeps the port; among new claims in one tick,
+	// the host, then the lowest OSlet.
+	holders := map[portKey]int{}
+	var fwds []forward
+	for key, by := range seen {
+		h, ok := f.holders[key]
+		if _, still := by[h]; !ok || !still {
+			h = slices.Min(keys(by))
+		}
+		holders[key] = h
+		if h != Host {
+			to, _ := netip.ParseAddr(f.Record.Addrs[h])
+			fwds = append(fwds, forward{proto: key.proto, port: key.port, to: to})
+		}
+	}
+	f.holders = holders
+	slices.SortFunc(fwds, func(a, b forward) int { return cmpKey(portKey{a.proto, a.port}, portKey{b.proto, b.port}) })
+	if !f.applied || !slices.Equal(fwds, f.fwds) {
+		if err := setForwards(f.Record, fwds); err != nil {
+			return errors.Join(append(errs, err)...)
+		}
+		f.fwds, f.applied = fwds, true
+	}
+	ports := f.portMap(seen, holders, inits)
+	if (!f.published || !slices.Equal(ports, f.ports)) && f.Publish != nil {
+		if err := f.Publish(ports); err != nil {
+			errs = append(errs, err)
+		} else {
+			f.ports, f.published = ports, true
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// portMap lists every OSlet listener, and the host's only where they share
+// a port with an OSlet: the host's other ports are not the cluster's
+// business.
+func (f *Forwarder) portMap(seen map[portKey]map[int]listener, holders map[portKey]int, inits map[int]int) []Port {
+	var ports []Port
+	live := map[ownerKey]bool{}
+	for key, by := range seen {
+		if _, only := by[Host]; only && len(by) == 1 {
+			continue
+		}
+		for k, l := range by {
+			ok := ownerKey{k, l.inode}
+			live[ok] = true
+			o, cached := f.owners[ok]
+			if !cached {
+				o = findOwner(k, inits[k], l.inode)
+				if o.pid != 0 {
+					f.owners[ok] = o
+				}
+			}
+			h := holders[key]
+			ports = append(ports, Port{Proto: key.proto, Port: key.port, OSlet: k, PID: o.pid, Command: o.command,
+				Holder: h, Forwarded: h == k && k != Host})
+		}
+	}
+	for ok := range f.owners {
+		if !live[ok] {
+			delete(f.owners, ok)
+		}
+	}
+	slices.SortFunc(ports, func(a, b Port) int {
+		if c := cmpKey(portKey{a.Proto, a.Port}, portKey{b.Proto, b.Port}); c != 0 {
+			return c
+		}
+		return a.OSlet - b.OSlet
+	})
+	return ports
+}
+
+func cmpKey(a, b portKey) int {
+	if a.port != b.port {
+		return int(a.port) - int(b.port)
+	}
+	return strings.Compare(a.proto, b.proto)
+}
+
+func keys(m map[int]listener) []int {
+	ks := make([]int, 0, len(m))
+	for k := range m {
+		ks = append(ks, k)
+	}
+	return ks
+}
+
+func listenersOf(pid int) ([]listener, error) {
+	ns, err := os.Open(fmt.Sprintf("/proc/%d/ns/net", pid))
+	if err != nil {
+		return nil, err
+	}
+	defer ns.Close()
+	return listeners(int(ns.Fd()))
+}
+
+// findOwner finds the process holding socket inode in OSlet k (whose init
+// has host PID init; the host itself for Host), by the socket links in
+// /proc of the processes that share the OSlet's network namespace. Only a
+// new listener pays for this walk.
+func findOwner(k, init int, inode uint32) owner {
+	nsPath := "/proc/self/ns/net"
+	if k != Host {
+		nsPath = fmt.Sprintf("/proc/%d/ns/net", init)
+	}
+	ns, err := os.Readlink(nsPath)
+	if err != nil {
+		return owner{}
+	}
+	want := fmt.Sprintf("socket:[%d]", inode)
+	procs, _ := os.ReadDir("/proc")
+	for _, p := range procs {
+		pid, err := strconv.Atoi(p.Name())
+		if err != nil {
+			continue
+		}
+		dir := filepath.Join("/proc", p.Name())
+		if l, err := os.Readlink(filepath.Join(dir, "ns/net")); err != nil || l != ns {
+			continue
+		}
+		fds, _ := os.ReadDir(filepath.Join(dir, "fd"))
+		for _, fd := range fds {
+			if l, _ := os.Readlink(filepath.Join(dir, "fd", fd.Name())); l == want {
+				comm, _ := os.ReadFile(filepath.Join(dir, "comm"))
+				o := owner{pid: int64(pid), command: strings.TrimSpace(string(comm))}
+				if k != Host {
+					o.pid = globalPID(k, dir)
+				}
+				return o
+			}
+		}
+	}
+	return owner{}
+}
+
+// globalPID reads a host process's PID in its OSlet (the last NSpid) and
+// makes it global: OSlet k's local PID p is k<<22|p.
+func globalPID(k int, procDir string) int64 {
+	b, err := os.ReadFile(filepath.Join(procDir, "status"))
+	if err != nil {
+		return 0
+	}
+	sc := bufio.NewScanner(bytes.NewReader(b))
+	for sc.Scan() {
+		if f := strings.Fields(sc.Text()); len(f) > 1 && f[0] == "NSpid:" {
+			local, _ := strconv.Atoi(f[len(f)-1])
+			return int64(vproc.Global(k, local))
+		}
+	}
+	return 0
+}
+
+// WritePorts saves the port map where smpc ports reads it, atomically.
+func WritePorts(path string, ports []Port) error {
+	if ports == nil {
+		ports = []Port{}
+	}
+	b, _ := json.Marshal(ports)
+	tmp := path + ".new"
+	if err := os.WriteFile(tmp, b, 0o644); err != nil {
+		return fmt.Errorf("write port map: %w", err)
+	}
+	return os.Rename(tmp, path)
+}
+
+// ReadPorts reads the port map a cluster's forwarder saved.
+func ReadPorts(path string) ([]Port, error) {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return nil, fmt.Errorf("read port map: %w", err)
+	}
+	var ports []Port
+	if err := json.Unmarshal(b, &ports); err != nil {
+		return nil, fmt.Errorf("read port map %s: %w", path, err)
+	}
+	return ports, nil
+}
