@@ -49,7 +49,7 @@ cluster on the host. Inside an OSlet, smpc finds its own OSlet with no flag.`,
 		SilenceErrors: true,
 	}
 	root.PersistentFlags().StringVar(&stateDir, "state-dir", "", "the cluster's state dir (default $SMPC_STATE_DIR or /run/smpc)")
-	root.AddCommand(planCmd(), bootCmd(), shutdownCmd(), statusCmd(), psCmd(), runCmd(), killCmd(), waitCmd(), msgCmd(), semCmd(), ipcsCmd(), ipcrmCmd(), shmCmd(), portsCmd(), benchCmd())
+	root.AddCommand(planCmd(), bootCmd(), shutdownCmd(), statusCmd(), psCmd(), runCmd(), killCmd(), waitCmd(), msgCmd(), semCmd(), ipcsCmd(), ipcrmCmd(), shmCmd(), portsCmd(), devicesCmd(), benchCmd())
 	root.SetArgs(args)
 	err := root.Execute()
 	var ee exitError

@@ -20,6 +20,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"github.com/smpc-cluster/smpc/internal/device"
 	"github.com/smpc-cluster/smpc/internal/fabric"
 	"github.com/smpc-cluster/smpc/internal/network"
 	"github.com/smpc-cluster/smpc/internal/oslet"
@@ -53,6 +54,7 @@ type Cluster struct {
 	exited   chan int
 	done     map[int]chan struct{}
 
+	devices       []device.Device
 	stopForwarder context.CancelFunc
 	forwarderDone chan struct{}
 }
@@ -128,6 +130,13 @@ func Boot(opts Options) (c *Cluster, retErr error) {
 		indexes = append(indexes, o.Index)
 	}
 	if err := c.setupNetwork(id, indexes, &opts); err != nil {
+		return c, fmt.Errorf("boot: %w", err)
+	}
+	if c.devices, err = device.Inventory(opts.Plan, m.Block); err != nil {
+		return c, fmt.Errorf("boot: %w", err)
+	}
+	c.state.Rdev = filepath.Join(opts.StateDir, "rdev")
+	if err := mountRdev(c.state.Rdev, c.devices); err != nil {
 		return c, fmt.Errorf("boot: %w", err)
 	}
 	// Start every init at once: boot time should not grow with N.
@@ -296,7 +305,7 @@ func (s *syncChannel) step(k int, send, want string) error {
 // startInit makes OSlet o's cgroup and starts its init, up to "listening".
 func (c *Cluster) startInit(o plan.OSlet, opts *Options) (*syncChannel, error) {
 	group := c.state.Cgroups[o.Index]
-	cg, err := partition.Create(group, o)
+	cg, err := partition.Create(group, o, device.CgroupRules(o.Index, c.devices))
 	if err != nil {
 		return nil, fmt.Errorf("oslet %d: %w", o.Index, err)
 	}
@@ -356,7 +365,8 @@ func (c *Cluster) startInit(o plan.OSlet, opts *Options) (*syncChannel, error) {
 	sc := &syncChannel{f: parentEnd, in: bufio.NewReader(parentEnd)}
 	cfg := oslet.Config{Index: o.Index, Cluster: c.state.Name, StateDir: c.state.StateDir, Plan: opts.Plan,
 		Cgroup: cg.Stats, GTmp: c.state.GTmp, Shm: c.state.Shm, Owner: opts.Owner,
-		Address: c.state.Network.Addr(o.Index), Hosts: c.state.Hosts}
+		Address: c.state.Network.Addr(o.Index), Hosts: c.state.Hosts,
+		Devices: c.devices, Rdev: c.state.Rdev}
 	if err := sc.send(cfg); err != nil {
 		parentEnd.Close()
 		return nil, fmt.Errorf("oslet %d: send config: %w", o.Index, err)
@@ -431,7 +441,7 @@ func (c *Cluster) teardown() error {
 }
 
 func removeStateFiles(s *State) {
-	for _, dir := range []string{s.GTmp, s.Shm} {
+	for _, dir := range []string{s.GTmp, s.Shm, s.Rdev} {
 		if dir != "" {
 			unix.Unmount(dir, unix.MNT_DETACH)
 			os.Remove(dir)
@@ -498,6 +508,21 @@ func cleanStale(s *State) {
 func isInit(pid int) bool {
 	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/cmdline", pid))
 	return err == nil && strings.Contains(string(b), "oslet-init")
+}
+
+// mountRdev makes the /rdev tree on a tmpfs of its own, which every OSlet
+// binds: device nodes need a filesystem mounted without nodev.
+func mountRdev(dir string, devs []device.Device) error {
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return fmt.Errorf("rdev: %w", err)
+	}
+	if err := unix.Mount("smpc-rdev", dir, "tmpfs", unix.MS_NOSUID|unix.MS_NOEXEC, "mode=755"); err != nil {
+		return fmt.Errorf("mount rdev tmpfs on %s: %w", dir, err)
+	}
+	if err := unix.Mount("", dir, "", unix.MS_PRIVATE, ""); err != nil {
+		return fmt.Errorf("make %s private: %w", dir, err)
+	}
+	return device.MakeTree(dir, devs)
 }
 
 // mountShared mounts a tmpfs on the host that every OSlet binds in: /gtmp

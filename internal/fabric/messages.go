@@ -1,6 +1,7 @@
 package fabric
 
 import (
+	"github.com/smpc-cluster/smpc/internal/device"
 	"github.com/smpc-cluster/smpc/internal/ipc"
 	"github.com/smpc-cluster/smpc/internal/shm"
 	"github.com/smpc-cluster/smpc/internal/vproc"
@@ -255,4 +256,25 @@ type ShmRequest struct {
 // descriptor alone.
 type ShmReply struct {
 	Objects []shm.Info `json:"objects"`
+}
+
+// The device commands.
+const (
+	DeviceCheck = "check" // may the caller open it? (the /rdev gate asks)
+	DeviceOpen  = "open"  // open it and hand the descriptor over
+	DeviceList  = "list"  // the OSlet's own devices
+)
+
+// DeviceRequest asks OSlet On, the device's owner (1.2).
+type DeviceRequest struct {
+	Cmd   string `json:"cmd"`
+	On    int    `json:"on,omitempty"`
+	Name  string `json:"name,omitempty"`
+	Write bool   `json:"write,omitempty"` // open: read and write, not read only
+	Cred  *Cred  `json:"cred,omitempty"`  // set by the first init, never by clients
+}
+
+// DeviceReply lists devices; open answers with the descriptor alone.
+type DeviceReply struct {
+	Devices []device.Device `json:"devices,omitempty"`
 }

@@ -15,6 +15,7 @@ import (
 	"fmt"
 	"path/filepath"
 
+	"github.com/smpc-cluster/smpc/internal/device"
 	"github.com/smpc-cluster/smpc/internal/partition"
 	"github.com/smpc-cluster/smpc/internal/plan"
 )
@@ -41,6 +42,8 @@ type Config struct {
 	Owner    uint32              `json:"owner"`             // uid allowed on the host socket besides root
 	Address  string              `json:"address,omitempty"` // the OSlet's address on the cluster bridge
 	Hosts    string              `json:"hosts,omitempty"`   // host path of the /etc/hosts the OSlet sees
+	Devices  []device.Device     `json:"devices,omitempty"` // every OSlet's devices
+	Rdev     string              `json:"rdev,omitempty"`    // host path of the /rdev tree
 	// PeerSlots bounds the peer requests served at once (the queued lock).
 	PeerSlots int `json:"peer_slots"`
 }

@@ -14,6 +14,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"github.com/smpc-cluster/smpc/internal/device"
 	"github.com/smpc-cluster/smpc/internal/fabric"
 	"github.com/smpc-cluster/smpc/internal/partition"
 	"github.com/smpc-cluster/smpc/internal/plan"
@@ -66,6 +67,11 @@ func Main() error {
 	}
 	if err := setupNamespaces(&cfg); err != nil {
 		return fail(err)
+	}
+	if cfg.Rdev != "" {
+		if err := device.Gate(init.askDevice, init.log.Warn); err != nil {
+			return fail(fmt.Errorf("oslet %d: %w", cfg.Index, err))
+		}
 	}
 	hostL, clientL, err := init.listen()
 	if err != nil {

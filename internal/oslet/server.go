@@ -210,6 +210,12 @@ func (i *Init) handle(who *caller, r *fabric.Request) (any, []*os.File, error) {
 			return nil, nil, fabric.Errorf(fabric.CodeInvalid, "oslet %d: %v", i.cfg.Index, err)
 		}
 		return i.shmServe(who, &req)
+	case fabric.OpDevice:
+		var req fabric.DeviceRequest
+		if err := r.Decode(&req); err != nil {
+			return nil, nil, fabric.Errorf(fabric.CodeInvalid, "oslet %d: %v", i.cfg.Index, err)
+		}
+		return i.deviceServe(who, &req)
 	case fabric.OpIPCWatch:
 		if who.role == fabric.RolePeer {
 			return nil, nil, fabric.Errorf(fabric.CodeInvalid, "oslet %d: ipc-watch is not served to peers", i.cfg.Index)

@@ -4,14 +4,17 @@ import (
 	"fmt"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/smpc-cluster/smpc/internal/device"
 )
 
 // setupNamespaces makes the init's new namespaces into an OSlet. It runs as
 // PID 1 before anything else, in this order: mounts go private first so that
 // nothing leaks to the host; /proc is mounted fresh so it shows this PID
 // namespace; then the private /tmp (the seed's local /tmp), the shared
-// /gtmp (its global one) and the shared /dev/shm (its memory filesystem for
-// shared memory: shm_open works across OSlets); the cluster's /etc/hosts,
+// /gtmp (its global one); its own /dev, with its devices and the shared
+// /dev/shm (its memory filesystem for shared memory: shm_open works across
+// OSlets); the cluster's /rdev, every OSlet's devices; the cluster's /etc/hosts,
 // where smpc-cluster names the cluster's face; then the cluster's hostname
 // and loopback. The boot firmware wires eth0 in afterwards, from the host.
 func setupNamespaces(cfg *Config) error {
@@ -27,11 +30,14 @@ func setupNamespaces(cfg *Config) error {
 			return unix.Mount("tmpfs", "/tmp", "tmpfs", unix.MS_NOSUID|unix.MS_NODEV, "mode=1777")
 		}},
 		{"mount shared /gtmp", func() error { return unix.Mount(cfg.GTmp, "/gtmp", "", unix.MS_BIND, "") }},
-		{"mount shared /dev/shm", func() error {
-			if cfg.Shm == "" {
-				return nil // booted by an older smpc: keep the host's
+		{"make its own /dev, with the shared /dev/shm", func() error {
+			return device.SetupDev(cfg.Index, cfg.Devices, "/tmp", cfg.Shm)
+		}},
+		{"bind the cluster's /rdev", func() error {
+			if cfg.Rdev == "" {
+				return nil
 			}
-			return unix.Mount(cfg.Shm, "/dev/shm", "", unix.MS_BIND, "")
+			return device.BindTree(cfg.Rdev)
 		}},
 		{"mount the cluster's /etc/hosts", func() error {
 			if cfg.Hosts == "" {

@@ -56,7 +56,7 @@ func v1Hierarchy() ([]cgroup1.Subsystem, error) {
 	var keep []cgroup1.Subsystem
 	for _, s := range all {
 		switch s.Name() {
-		case cgroup1.Cpuset, cgroup1.Memory, cgroup1.Pids, cgroup1.Cpuacct:
+		case cgroup1.Cpuset, cgroup1.Memory, cgroup1.Pids, cgroup1.Cpuacct, cgroup1.Devices:
 			keep = append(keep, s)
 		}
 	}
@@ -64,8 +64,9 @@ func v1Hierarchy() ([]cgroup1.Subsystem, error) {
 }
 
 // Create makes the cgroup named group (relative, e.g. "smpc/run-ab12/oslet-1")
-// for OSlet o.
-func Create(group string, o plan.OSlet) (*Cgroup, error) {
+// for OSlet o, with the device rules devices (a devices cgroup on v1, the
+// equivalent eBPF program on v2).
+func Create(group string, o plan.OSlet, devices []specs.LinuxDeviceCgroup) (*Cgroup, error) {
 	memory, pids := o.Memory, o.Pids
 	cpus, mems := o.CPUs.String(), o.Mems.String()
 	if Unified() {
@@ -74,9 +75,10 @@ func Create(group string, o plan.OSlet) (*Cgroup, error) {
 			return nil, err
 		}
 		m, err := cgroup2.NewManager("/sys/fs/cgroup", path, &cgroup2.Resources{
-			CPU:    &cgroup2.CPU{Cpus: cpus, Mems: mems},
-			Memory: &cgroup2.Memory{Max: &memory},
-			Pids:   &cgroup2.Pids{Max: pids},
+			CPU:     &cgroup2.CPU{Cpus: cpus, Mems: mems},
+			Memory:  &cgroup2.Memory{Max: &memory},
+			Pids:    &cgroup2.Pids{Max: pids},
+			Devices: devices,
 		})
 		if err != nil {
 			return nil, fmt.Errorf("create cgroup %s (v2): %w", path, err)
@@ -86,9 +88,10 @@ func Create(group string, o plan.OSlet) (*Cgroup, error) {
 			Tasks:  filepath.Join("/sys/fs/cgroup", path, "pids.current")}}, nil
 	}
 	cg, err := cgroup1.New(cgroup1.NestedPath(group), &specs.LinuxResources{
-		CPU:    &specs.LinuxCPU{Cpus: cpus, Mems: mems},
-		Memory: &specs.LinuxMemory{Limit: &memory},
-		Pids:   &specs.LinuxPids{Limit: &pids},
+		CPU:     &specs.LinuxCPU{Cpus: cpus, Mems: mems},
+		Memory:  &specs.LinuxMemory{Limit: &memory},
+		Pids:    &specs.LinuxPids{Limit: &pids},
+		Devices: devices,
 	}, cgroup1.WithHierarchy(v1Hierarchy), allowMissing)
 	if err != nil {
 		return nil, fmt.Errorf("create cgroup %s (v1): %w", group, err)

@@ -1,0 +1,239 @@
+// Package device is the seed's /rdev: each device belongs to one OSlet, and
+// the others reach it through that OSlet.
+//
+// A plan gives block and character devices to OSlets; the host's block
+// devices that no OSlet is given stay with OSlet 1. Inside an OSlet, /dev
+// holds its own devices and the usual pseudo-devices, and its devices
+// cgroup lets it make nodes (mknod) for those alone. Every OSlet's devices
+// appear in every OSlet as /rdev/K/NAME. Opening one is held by the kernel
+// (a fanotify permission event on the /rdev mount) until the caller's init
+// has asked OSlet K, over the fabric, whether the caller may open K's
+// device; only then does the kernel complete the open, so the caller holds
+// the real device and reads and writes it at native speed, with every ioctl
+// that dd, mkfs or fdisk use. A program that links the smpc package can
+// instead have K open the device and hand the descriptor over
+// (Client.OpenDevice).
+package device
+
+import (
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"slices"
+	"strings"
+	"syscall"
+
+	specs "github.com/opencontainers/runtime-spec/specs-go"
+	"golang.org/x/sys/unix"
+
+	"github.com/smpc-cluster/smpc/internal/plan"
+)
+
+// Dir is where every OSlet sees the cluster's devices: Dir/K/NAME.
+const Dir = "/rdev"
+
+// Device is one device node and its owner.
+type Device struct {
+	Name  string `json:"name"` // its name in /dev
+	OSlet int    `json:"oslet"`
+	Type  string `json:"type"` // "block" or "char"
+	Major uint32 `json:"major"`
+	Minor uint32 `json:"minor"`
+	Mode  uint32 `json:"mode"` // permission bits
+	UID   uint32 `json:"uid"`
+	GID   uint32 `json:"gid"`
+}
+
+// Lookup reads /dev/NAME as this process sees it.
+func Lookup(name string) (Device, error) {
+	if name == "" || strings.Contains(name, "/") || name == "." || name == ".." {
+		return Device{}, fmt.Errorf("device %q: %w", name, syscall.EINVAL)
+	}
+	var st unix.Stat_t
+	if err := unix.Stat(filepath.Join("/dev", name), &st); err != nil {
+		return Device{}, fmt.Errorf("device %s: %w", name, err)
+	}
+	d := Device{Name: name, Major: unix.Major(st.Rdev), Minor: unix.Minor(st.Rdev), Mode: st.Mode & 0o7777, UID: st.Uid, GID: st.Gid}
+	switch st.Mode & unix.S_IFMT {
+	case unix.S_IFBLK:
+		d.Type = "block"
+	case unix.S_IFCHR:
+		d.Type = "char"
+	default:
+		return Device{}, fmt.Errorf("device %s: not a block or character device: %w", name, syscall.ENODEV)
+	}
+	return d, nil
+}
+
+// Inventory lists the cluster's devices by owner: the block and character
+// devices the plan names, and the host's block devices (hostBlock) that no
+// OSlet is given, which stay with the first OSlet. Network interfaces are
+// not devices here: they move into their OSlet's network stack.
+func Inventory(p *plan.Plan, hostBlock []string) ([]Device, error) {
+	var devs []Device
+	named := map[string]bool{}
+	for _, o := range p.OSlets {
+		for _, name := range o.Devices {
+			if _, err := os.Stat(filepath.Join("/sys/class/net", name)); err == nil {
+				continue
+			}
+			d, err := Lookup(name)
+			if err != nil {
+				return nil, fmt.Errorf("oslet %d: %w", o.Index, err)
+			}
+			d.OSlet = o.Index
+			devs = append(devs, d)
+			named[name] = true
+		}
+	}
+	for _, name := range hostBlock {
+		if named[name] {
+			continue
+		}
+		if d, err := Lookup(name); err == nil {
+			d.OSlet = p.OSlets[0].Index
+			devs = append(devs, d)
+		}
+	}
+	slices.SortFunc(devs, func(a, b Device) int {
+		if a.OSlet != b.OSlet {
+			return a.OSlet - b.OSlet
+		}
+		return strings.Compare(a.Name, b.Name)
+	})
+	return devs, nil
+}
+
+// Pseudo are the devices every OSlet has in its /dev, shared by all.
+var Pseudo = []Device{
+	{Name: "null", Type: "char", Major: 1, Minor: 3, Mode: 0o666},
+	{Name: "zero", Type: "char", Major: 1, Minor: 5, Mode: 0o666},
+	{Name: "full", Type: "char", Major: 1, Minor: 7, Mode: 0o666},
+	{Name: "random", Type: "char", Major: 1, Minor: 8, Mode: 0o666},
+	{Name: "urandom", Type: "char", Major: 1, Minor: 9, Mode: 0o666},
+	{Name: "tty", Type: "char", Major: 5, Minor: 0, Mode: 0o666},
+	{Name: "ptmx", Type: "char", Major: 5, Minor: 2, Mode: 0o666},
+}
+
+// ptsMajors are the majors of Unix98 pseudo-terminal slaves (/dev/pts/N).
+var ptsMajors = []int64{136, 137, 138, 139, 140, 141, 142, 143}
+
+// CgroupRules are OSlet k's devices cgroup: nothing but the pseudo-devices,
+// the pseudo-terminals, and its own devices, for which alone it may make
+// nodes. The other OSlets' devices it may read and write only through the
+// nodes its init made in /rdev, since it may make no other, and there each
+// open waits for the owner's word.
+func CgroupRules(k int, devs []Device) []specs.LinuxDeviceCgroup {
+	rule := func(typ string, major, minor int64, access string) specs.LinuxDeviceCgroup {
+		return specs.LinuxDeviceCgroup{Allow: true, Type: typ, Major: &major, Minor: &minor, Access: access}
+	}
+	rules := []specs.LinuxDeviceCgroup{{Allow: false, Access: "rwm"}}
+	for _, p := range Pseudo {
+		rules = append(rules, rule("c", int64(p.Major), int64(p.Minor), "rwm"))
+	}
+	for _, m := range ptsMajors {
+		rules = append(rules, rule("c", m, -1, "rw"))
+	}
+	for _, d := range devs {
+		access := "rw"
+		if d.OSlet == k {
+			access = "rwm"
+		}
+		rules = append(rules, rule(d.Type[:1], int64(d.Major), int64(d.Minor), access))
+	}
+	return rules
+}
+
+// Cred is who opens a device.
+type Cred struct {
+	UID, GID uint32
+	Groups   []uint32
+}
+
+// The accesses Check weighs.
+const (
+	Read        = 4
+	Write       = 2
+	ReadOrWrite = 0 // either will do: the /rdev gate does not learn the open's mode, which the kernel checks against the node's own bits
+)
+
+// Check says whether cred may open device name, which must be OSlet k's
+// (this process runs on k), for access want: by the node's owner and mode
+// as k has them now, as open(2) would; root always may.
+func Check(devs []Device, k int, name string, cred Cred, want uint32) (Device, error) {
+	i := slices.IndexFunc(devs, func(d Device) bool { return d.OSlet == k && d.Name == name })
+	if i < 0 {
+		return Device{}, fmt.Errorf("oslet %d has no device %s: %w", k, name, syscall.ENODEV)
+	}
+	d, err := Lookup(name)
+	if err != nil {
+		return Device{}, err
+	}
+	if d.Major != devs[i].Major || d.Minor != devs[i].Minor {
+		return Device{}, fmt.Errorf("device %s changed since boot: %w", name, syscall.ENODEV)
+	}
+	ok := allows(d, cred, want)
+	if want == ReadOrWrite {
+		ok = allows(d, cred, Read) || allows(d, cred, Write)
+	}
+	if !ok {
+		return Device{}, fmt.Errorf("device %s: %w", name, syscall.EACCES)
+	}
+	d.OSlet = k
+	return d, nil
+}
+
+func allows(d Device, c Cred, want uint32) bool {
+	if c.UID == 0 {
+		return true
+	}
+	mode := d.Mode
+	switch {
+	case c.UID == d.UID:
+		mode >>= 6
+	case c.GID == d.GID || slices.Contains(c.Groups, d.GID):
+		mode >>= 3
+	}
+	return mode&want == want
+}
+
+// Open opens OSlet k's own device name for cred, after Check.
+func Open(devs []Device, k int, name string, cred Cred, write bool) (*os.File, error) {
+	want, flags := uint32(Read), os.O_RDONLY
+	if write {
+		want, flags = Read|Write, os.O_RDWR
+	}
+	if _, err := Check(devs, k, name, cred, want); err != nil {
+		return nil, err
+	}
+	f, err := os.OpenFile(filepath.Join("/dev", name), flags|syscall.O_NOFOLLOW|syscall.O_NOCTTY, 0)
+	if err != nil {
+		var pe *os.PathError
+		if errors.As(err, &pe) {
+			err = pe.Err
+		}
+		return nil, fmt.Errorf("device %s: %w", name, err)
+	}
+	return f, nil
+}
+
+// mknod makes a node for d at path with d's owner and mode.
+func mknod(path string, d Device) error {
+	mode := d.Mode
+	if d.Type == "block" {
+		mode |= unix.S_IFBLK
+	} else {
+		mode |= unix.S_IFCHR
+	}
+	if err := unix.Mknod(path, mode, int(unix.Mkdev(d.Major, d.Minor))); err != nil {
+		return fmt.Errorf("mknod %s: %w", path, err)
+	}
+	if err := unix.Chown(path, int(d.UID), int(d.GID)); err != nil {
+		return fmt.Errorf("chown %s: %w", path, err)
+	}
+	if err := unix.Chmod(path, d.Mode); err != nil {
+		return fmt.Errorf("chmod %s: %w", path, err)
+	}
+	return nil
+}
