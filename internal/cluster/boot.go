@@ -135,10 +135,6 @@ func Boot(opts Options) (c *Cluster, retErr error) {
 	if c.devices, err = device.Inventory(opts.Plan, m.Block); err != nil {
 		return c, fmt.Errorf("boot: %w", err)
 	}
-	c.state.Rdev = filepath.Join(opts.StateDir, "rdev")
-	if err := mountRdev(c.state.Rdev, c.devices); err != nil {
-		return c, fmt.Errorf("boot: %w", err)
-	}
 	// Start every init at once: boot time should not grow with N.
 	syncs := map[int]*syncChannel{}
 	errs := make(chan error, len(opts.Plan.OSlets))
@@ -366,7 +362,7 @@ func (c *Cluster) startInit(o plan.OSlet, opts *Options) (*syncChannel, error) {
 	cfg := oslet.Config{Index: o.Index, Cluster: c.state.Name, StateDir: c.state.StateDir, Plan: opts.Plan,
 		Cgroup: cg.Stats, GTmp: c.state.GTmp, Shm: c.state.Shm, Owner: opts.Owner,
 		Address: c.state.Network.Addr(o.Index), Hosts: c.state.Hosts,
-		Devices: c.devices, Rdev: c.state.Rdev}
+		Devices: c.devices}
 	if err := sc.send(cfg); err != nil {
 		parentEnd.Close()
 		return nil, fmt.Errorf("oslet %d: send config: %w", o.Index, err)
@@ -441,7 +437,7 @@ func (c *Cluster) teardown() error {
 }
 
 func removeStateFiles(s *State) {
-	for _, dir := range []string{s.GTmp, s.Shm, s.Rdev} {
+	for _, dir := range []string{s.GTmp, s.Shm} {
 		if dir != "" {
 			unix.Unmount(dir, unix.MNT_DETACH)
 			os.Remove(dir)
@@ -508,21 +504,6 @@ func cleanStale(s *State) {
 func isInit(pid int) bool {
 	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/cmdline", pid))
 	return err == nil && strings.Contains(string(b), "oslet-init")
-}
-
-// mountRdev makes the /rdev tree on a tmpfs of its own, which every OSlet
-// binds: device nodes need a filesystem mounted without nodev.
-func mountRdev(dir string, devs []device.Device) error {
-	if err := os.MkdirAll(dir, 0o755); err != nil {
-		return fmt.Errorf("rdev: %w", err)
-	}
-	if err := unix.Mount("smpc-rdev", dir, "tmpfs", unix.MS_NOSUID|unix.MS_NOEXEC, "mode=755"); err != nil {
-		return fmt.Errorf("mount rdev tmpfs on %s: %w", dir, err)
-	}
-	if err := unix.Mount("", dir, "", unix.MS_PRIVATE, ""); err != nil {
-		return fmt.Errorf("make %s private: %w", dir, err)
-	}
-	return device.MakeTree(dir, devs)
 }
 
 // mountShared mounts a tmpfs on the host that every OSlet binds in: /gtmp

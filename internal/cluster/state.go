@@ -40,7 +40,6 @@ type State struct {
 	Owner      uint32          `json:"owner"`
 	Network    *network.Record `json:"network,omitempty"`
 	Hosts      string          `json:"hosts,omitempty"` // the /etc/hosts every OSlet sees
-	Rdev       string          `json:"rdev,omitempty"`  // host path of the /rdev tree every OSlet binds
 	Booted     time.Time       `json:"booted"`
 	Protocol   string          `json:"protocol"`
 }

@@ -4,15 +4,15 @@
 // A plan gives block and character devices to OSlets; the host's block
 // devices that no OSlet is given stay with OSlet 1. Inside an OSlet, /dev
 // holds its own devices and the usual pseudo-devices, and its devices
-// cgroup lets it make nodes (mknod) for those alone. Every OSlet's devices
-// appear in every OSlet as /rdev/K/NAME. Opening one is held by the kernel
-// (a fanotify permission event on the /rdev mount) until the caller's init
-// has asked OSlet K, over the fabric, whether the caller may open K's
-// device; only then does the kernel complete the open, so the caller holds
-// the real device and reads and writes it at native speed, with every ioctl
-// that dd, mkfs or fdisk use. A program that links the smpc package can
-// instead have K open the device and hand the descriptor over
-// (Client.OpenDevice).
+// cgroup lets it open those alone. Every OSlet's devices appear in every
+// OSlet as /rdev/K/NAME, files of a filesystem the OSlet's init serves
+// (FUSE). Opening one makes the init ask OSlet K, over the fabric, to open
+// its device with the caller's credentials; K checks them against the
+// device's owner and mode and hands the open descriptor over, and the init
+// then serves the caller's reads and writes from it. Unmodified programs
+// (dd, cat, mkfs) work on /rdev; a program that links the smpc package can
+// take the descriptor itself (Client.OpenDevice) and use the device at
+// native speed.
 package device
 
 import (
@@ -23,6 +23,7 @@ import (
 	"slices"
 	"strings"
 	"syscall"
+	"unsafe"
 
 	specs "github.com/opencontainers/runtime-spec/specs-go"
 	"golang.org/x/sys/unix"
@@ -43,6 +44,7 @@ type Device struct {
 	Mode  uint32 `json:"mode"` // permission bits
 	UID   uint32 `json:"uid"`
 	GID   uint32 `json:"gid"`
+	Size  int64  `json:"size,omitempty"` // bytes, for a block device
 }
 
 // Lookup reads /dev/NAME as this process sees it.
@@ -58,6 +60,7 @@ func Lookup(name string) (Device, error) {
 	switch st.Mode & unix.S_IFMT {
 	case unix.S_IFBLK:
 		d.Type = "block"
+		d.Size = blockSize(filepath.Join("/dev", name))
 	case unix.S_IFCHR:
 		d.Type = "char"
 	default:
@@ -119,11 +122,14 @@ var Pseudo = []Device{
 // ptsMajors are the majors of Unix98 pseudo-terminal slaves (/dev/pts/N).
 var ptsMajors = []int64{136, 137, 138, 139, 140, 141, 142, 143}
 
+// fuseMajor, fuseMinor are /dev/fuse, which the init opens once to serve
+// /rdev, before it replaces /dev with one that has no node for it.
+const fuseMajor, fuseMinor = 10, 229
+
 // CgroupRules are OSlet k's devices cgroup: nothing but the pseudo-devices,
 // the pseudo-terminals, and its own devices, for which alone it may make
-// nodes. The other OSlets' devices it may read and write only through the
-// nodes its init made in /rdev, since it may make no other, and there each
-// open waits for the owner's word.
+// nodes. Another OSlet's device it reaches only through /rdev, by a
+// descriptor its owner opened.
 func CgroupRules(k int, devs []Device) []specs.LinuxDeviceCgroup {
 	rule := func(typ string, major, minor int64, access string) specs.LinuxDeviceCgroup {
 		return specs.LinuxDeviceCgroup{Allow: true, Type: typ, Major: &major, Minor: &minor, Access: access}
@@ -135,12 +141,11 @@ func CgroupRules(k int, devs []Device) []specs.LinuxDeviceCgroup {
 	for _, m := range ptsMajors {
 		rules = append(rules, rule("c", m, -1, "rw"))
 	}
+	rules = append(rules, rule("c", fuseMajor, fuseMinor, "rw"))
 	for _, d := range devs {
-		access := "rw"
 		if d.OSlet == k {
-			access = "rwm"
+			rules = append(rules, rule(d.Type[:1], int64(d.Major), int64(d.Minor), "rwm"))
 		}
-		rules = append(rules, rule(d.Type[:1], int64(d.Major), int64(d.Minor), access))
 	}
 	return rules
 }
@@ -236,4 +241,18 @@ func mknod(path string, d Device) error {
 		return fmt.Errorf("chmod %s: %w", path, err)
 	}
 	return nil
+}
+
+// blockSize asks a block device its size; 0 if it cannot be opened.
+func blockSize(path string) int64 {
+	fd, err := unix.Open(path, unix.O_RDONLY|unix.O_CLOEXEC|unix.O_NONBLOCK, 0)
+	if err != nil {
+		return 0
+	}
+	defer unix.Close(fd)
+	var size uint64
+	if _, _, e := unix.Syscall(unix.SYS_IOCTL, uintptr(fd), unix.BLKGETSIZE64, uintptr(unsafe.Pointer(&size))); e != 0 {
+		return 0
+	}
+	return int64(size)
 }

@@ -43,7 +43,6 @@ type Config struct {
 	Address  string              `json:"address,omitempty"` // the OSlet's address on the cluster bridge
 	Hosts    string              `json:"hosts,omitempty"`   // host path of the /etc/hosts the OSlet sees
 	Devices  []device.Device     `json:"devices,omitempty"` // every OSlet's devices
-	Rdev     string              `json:"rdev,omitempty"`    // host path of the /rdev tree
 	// PeerSlots bounds the peer requests served at once (the queued lock).
 	PeerSlots int `json:"peer_slots"`
 }

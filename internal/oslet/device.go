@@ -1,13 +1,11 @@
 package oslet
 
 import (
-	"bufio"
 	"context"
+	"errors"
 	"fmt"
 	"os"
-	"strconv"
-	"strings"
-	"time"
+	"syscall"
 
 	"github.com/smpc-cluster/smpc/internal/device"
 	"github.com/smpc-cluster/smpc/internal/fabric"
@@ -70,59 +68,32 @@ func (i *Init) deviceError(err error) error {
 	return fabric.AsError(fmt.Errorf("oslet %d: %w", i.cfg.Index, err))
 }
 
-// askDevice is the /rdev gate's question for an open by local process pid
-// of OSlet k's device name: it asks k with the process's credentials, as
-// the kernel has them now. A k that is down, or slow past the deadline,
-// means no.
-func (i *Init) askDevice(k int, name string, pid int) error {
-	cred, err := credOfPID(pid)
-	if err != nil {
-		return err
+// openDevice serves an open of /rdev/K/NAME by a process of this OSlet: it
+// asks K, with the process's credentials, to open its device and hand the
+// descriptor over. The reply's error becomes the open's errno: EACCES from
+// the owner's check, ENOENT for a device it does not have, and ENXIO for an
+// owner that is down.
+func (i *Init) openDevice(ctx context.Context, k int, name string, write bool, c device.Cred) (*os.File, error) {
+	cred := fabric.Cred{UID: c.UID, GID: c.GID, Groups: c.Groups}
+	req := fabric.DeviceRequest{Cmd: fabric.DeviceOpen, On: k, Name: name, Write: write, Cred: &cred}
+	who := &caller{role: fabric.RoleClient, cred: cred, ctx: ctx, origin: i.cfg.Index}
+	_, files, err := i.deviceServe(who, &req)
+	switch {
+	case err == nil && len(files) == 1:
+		return files[0], nil
+	case err == nil:
+		fabric.CloseAll(files)
+		return nil, syscall.EIO
+	case errors.Is(err, fabric.ErrDown):
+		return nil, syscall.ENXIO
+	case errors.Is(err, syscall.ENODEV):
+		return nil, syscall.ENOENT
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-	defer cancel()
-	req := fabric.DeviceRequest{Cmd: fabric.DeviceCheck, On: k, Name: name, Cred: &cred}
-	if k == i.cfg.Index {
-		_, _, err := i.deviceServe(&caller{role: fabric.RolePeer, from: k, ctx: ctx}, &req)
-		return err
-	}
-	p, ok := i.peers[k]
-	if !ok {
-		return fabric.Errorf(fabric.CodeInvalid, "oslet %d does not exist", k)
-	}
-	_, err = p.call(ctx, fabric.OpDevice, req, nil, &fabric.DeviceReply{})
-	if err != nil {
-		i.log.Info("rdev open refused", "device", fmt.Sprintf("%d/%s", k, name), "pid", pid, "err", err)
-	}
-	return err
-}
-
-// credOfPID reads a local process's effective uid and gid and its groups.
-func credOfPID(pid int) (fabric.Cred, error) {
-	f, err := os.Open(fmt.Sprintf("/proc/%d/status", pid))
-	if err != nil {
-		return fabric.Cred{}, err
-	}
-	defer f.Close()
-	var c fabric.Cred
-	sc := bufio.NewScanner(f)
-	for sc.Scan() {
-		key, val, _ := strings.Cut(sc.Text(), ":")
-		fields := strings.Fields(val)
-		switch {
-		case key == "Uid" && len(fields) > 1:
-			n, _ := strconv.ParseUint(fields[1], 10, 32)
-			c.UID = uint32(n)
-		case key == "Gid" && len(fields) > 1:
-			n, _ := strconv.ParseUint(fields[1], 10, 32)
-			c.GID = uint32(n)
-		case key == "Groups":
-			for _, g := range fields {
-				n, _ := strconv.ParseUint(g, 10, 32)
-				c.Groups = append(c.Groups, uint32(n))
-			}
+	for _, e := range []syscall.Errno{syscall.EACCES, syscall.EPERM, syscall.ENOENT, syscall.EBUSY, syscall.EROFS, syscall.ENXIO} {
+		if errors.Is(err, e) {
+			return nil, e
 		}
 	}
-	c.PID = int32(pid)
-	return c, sc.Err()
+	i.log.Info("rdev open failed", "device", fmt.Sprintf("%d/%s", k, name), "err", err)
+	return nil, syscall.EIO
 }

@@ -65,13 +65,12 @@ func Main() error {
 	if err != nil {
 		return fail(err)
 	}
-	if err := setupNamespaces(&cfg); err != nil {
-		return fail(err)
+	serveRdev := func() error {
+		_, err := device.Serve(cfg.Devices, init.openDevice)
+		return err
 	}
-	if cfg.Rdev != "" {
-		if err := device.Gate(init.askDevice, init.log.Warn); err != nil {
-			return fail(fmt.Errorf("oslet %d: %w", cfg.Index, err))
-		}
+	if err := setupNamespaces(&cfg, serveRdev); err != nil {
+		return fail(err)
 	}
 	hostL, clientL, err := init.listen()
 	if err != nil {

@@ -14,10 +14,10 @@ import (
 // namespace; then the private /tmp (the seed's local /tmp), the shared
 // /gtmp (its global one); its own /dev, with its devices and the shared
 // /dev/shm (its memory filesystem for shared memory: shm_open works across
-// OSlets); the cluster's /rdev, every OSlet's devices; the cluster's /etc/hosts,
+// OSlets), after /rdev, where every OSlet's devices are; the cluster's /etc/hosts,
 // where smpc-cluster names the cluster's face; then the cluster's hostname
 // and loopback. The boot firmware wires eth0 in afterwards, from the host.
-func setupNamespaces(cfg *Config) error {
+func setupNamespaces(cfg *Config, serveRdev func() error) error {
 	steps := []struct {
 		what string
 		do   func() error
@@ -30,14 +30,12 @@ func setupNamespaces(cfg *Config) error {
 			return unix.Mount("tmpfs", "/tmp", "tmpfs", unix.MS_NOSUID|unix.MS_NODEV, "mode=1777")
 		}},
 		{"mount shared /gtmp", func() error { return unix.Mount(cfg.GTmp, "/gtmp", "", unix.MS_BIND, "") }},
+		// Before /dev is replaced: the FUSE device is in the host's /dev
+		// only, so that no process of the OSlet mounts a filesystem of its
+		// own.
+		{"serve /rdev", serveRdev},
 		{"make its own /dev, with the shared /dev/shm", func() error {
 			return device.SetupDev(cfg.Index, cfg.Devices, "/tmp", cfg.Shm)
-		}},
-		{"bind the cluster's /rdev", func() error {
-			if cfg.Rdev == "" {
-				return nil
-			}
-			return device.BindTree(cfg.Rdev)
 		}},
 		{"mount the cluster's /etc/hosts", func() error {
 			if cfg.Hosts == "" {

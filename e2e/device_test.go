@@ -1,0 +1,138 @@
+package e2e
+
+import (
+	"bytes"
+	"crypto/rand"
+	"encoding/json"
+	"os"
+	"os/exec"
+	"strings"
+	"syscall"
+	"testing"
+)
+
+// loopDevice makes a loop device over a file of size bytes of random data,
+// removed when the test ends, and returns its name (loopN) and the data.
+func loopDevice(t *testing.T, size int) (string, []byte) {
+	t.Helper()
+	if _, err := exec.LookPath("losetup"); err != nil {
+		t.Skip("losetup is missing (.ci/run installs util-linux)")
+	}
+	data := make([]byte, size)
+	rand.Read(data)
+	img := t.TempDir() + "/disk.img"
+	if err := os.WriteFile(img, data, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	out, err := exec.Command("losetup", "--find", "--show", img).CombinedOutput()
+	if err != nil {
+		t.Skipf("cannot make a loop device here: %v: %s", err, out)
+	}
+	dev := strings.TrimSpace(string(out))
+	t.Cleanup(func() { exec.Command("losetup", "-d", dev).Run() })
+	return strings.TrimPrefix(dev, "/dev/"), data
+}
+
+// TestRdev gives a loop device to OSlet 2 and uses it from OSlet 1 through
+// /rdev/2 with unmodified programs: data read and written is the device's;
+// opens the owner refuses, of devices that do not exist, and of devices of
+// a dead owner fail with their errno; and no OSlet can reach another's
+// device any other way.
+func TestRdev(t *testing.T) {
+	needRoot(t)
+	name, data := loopDevice(t, 4<<20)
+	// Everyone may open the device at first; its owner tightens it after
+	// boot, and only the owner's word counts.
+	os.Chmod("/dev/"+name, 0o666)
+	c := boot(t, "--device", "2="+name)
+
+	var devs []struct {
+		Name  string `json:"name"`
+		OSlet int    `json:"oslet"`
+		Type  string `json:"type"`
+	}
+	if err := json.Unmarshal([]byte(c.must("devices", "--json")), &devs); err != nil {
+		t.Fatal(err)
+	}
+	found := false
+	for _, d := range devs {
+		found = found || d.Name == name && d.OSlet == 2 && d.Type == "block"
+	}
+	if !found {
+		t.Fatalf("smpc devices does not list %s on oslet 2: %+v", name, devs)
+	}
+	rdev := "/rdev/2/" + name
+
+	t.Run("read from oslet 1", func(t *testing.T) {
+		out := c.must("run", "--on", "1", "--", "dd", "if="+rdev, "bs=64k", "status=none")
+		if !bytes.Equal([]byte(out), data) {
+			t.Fatalf("read %d bytes through %s, not the device's data", len(out), rdev)
+		}
+	})
+	t.Run("write from oslet 1", func(t *testing.T) {
+		c.must("run", "--on", "1", "--", "sh", "-c", "printf smpc-was-here | dd of="+rdev+" bs=1 seek=4096 conv=notrunc status=none")
+		got := make([]byte, 13)
+		f, err := os.Open("/dev/" + name)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer f.Close()
+		f.ReadAt(got, 4096)
+		if string(got) != "smpc-was-here" {
+			t.Fatalf("the device holds %q after the write", got)
+		}
+	})
+	t.Run("mkfs from oslet 1", func(t *testing.T) {
+		if _, err := exec.LookPath("mkfs.ext4"); err != nil {
+			t.Skip("mkfs.ext4 is missing")
+		}
+		c.must("run", "--on", "1", "--", "mkfs.ext4", "-q", "-F", rdev)
+		out, err := exec.Command("blkid", "-o", "value", "-s", "TYPE", "/dev/"+name).CombinedOutput()
+		if err != nil || strings.TrimSpace(string(out)) != "ext4" {
+			t.Errorf("blkid after mkfs through /rdev: %s %v", out, err)
+		}
+	})
+	t.Run("no other way in", func(t *testing.T) {
+		if out, code := c.smpc("run", "--on", "1", "--", "ls", "/dev/"+name); code == 0 {
+			t.Errorf("oslet 1 has oslet 2's device in its /dev: %s", out)
+		}
+		out, code := c.smpc("run", "--on", "1", "--", "mknod", "/tmp/stolen", "b", "7", "0")
+		if code == 0 || !strings.Contains(out, "Operation not permitted") {
+			t.Errorf("oslet 1 made a node for a device it does not own: %d %s", code, out)
+		}
+		if out := c.must("run", "--on", "2", "--", "ls", "/dev/"+name); !strings.Contains(out, name) {
+			t.Errorf("oslet 2 lacks its own device: %s", out)
+		}
+	})
+	t.Run("refusals", func(t *testing.T) {
+		out, code := c.smpc("run", "--on", "1", "--", "cat", "/rdev/2/nosuch")
+		if code == 0 || !strings.Contains(out, "No such file") {
+			t.Errorf("a device that does not exist: %d %s", code, out)
+		}
+		// The owner tightens its device: /rdev/2 still says 0666, as at
+		// boot, but the owner decides each open.
+		c.must("run", "--on", "2", "--", "chmod", "0600", "/dev/"+name)
+		nobody := []string{"setpriv", "--reuid", "65534", "--regid", "65534", "--clear-groups"}
+		out, code = c.smpc(append(append([]string{"run", "--on", "1", "--"}, nobody...), "dd", "if="+rdev, "count=1", "status=none")...)
+		if code == 0 || !strings.Contains(out, "Permission denied") {
+			t.Errorf("nobody opened a device its owner does not allow: %d %s", code, out)
+		}
+		// root still may.
+		c.must("run", "--on", "1", "--", "dd", "if="+rdev, "of=/dev/null", "count=1", "status=none")
+	})
+	t.Run("owner down", func(t *testing.T) {
+		pid := c.state().Inits["2"]
+		syscall.Kill(pid, syscall.SIGKILL)
+		waitFor(t, "oslet 2 down", func() bool {
+			out, _ := c.smpc("status")
+			return strings.Contains(out, "2      down")
+		})
+		out, code := c.smpc("run", "--on", "1", "--", "dd", "if="+rdev, "count=1", "status=none")
+		if code == 0 || !strings.Contains(out, "No such device or address") {
+			t.Errorf("opened a device of a dead OSlet: %d %s", code, out)
+		}
+		if out := c.must("run", "--on", "1", "--", "echo", "alive"); !strings.Contains(out, "alive") {
+			t.Errorf("oslet 1 after oslet 2 died: %s", out)
+		}
+	})
+}

@@ -1,0 +1,158 @@
+package device
+
+import (
+	"bufio"
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"strconv"
+	"strings"
+	"syscall"
+
+	"github.com/hanwen/go-fuse/v2/fs"
+	"github.com/hanwen/go-fuse/v2/fuse"
+	"golang.org/x/sys/unix"
+)
+
+// Opener opens OSlet k's device name for the process with the caller's
+// credentials (as the kernel gives them to the FUSE server): it asks k,
+// which checks them and hands the open descriptor over.
+type Opener func(ctx context.Context, k int, name string, write bool, cred Cred) (*os.File, error)
+
+// Serve mounts /rdev in this mount namespace as a filesystem of this
+// process: Dir/K/NAME for every device of devs. An open goes to open, and
+// reads and writes then go to the descriptor the owner handed over.
+//
+// A device node cannot do this: the kernel sends no fanotify permission
+// event for opens of device nodes, and a FUSE file cannot be passed through
+// to a block device (passthrough takes regular files only), so the data
+// crosses this process, by splice where the kernel allows.
+func Serve(devs []Device, open Opener) (*fuse.Server, error) {
+	if err := os.MkdirAll(Dir, 0o755); err != nil {
+		return nil, err
+	}
+	root := &rdevRoot{devs: devs, open: open}
+	srv, err := fs.Mount(Dir, root, &fs.Options{
+		MountOptions: fuse.MountOptions{
+			AllowOther: true, DirectMount: true, DirectMountStrict: true,
+			FsName: "smpc-rdev", Name: "rdev",
+			MaxWrite: 1 << 20, MaxReadAhead: 1 << 20,
+		},
+	})
+	if err != nil {
+		return nil, fmt.Errorf("mount %s: %w", Dir, err)
+	}
+	return srv, nil
+}
+
+type rdevRoot struct {
+	fs.Inode
+	devs []Device
+	open Opener
+}
+
+func (r *rdevRoot) OnAdd(ctx context.Context) {
+	dirs := map[int]*fs.Inode{}
+	for _, d := range r.devs {
+		dir, ok := dirs[d.OSlet]
+		if !ok {
+			dir = r.NewPersistentInode(ctx, &fs.Inode{}, fs.StableAttr{Mode: syscall.S_IFDIR})
+			r.AddChild(strconv.Itoa(d.OSlet), dir, false)
+			dirs[d.OSlet] = dir
+		}
+		dir.AddChild(d.Name, r.NewPersistentInode(ctx, &rdevFile{dev: d, open: r.open}, fs.StableAttr{Mode: syscall.S_IFREG}), false)
+	}
+}
+
+// rdevFile is one device, seen as a file of the device's size.
+type rdevFile struct {
+	fs.Inode
+	dev  Device
+	open Opener
+}
+
+var _ = (fs.NodeOpener)((*rdevFile)(nil))
+var _ = (fs.NodeGetattrer)((*rdevFile)(nil))
+
+func (f *rdevFile) Getattr(ctx context.Context, fh fs.FileHandle, out *fuse.AttrOut) syscall.Errno {
+	out.Mode = syscall.S_IFREG | f.dev.Mode&0o777
+	out.Uid, out.Gid = f.dev.UID, f.dev.GID
+	out.Size = uint64(f.dev.Size)
+	return 0
+}
+
+func (f *rdevFile) Open(ctx context.Context, flags uint32) (fs.FileHandle, uint32, syscall.Errno) {
+	caller, ok := fuse.FromContext(ctx)
+	if !ok {
+		return nil, 0, syscall.EIO
+	}
+	cred := Cred{UID: caller.Uid, GID: caller.Gid}
+	cred.Groups = groupsOf(int(caller.Pid))
+	write := flags&syscall.O_ACCMODE != syscall.O_RDONLY
+	file, err := f.open(ctx, f.dev.OSlet, f.dev.Name, write, cred)
+	if err != nil {
+		return nil, 0, errnoOf(err)
+	}
+	// Direct I/O: every read and write reaches the owner's device; the
+	// device's own page cache is the only cache, as for a local open.
+	return &rdevHandle{f: file}, fuse.FOPEN_DIRECT_IO, 0
+}
+
+// rdevHandle is an open device: the descriptor its owner handed over.
+type rdevHandle struct{ f *os.File }
+
+var _ = (fs.FileReader)((*rdevHandle)(nil))
+var _ = (fs.FileWriter)((*rdevHandle)(nil))
+var _ = (fs.FileReleaser)((*rdevHandle)(nil))
+var _ = (fs.FileFsyncer)((*rdevHandle)(nil))
+
+func (h *rdevHandle) Read(ctx context.Context, dest []byte, off int64) (fuse.ReadResult, syscall.Errno) {
+	return fuse.ReadResultFd(h.f.Fd(), off, len(dest)), 0
+}
+
+func (h *rdevHandle) Write(ctx context.Context, data []byte, off int64) (uint32, syscall.Errno) {
+	n, err := unix.Pwrite(int(h.f.Fd()), data, off)
+	if err != nil {
+		return uint32(max(n, 0)), fs.ToErrno(err)
+	}
+	return uint32(n), 0
+}
+
+func (h *rdevHandle) Fsync(ctx context.Context, flags uint32) syscall.Errno {
+	return fs.ToErrno(h.f.Sync())
+}
+
+func (h *rdevHandle) Release(ctx context.Context) syscall.Errno {
+	return fs.ToErrno(h.f.Close())
+}
+
+// groupsOf reads a process's supplementary groups, which FUSE does not
+// pass.
+func groupsOf(pid int) []uint32 {
+	f, err := os.Open(fmt.Sprintf("/proc/%d/status", pid))
+	if err != nil {
+		return nil
+	}
+	defer f.Close()
+	var groups []uint32
+	sc := bufio.NewScanner(f)
+	for sc.Scan() {
+		if rest, ok := strings.CutPrefix(sc.Text(), "Groups:"); ok {
+			for _, g := range strings.Fields(rest) {
+				n, _ := strconv.ParseUint(g, 10, 32)
+				groups = append(groups, uint32(n))
+			}
+		}
+	}
+	return groups
+}
+
+// errnoOf is the errno an open fails with: the one err carries, else EIO.
+func errnoOf(err error) syscall.Errno {
+	var e syscall.Errno
+	if errors.As(err, &e) {
+		return e
+	}
+	return syscall.EIO
+}
