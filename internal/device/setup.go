@@ -56,4 +56,3 @@ func SetupDev(k int, devs []Device, scratch, shm string) error {
 	}
 	return os.Remove(stage)
 }
-
