@@ -41,6 +41,8 @@ func Helper(args []string) int {
 		"fork-loop":    forkLoop,
 		"msg-pingpong": msgPingPong,
 		"sem-loop":     semLoop,
+		"tcp-sink":     tcpSink,
+		"read-file":    readFile,
 	}
 	h, ok := helpers[args[0]]
 	if !ok {

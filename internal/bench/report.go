@@ -2,6 +2,7 @@ package bench
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"text/tabwriter"
@@ -32,6 +33,14 @@ func (r *Runner) All(ctx context.Context, sz Sizes, done func(Result)) ([]Result
 		one(func() (Result, error) { return r.MsgPingPong(ctx, sz.Calls) }),
 		one(func() (Result, error) { return r.SemOp(ctx, sz.LoopTime) }),
 		func() ([]Result, error) { return r.Pipe(ctx, sz.PipeBytes) },
+		func() ([]Result, error) { return r.Network(ctx, sz.PipeBytes/4, sz.LoopTime) },
+		func() ([]Result, error) {
+			res, err := r.DeviceRead(ctx, sz.PipeBytes/16)
+			if errors.Is(err, ErrNoDevice) {
+				return nil, nil // a machine with no block device: nothing to compare
+			}
+			return []Result{res}, err
+		},
 		one(func() (Result, error) { return r.Local(ctx, "cpu", sz.LoopTime) }),
 		one(func() (Result, error) { return r.Local(ctx, "syscall", sz.LoopTime) }),
 	}

@@ -3,6 +3,7 @@ package bench
 import (
 	"context"
 	"fmt"
+	"hash/fnv"
 	"os/exec"
 	"strconv"
 	"strings"
@@ -84,6 +85,11 @@ func against(name string, n, baseN int, base *float64, limit float64, m Measure,
 func Boot(ctx context.Context, binary, dir string, flags ...string) (took time.Duration, shutdown func(), err error) {
 	shutdown = func() { exec.Command(binary, "shutdown", "--state-dir", dir).Run() }
 	shutdown()
+	// A subnet of its own, named after the state dir: the clusters it boots
+	// run beside the one the user benchmarks.
+	h := fnv.New32a()
+	h.Write([]byte(dir))
+	flags = append(flags, "--subnet", fmt.Sprintf("10.%d.%d.0/24", 80+h.Sum32()%40, h.Sum32()>>8&0xff))
 	start := time.Now()
 	out, err := exec.CommandContext(ctx, binary, append([]string{"boot", "--detach", "--state-dir", dir}, flags...)...).CombinedOutput()
 	if err != nil {

@@ -207,7 +207,7 @@ func RemoveParents(group, top string) {
 			roots = []string{filepath.Join("/sys/fs/cgroup", p)}
 		}
 	} else if paths, err := cgroup1.ParseCgroupFile("/proc/self/cgroup"); err == nil {
-		for _, s := range []string{"cpuset", "memory", "pids", "cpuacct"} {
+		for _, s := range []string{"cpuset", "memory", "pids", "cpuacct", "devices"} {
 			if p, ok := paths[s]; ok {
 				roots = append(roots, filepath.Join("/sys/fs/cgroup", s, p))
 			}

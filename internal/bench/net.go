@@ -1,0 +1,255 @@
+package bench
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"net"
+	"os"
+	"os/exec"
+	"strconv"
+	"syscall"
+	"time"
+
+	"github.com/smpc-cluster/smpc"
+)
+
+// tcpSink serves TCP on --port until killed: it reads each connection to
+// its end and closes it. A transfer measures throughput; a connection
+// closed at once measures the rate of new connections.
+func tcpSink(fs *flag.FlagSet, args []string) error {
+	port := fs.Int("port", 0, "port to listen on")
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	l, err := net.Listen("tcp", ":"+strconv.Itoa(*port))
+	if err != nil {
+		return err
+	}
+	for {
+		c, err := l.Accept()
+		if err != nil {
+			return err
+		}
+		go func() {
+			io.Copy(io.Discard, c)
+			c.Close()
+		}()
+	}
+}
+
+// readFile reads --bytes of --path (or to its end) in 1 MiB reads.
+func readFile(fs *flag.FlagSet, args []string) error {
+	path := fs.String("path", "", "file or device to read")
+	n := fs.Int64("bytes", 64<<20, "bytes to read")
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	f, err := os.Open(*path)
+	if err != nil {
+		return err
+	}
+	defer f.Close()
+	start := time.Now()
+	got, err := io.CopyBuffer(io.Discard, io.LimitReader(f, *n), make([]byte, 1<<20))
+	if err != nil {
+		return err
+	}
+	report(got, time.Since(start))
+	return nil
+}
+
+// benchPort is where the network benchmarks' servers listen: the OSlet's
+// on the cluster's port, the host's own on the next.
+const benchPort = 47311
+
+// Network measures the forwarding layer from the host: a large transfer
+// and a run of new short connections to a server on another OSlet through
+// the cluster's port on 127.0.0.1, beside the same server run on the host
+// and reached directly on its loopback.
+func (r *Runner) Network(ctx context.Context, bytes int64, d time.Duration) ([]Result, error) {
+	if r.Client.Self() != 0 {
+		return nil, errors.New("bench network: run it on the host: it measures the cluster's face from outside")
+	}
+	_, b, err := r.pair()
+	if err != nil {
+		return nil, err
+	}
+	cmd := r.Client.Command(r.Binary, "bench-helper", "tcp-sink", "--port", strconv.Itoa(benchPort))
+	cmd.OSlet, cmd.Detach = b, true
+	if err := cmd.Start(ctx); err != nil {
+		return nil, fmt.Errorf("bench network: server on oslet %d: %w", b, err)
+	}
+	defer r.Client.Signal(context.Background(), cmd.PID, syscall.SIGKILL)
+	cpus, err := r.cpusOf(ctx, b)
+	if err != nil {
+		return nil, err
+	}
+	// The host's server runs on the same CPUs as the OSlet's.
+	host := exec.Command(r.Binary, "bench-helper", "--cpus", cpus[0], "tcp-sink", "--port", strconv.Itoa(benchPort+1))
+	if err := host.Start(); err != nil {
+		return nil, fmt.Errorf("bench network: server on the host: %w", err)
+	}
+	defer func() { host.Process.Kill(); host.Wait() }()
+	if err := r.waitForward(benchPort, b); err != nil {
+		return nil, err
+	}
+	cluster, direct := fmt.Sprintf("127.0.0.1:%d", benchPort), fmt.Sprintf("127.0.0.1:%d", benchPort+1)
+	if err := waitListen(direct); err != nil {
+		return nil, err
+	}
+	var fwdRate, dirRate, fwdConn, dirConn float64
+	for i := 0; i < Reps; i++ {
+		for _, side := range []struct {
+			addr       string
+			rate, conn *float64
+		}{{cluster, &fwdRate, &fwdConn}, {direct, &dirRate, &dirConn}} {
+			rate, err := stream(side.addr, bytes)
+			if err != nil {
+				return nil, fmt.Errorf("bench network: transfer to %s: %w", side.addr, err)
+			}
+			*side.rate = max(*side.rate, rate)
+			conns, err := connectLoop(side.addr, d)
+			if err != nil {
+				return nil, fmt.Errorf("bench network: connections to %s: %w", side.addr, err)
+			}
+			*side.conn = max(*side.conn, conns)
+		}
+	}
+	return []Result{
+		compare("net-throughput",
+			Measure{fmt.Sprintf("TCP transfer to oslet %d through the cluster's port on 127.0.0.1", b), fwdRate, "MB/s"},
+			Measure{fmt.Sprintf("the same server on the host, CPUs %s, on its loopback", cpus[0]), dirRate, "MB/s"}, 0.9),
+		compare("net-connect",
+			Measure{fmt.Sprintf("new TCP connections to oslet %d through the cluster's port", b), fwdConn, "conn/s"},
+			Measure{"new TCP connections to the host's own server", dirConn, "conn/s"}, 0.8),
+	}, nil
+}
+
+func (r *Runner) waitForward(port, k int) error {
+	deadline := time.Now().Add(3 * time.Second)
+	for time.Now().Before(deadline) {
+		ports, err := r.Client.Ports()
+		if err != nil {
+			return fmt.Errorf("bench network: %w", err)
+		}
+		for _, p := range ports {
+			if int(p.Port) == port && p.OSlet == k && p.Forwarded {
+				return nil
+			}
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	return fmt.Errorf("bench network: port %d was not forwarded to oslet %d within 3s (is it taken?)", port, k)
+}
+
+func waitListen(addr string) error {
+	deadline := time.Now().Add(3 * time.Second)
+	for {
+		c, err := net.Dial("tcp", addr)
+		if err == nil {
+			c.Close()
+			return nil
+		}
+		if time.Now().After(deadline) {
+			return fmt.Errorf("bench network: %s does not answer: %w", addr, err)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+// stream sends n bytes on one connection and returns MB/s.
+func stream(addr string, n int64) (float64, error) {
+	c, err := net.Dial("tcp", addr)
+	if err != nil {
+		return 0, err
+	}
+	defer c.Close()
+	buf := make([]byte, 1<<20)
+	start := time.Now()
+	for sent := int64(0); sent < n; sent += int64(len(buf)) {
+		if _, err := c.Write(buf); err != nil {
+			return 0, err
+		}
+	}
+	c.(*net.TCPConn).CloseWrite()
+	io.Copy(io.Discard, c) // the server closes once it has read everything
+	return float64(n) / 1e6 / time.Since(start).Seconds(), nil
+}
+
+// connectLoop opens and closes connections for d and returns their rate.
+func connectLoop(addr string, d time.Duration) (float64, error) {
+	start := time.Now()
+	n := 0
+	for time.Since(start) < d {
+		c, err := net.Dial("tcp", addr)
+		if err != nil {
+			return 0, err
+		}
+		c.(*net.TCPConn).SetLinger(0) // no TIME_WAIT pile-up to skew later runs
+		c.Close()
+		n++
+	}
+	return float64(n) / time.Since(start).Seconds(), nil
+}
+
+// ErrNoDevice says that DeviceRead found no block device to read.
+var ErrNoDevice = errors.New("bench device: no OSlet has a block device to read (give one with smpc boot --device K=NAME)")
+
+// DeviceRead reads a device of one OSlet from another through /rdev, beside
+// reading it on its own OSlet from its /dev. It takes the first block device
+// of the first OSlet that has one.
+func (r *Runner) DeviceRead(ctx context.Context, bytes int64) (Result, error) {
+	devs, _, err := r.Client.Devices(ctx)
+	if err != nil {
+		return Result{}, fmt.Errorf("bench device: %w", err)
+	}
+	var dev *smpc.Device
+	for i := range devs {
+		if devs[i].Type == "block" && devs[i].Size > 0 {
+			dev = &devs[i]
+			break
+		}
+	}
+	if dev == nil {
+		return Result{}, ErrNoDevice
+	}
+	owner := dev.OSlet
+	reader := 0
+	for _, k := range r.Client.OSlets() {
+		if k != owner {
+			reader = k
+			break
+		}
+	}
+	if reader == 0 {
+		return Result{}, errors.New("bench device: needs a second OSlet")
+	}
+	n := strconv.FormatInt(min(bytes, dev.Size), 10)
+	remote := []string{"read-file", "--path", fmt.Sprintf("/rdev/%d/%s", owner, dev.Name), "--bytes", n}
+	local := []string{"read-file", "--path", "/dev/" + dev.Name, "--bytes", n}
+	var rdev, own float64
+	// The first read of each side fills the device's page cache, which both
+	// share: the figures compare the paths, not the disk.
+	for i := 0; i <= Reps; i++ {
+		count, ns, err := r.helperOn(ctx, reader, remote...)
+		if err != nil {
+			return Result{}, fmt.Errorf("bench device: oslet %d: %w", reader, err)
+		}
+		if i > 0 {
+			rdev = max(rdev, count/1e6/(ns/1e9))
+		}
+		count, ns, err = r.helperOn(ctx, owner, local...)
+		if err != nil {
+			return Result{}, fmt.Errorf("bench device: oslet %d: %w", owner, err)
+		}
+		if i > 0 {
+			own = max(own, count/1e6/(ns/1e9))
+		}
+	}
+	return compare("rdev-read",
+		Measure{fmt.Sprintf("read /rdev/%d/%s on oslet %d, 1 MiB reads", owner, dev.Name, reader), rdev, "MB/s"},
+		Measure{fmt.Sprintf("read /dev/%s on oslet %d, its owner", dev.Name, owner), own, "MB/s"}, 0.95), nil
+}
