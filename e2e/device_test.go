@@ -50,13 +50,14 @@ func TestRdev(t *testing.T) {
 		Name  string `json:"name"`
 		OSlet int    `json:"oslet"`
 		Type  string `json:"type"`
+		Size  int64  `json:"size"`
 	}
 	if err := json.Unmarshal([]byte(c.must("devices", "--json")), &devs); err != nil {
 		t.Fatal(err)
 	}
 	found := false
 	for _, d := range devs {
-		found = found || d.Name == name && d.OSlet == 2 && d.Type == "block"
+		found = found || d.Name == name && d.OSlet == 2 && d.Type == "block" && d.Size == int64(len(data))
 	}
 	if !found {
 		t.Fatalf("smpc devices does not list %s on oslet 2: %+v", name, devs)

@@ -196,11 +196,11 @@ func connectLoop(addr string, d time.Duration) (float64, error) {
 }
 
 // ErrNoDevice says that DeviceRead found no block device to read.
-var ErrNoDevice = errors.New("bench device: no OSlet has a block device to read (give one with smpc boot --device K=NAME)")
+var ErrNoDevice = errors.New("bench device: no OSlet has a block device it can read (give one with smpc boot --device K=NAME)")
 
 // DeviceRead reads a device of one OSlet from another through /rdev, beside
 // reading it on its own OSlet from its /dev. It takes the first block device
-// of the first OSlet that has one.
+// that its owner can open.
 func (r *Runner) DeviceRead(ctx context.Context, bytes int64) (Result, error) {
 	devs, _, err := r.Client.Devices(ctx)
 	if err != nil {
@@ -208,7 +208,13 @@ func (r *Runner) DeviceRead(ctx context.Context, bytes int64) (Result, error) {
 	}
 	var dev *smpc.Device
 	for i := range devs {
-		if devs[i].Type == "block" && devs[i].Size > 0 {
+		if devs[i].Type != "block" || devs[i].Size == 0 {
+			continue
+		}
+		// Only a device its owner can open will do (a host may keep even
+		// root from its disks).
+		if f, err := r.Client.OpenDevice(ctx, devs[i].OSlet, devs[i].Name, false); err == nil {
+			f.Close()
 			dev = &devs[i]
 			break
 		}

@@ -2,9 +2,8 @@ package cli
 
 import (
 	"context"
-	"encoding/json"
+	"errors"
 	"fmt"
-	"text/tabwriter"
 
 	"github.com/spf13/cobra"
 
@@ -34,22 +33,11 @@ status is 1.`,
 				if err != nil {
 					return err
 				}
-				if asJSON {
-					if devs == nil {
-						devs = []smpc.Device{}
-					}
-					if err := json.NewEncoder(cmd.OutOrStdout()).Encode(devs); err != nil {
-						return err
-					}
-				} else {
-					tw := tabwriter.NewWriter(cmd.OutOrStdout(), 0, 4, 2, ' ', 0)
-					fmt.Fprintln(tw, "OSLET\tNAME\tTYPE\tNUMBERS\tOWNER\tMODE\tPATH")
-					for _, d := range devs {
-						fmt.Fprintf(tw, "%d\t%s\t%s\t%d:%d\t%d:%d\t%04o\t/rdev/%d/%s\n", d.OSlet, d.Name, d.Type, d.Major, d.Minor, d.UID, d.GID, d.Mode, d.OSlet, d.Name)
-					}
-					tw.Flush()
-				}
-				return downError(down)
+				err = printList(cmd.OutOrStdout(), asJSON, devs, "OSLET\tNAME\tTYPE\tNUMBERS\tOWNER\tMODE\tPATH",
+					func(d smpc.Device) string {
+						return fmt.Sprintf("%d\t%s\t%s\t%d:%d\t%d:%d\t%04o\t/rdev/%d/%s", d.OSlet, d.Name, d.Type, d.Major, d.Minor, d.UID, d.GID, d.Mode, d.OSlet, d.Name)
+					})
+				return errors.Join(err, downError(down))
 			})
 		},
 	}

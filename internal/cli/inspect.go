@@ -2,9 +2,8 @@ package cli
 
 import (
 	"context"
-	"encoding/json"
+	"errors"
 	"fmt"
-	"text/tabwriter"
 
 	"github.com/spf13/cobra"
 
@@ -24,20 +23,14 @@ func statusCmd() *cobra.Command {
 				if err != nil {
 					return err
 				}
-				if asJSON {
-					return json.NewEncoder(cmd.OutOrStdout()).Encode(st)
-				}
-				tw := tabwriter.NewWriter(cmd.OutOrStdout(), 0, 4, 2, ' ', 0)
-				fmt.Fprintln(tw, "OSLET\tSTATE\tADDRESS\tCPUS\tMEMORY\tUSED\tPROCS\tLOAD\tQUEUE\tPROTOCOL")
-				for _, o := range st {
-					if !o.Up {
-						fmt.Fprintf(tw, "%d\tdown\t-\t-\t-\t-\t-\t-\t-\t-\n", o.Index)
-						continue
-					}
-					fmt.Fprintf(tw, "%d\tup\t%s\t%s\t%s\t%s\t%d\t%.2f\t%d\t%s\n", o.Index, orDash(o.Address), o.CPUs, plan.FormatBytes(o.MemoryLimit),
-						plan.FormatBytes(o.MemoryUsed), o.Processes, o.Load, o.Queue, o.Protocol)
-				}
-				return tw.Flush()
+				return printList(cmd.OutOrStdout(), asJSON, st, "OSLET\tSTATE\tADDRESS\tCPUS\tMEMORY\tUSED\tPROCS\tLOAD\tQUEUE\tPROTOCOL",
+					func(o smpc.OSletStatus) string {
+						if !o.Up {
+							return fmt.Sprintf("%d\tdown\t-\t-\t-\t-\t-\t-\t-\t-", o.Index)
+						}
+						return fmt.Sprintf("%d\tup\t%s\t%s\t%s\t%s\t%d\t%.2f\t%d\t%s", o.Index, orDash(o.Address), o.CPUs, plan.FormatBytes(o.MemoryLimit),
+							plan.FormatBytes(o.MemoryUsed), o.Processes, o.Load, o.Queue, o.Protocol)
+					})
 			})
 		},
 	}
@@ -60,29 +53,14 @@ An OSlet that is down is named on standard error, and the exit status is 1.`,
 				if err != nil {
 					return err
 				}
-				if asJSON {
-					if err := json.NewEncoder(cmd.OutOrStdout()).Encode(procs); err != nil {
-						return err
-					}
-				} else {
-					tw := tabwriter.NewWriter(cmd.OutOrStdout(), 0, 4, 2, ' ', 0)
-					fmt.Fprintln(tw, "GPID\tOSLET\tPPID\tUSER\tSTATE\tTIME\tCOMMAND")
-					for _, p := range procs {
-						fmt.Fprintf(tw, "%d\t%d\t%d\t%s\t%s\t%.2f\t%s\n", p.PID, p.OSlet, p.Parent, p.User, p.State, p.CPUTime, p.Command)
-					}
-					tw.Flush()
-				}
-				return downError(down)
+				err = printList(cmd.OutOrStdout(), asJSON, procs, "GPID\tOSLET\tPPID\tUSER\tSTATE\tTIME\tCOMMAND",
+					func(p smpc.Process) string {
+						return fmt.Sprintf("%d\t%d\t%d\t%s\t%s\t%.2f\t%s", p.PID, p.OSlet, p.Parent, p.User, p.State, p.CPUTime, p.Command)
+					})
+				return errors.Join(err, downError(down))
 			})
 		},
 	}
 	cmd.Flags().BoolVar(&asJSON, "json", false, "print JSON")
 	return cmd
-}
-
-func orDash(s string) string {
-	if s == "" {
-		return "-"
-	}
-	return s
 }

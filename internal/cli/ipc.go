@@ -319,15 +319,9 @@ last process that operated on it (GETPID). ` + keyHelp,
 					pid, _ := s.GetPID(n)
 					out = append(out, semaphore{n, v, ncnt, zcnt, pid})
 				}
-				if asJSON {
-					return json.NewEncoder(cmd.OutOrStdout()).Encode(out)
-				}
-				tw := tabwriter.NewWriter(cmd.OutOrStdout(), 0, 4, 2, ' ', 0)
-				fmt.Fprintln(tw, "SEMNUM\tVALUE\tNCOUNT\tZCOUNT\tPID")
-				for _, x := range out {
-					fmt.Fprintf(tw, "%d\t%d\t%d\t%d\t%d\n", x.Num, x.Value, x.NCnt, x.ZCnt, x.PID)
-				}
-				return tw.Flush()
+				return printList(cmd.OutOrStdout(), asJSON, out, "SEMNUM\tVALUE\tNCOUNT\tZCOUNT\tPID", func(x semaphore) string {
+					return fmt.Sprintf("%d\t%d\t%d\t%d\t%d", x.Num, x.Value, x.NCnt, x.ZCnt, x.PID)
+				})
 			})
 		},
 	}

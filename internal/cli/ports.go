@@ -1,9 +1,7 @@
 package cli
 
 import (
-	"encoding/json"
 	"fmt"
-	"text/tabwriter"
 
 	"github.com/spf13/cobra"
 
@@ -34,15 +32,10 @@ and go away when it stops.`,
 				if err != nil {
 					return err
 				}
-				if asJSON {
-					return json.NewEncoder(cmd.OutOrStdout()).Encode(ports)
-				}
-				tw := tabwriter.NewWriter(cmd.OutOrStdout(), 0, 4, 2, ' ', 0)
-				fmt.Fprintln(tw, "PROTO\tPORT\tOSLET\tPID\tCOMMAND\tSTATE")
-				for _, p := range ports {
-					fmt.Fprintf(tw, "%s\t%d\t%s\t%d\t%s\t%s\n", p.Proto, p.Port, osletName(p.OSlet), p.PID, orDash(p.Command), portState(p))
-				}
-				return tw.Flush()
+				return printList(cmd.OutOrStdout(), asJSON, ports, "PROTO\tPORT\tOSLET\tPID\tCOMMAND\tSTATE",
+					func(p smpc.Port) string {
+						return fmt.Sprintf("%s\t%d\t%s\t%d\t%s\t%s", p.Proto, p.Port, osletName(p.OSlet), p.PID, orDash(p.Command), portState(p))
+					})
 			})
 		},
 	}
@@ -61,8 +54,10 @@ func portState(p smpc.Port) string {
 	switch {
 	case p.Forwarded:
 		return "forwarded"
+	case p.Conflict() && p.Holder == network.Host:
+		return "conflict: held by the host"
 	case p.Conflict():
-		return "conflict: held by " + map[bool]string{true: "the host", false: "oslet " + fmt.Sprint(p.Holder)}[p.Holder == network.Host]
+		return fmt.Sprintf("conflict: held by oslet %d", p.Holder)
 	default:
 		return "host's own"
 	}

@@ -3,9 +3,12 @@
 package cli
 
 import (
+	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"os"
+	"text/tabwriter"
 
 	"github.com/spf13/cobra"
 
@@ -73,4 +76,30 @@ func withClient(f func(c *smpc.Client) error) error {
 	}
 	defer c.Close()
 	return f(c)
+}
+
+// printList writes items as one line of JSON (an empty list as []), or as a
+// table: header, then a line that row makes for each item, columns
+// separated by tabs.
+func printList[T any](w io.Writer, asJSON bool, items []T, header string, row func(T) string) error {
+	if asJSON {
+		if items == nil {
+			items = []T{}
+		}
+		return json.NewEncoder(w).Encode(items)
+	}
+	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
+	fmt.Fprintln(tw, header)
+	for _, it := range items {
+		fmt.Fprintln(tw, row(it))
+	}
+	return tw.Flush()
+}
+
+// orDash shows an empty field as "-".
+func orDash(s string) string {
+	if s == "" {
+		return "-"
+	}
+	return s
 }

@@ -2,10 +2,8 @@ package cli
 
 import (
 	"context"
-	"encoding/json"
 	"fmt"
 	"strconv"
-	"text/tabwriter"
 
 	units "github.com/docker/go-units"
 	"github.com/spf13/cobra"
@@ -80,22 +78,13 @@ against the OSlet of whoever touched each first.`,
 				if err != nil {
 					return err
 				}
-				if asJSON {
-					if list == nil {
-						list = []smpc.ShmInfo{}
-					}
-					return json.NewEncoder(cmd.OutOrStdout()).Encode(list)
-				}
-				tw := tabwriter.NewWriter(cmd.OutOrStdout(), 0, 4, 2, ' ', 0)
-				fmt.Fprintln(tw, "NAME\tSIZE\tOWNER\tPERMS\tHOME\tPINNED")
-				for _, o := range list {
+				return printList(cmd.OutOrStdout(), asJSON, list, "NAME\tSIZE\tOWNER\tPERMS\tHOME\tPINNED", func(o smpc.ShmInfo) string {
 					home := "-"
 					if o.Home != 0 {
 						home = strconv.Itoa(o.Home)
 					}
-					fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%v\n", o.Name, plan.FormatBytes(o.Size), vproc.UserName(o.UID), ipc.ModeString(o.Mode), home, o.Pinned)
-				}
-				return tw.Flush()
+					return fmt.Sprintf("%s\t%s\t%s\t%s\t%s\t%v", o.Name, plan.FormatBytes(o.Size), vproc.UserName(o.UID), ipc.ModeString(o.Mode), home, o.Pinned)
+				})
 			})
 		},
 	}

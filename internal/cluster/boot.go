@@ -218,7 +218,7 @@ func (c *Cluster) setupNetwork(id string, indexes []int, opts *Options) error {
 func netInterfaces(devices []string) []string {
 	var names []string
 	for _, d := range devices {
-		if network.IsInterface(d) {
+		if topology.IsInterface(d) {
 			names = append(names, d)
 		}
 	}

@@ -21,14 +21,15 @@ import (
 	"os"
 	"path/filepath"
 	"slices"
+	"strconv"
 	"strings"
 	"syscall"
-	"unsafe"
 
 	specs "github.com/opencontainers/runtime-spec/specs-go"
 	"golang.org/x/sys/unix"
 
 	"github.com/smpc-cluster/smpc/internal/plan"
+	"github.com/smpc-cluster/smpc/internal/topology"
 )
 
 // Dir is where every OSlet sees the cluster's devices: Dir/K/NAME.
@@ -47,7 +48,7 @@ type Device struct {
 	Size  int64  `json:"size,omitempty"` // bytes, for a block device
 }
 
-// Lookup reads /dev/NAME as this process sees it.
+// Lookup stats /dev/NAME as this process sees it; Inventory adds the size.
 func Lookup(name string) (Device, error) {
 	if name == "" || strings.Contains(name, "/") || name == "." || name == ".." {
 		return Device{}, fmt.Errorf("device %q: %w", name, syscall.EINVAL)
@@ -60,7 +61,6 @@ func Lookup(name string) (Device, error) {
 	switch st.Mode & unix.S_IFMT {
 	case unix.S_IFBLK:
 		d.Type = "block"
-		d.Size = blockSize(filepath.Join("/dev", name))
 	case unix.S_IFCHR:
 		d.Type = "char"
 	default:
@@ -78,7 +78,7 @@ func Inventory(p *plan.Plan, hostBlock []string) ([]Device, error) {
 	named := map[string]bool{}
 	for _, o := range p.OSlets {
 		for _, name := range o.Devices {
-			if _, err := os.Stat(filepath.Join("/sys/class/net", name)); err == nil {
+			if topology.IsInterface(name) {
 				continue
 			}
 			d, err := Lookup(name)
@@ -99,6 +99,11 @@ func Inventory(p *plan.Plan, hostBlock []string) ([]Device, error) {
 			devs = append(devs, d)
 		}
 	}
+	for i := range devs {
+		if devs[i].Type == "block" {
+			devs[i].Size = blockSize(devs[i].Name)
+		}
+	}
 	slices.SortFunc(devs, func(a, b Device) int {
 		if a.OSlet != b.OSlet {
 			return a.OSlet - b.OSlet
@@ -106,6 +111,22 @@ func Inventory(p *plan.Plan, hostBlock []string) ([]Device, error) {
 		return strings.Compare(a.Name, b.Name)
 	})
 	return devs, nil
+}
+
+// Owned returns OSlet k's devices, with owner and mode as k's /dev has
+// them now (a chmod there shows), as this process, running on k, sees them.
+func Owned(devs []Device, k int) []Device {
+	var own []Device
+	for _, d := range devs {
+		if d.OSlet != k {
+			continue
+		}
+		if live, err := Lookup(d.Name); err == nil {
+			d.Mode, d.UID, d.GID = live.Mode, live.UID, live.GID
+		}
+		own = append(own, d)
+	}
+	return own
 }
 
 // Pseudo are the devices every OSlet has in its /dev, shared by all.
@@ -156,37 +177,31 @@ type Cred struct {
 	Groups   []uint32
 }
 
-// The accesses Check weighs.
+// The accesses check weighs, as the mode bits name them.
 const (
-	Read        = 4
-	Write       = 2
-	ReadOrWrite = 0 // either will do: the /rdev gate does not learn the open's mode, which the kernel checks against the node's own bits
+	read  = 4
+	write = 2
 )
 
-// Check says whether cred may open device name, which must be OSlet k's
+// check says whether cred may open device name, which must be OSlet k's
 // (this process runs on k), for access want: by the node's owner and mode
 // as k has them now, as open(2) would; root always may.
-func Check(devs []Device, k int, name string, cred Cred, want uint32) (Device, error) {
+func check(devs []Device, k int, name string, cred Cred, want uint32) error {
 	i := slices.IndexFunc(devs, func(d Device) bool { return d.OSlet == k && d.Name == name })
 	if i < 0 {
-		return Device{}, fmt.Errorf("oslet %d has no device %s: %w", k, name, syscall.ENODEV)
+		return fmt.Errorf("oslet %d has no device %s: %w", k, name, syscall.ENODEV)
 	}
 	d, err := Lookup(name)
 	if err != nil {
-		return Device{}, err
+		return err
 	}
 	if d.Major != devs[i].Major || d.Minor != devs[i].Minor {
-		return Device{}, fmt.Errorf("device %s changed since boot: %w", name, syscall.ENODEV)
+		return fmt.Errorf("device %s changed since boot: %w", name, syscall.ENODEV)
 	}
-	ok := allows(d, cred, want)
-	if want == ReadOrWrite {
-		ok = allows(d, cred, Read) || allows(d, cred, Write)
+	if !allows(d, cred, want) {
+		return fmt.Errorf("device %s: %w", name, syscall.EACCES)
 	}
-	if !ok {
-		return Device{}, fmt.Errorf("device %s: %w", name, syscall.EACCES)
-	}
-	d.OSlet = k
-	return d, nil
+	return nil
 }
 
 func allows(d Device, c Cred, want uint32) bool {
@@ -203,13 +218,14 @@ func allows(d Device, c Cred, want uint32) bool {
 	return mode&want == want
 }
 
-// Open opens OSlet k's own device name for cred, after Check.
-func Open(devs []Device, k int, name string, cred Cred, write bool) (*os.File, error) {
-	want, flags := uint32(Read), os.O_RDONLY
-	if write {
-		want, flags = Read|Write, os.O_RDWR
+// Open opens OSlet k's own device name for cred, if cred may open it for
+// reading (and writing, if rw).
+func Open(devs []Device, k int, name string, cred Cred, rw bool) (*os.File, error) {
+	want, flags := uint32(read), os.O_RDONLY
+	if rw {
+		want, flags = read|write, os.O_RDWR
 	}
-	if _, err := Check(devs, k, name, cred, want); err != nil {
+	if err := check(devs, k, name, cred, want); err != nil {
 		return nil, err
 	}
 	f, err := os.OpenFile(filepath.Join("/dev", name), flags|syscall.O_NOFOLLOW|syscall.O_NOCTTY, 0)
@@ -243,16 +259,14 @@ func mknod(path string, d Device) error {
 	return nil
 }
 
-// blockSize asks a block device its size; 0 if it cannot be opened.
-func blockSize(path string) int64 {
-	fd, err := unix.Open(path, unix.O_RDONLY|unix.O_CLOEXEC|unix.O_NONBLOCK, 0)
+// blockSize reads a block device's size from sysfs (in 512-byte sectors,
+// whatever the device's own block size), which needs no open of the device:
+// opening has effects on some, and the host may not be allowed to.
+func blockSize(name string) int64 {
+	b, err := os.ReadFile(filepath.Join("/sys/class/block", name, "size"))
 	if err != nil {
 		return 0
 	}
-	defer unix.Close(fd)
-	var size uint64
-	if _, _, e := unix.Syscall(unix.SYS_IOCTL, uintptr(fd), unix.BLKGETSIZE64, uintptr(unsafe.Pointer(&size))); e != 0 {
-		return 0
-	}
-	return int64(size)
+	sectors, _ := strconv.ParseInt(strings.TrimSpace(string(b)), 10, 64)
+	return sectors * 512
 }

@@ -3,6 +3,7 @@ package fabric
 import (
 	"errors"
 	"fmt"
+	"sync"
 	"syscall"
 
 	"golang.org/x/sys/unix"
@@ -85,3 +86,32 @@ func AsError(err error) *Error {
 	}
 	return &Error{Code: CodeInternal, Message: err.Error()}
 }
+
+// Errno returns the errno an error stands for: the one it wraps, or the one
+// an *Error from another OSlet is coded with. It is how a reply becomes a
+// system call's result again (an open served for a process, say).
+func Errno(err error) (syscall.Errno, bool) {
+	var errno syscall.Errno
+	if errors.As(err, &errno) {
+		return errno, true
+	}
+	var e *Error
+	if errors.As(err, &e) {
+		if v, ok := errnoByName()[string(e.Code)]; ok {
+			return v, true
+		}
+	}
+	return 0, false
+}
+
+// errnoByName inverts unix.ErrnoName, which names every errno Linux has
+// below 256.
+var errnoByName = sync.OnceValue(func() map[string]syscall.Errno {
+	m := map[string]syscall.Errno{}
+	for e := syscall.Errno(1); e < 256; e++ {
+		if name := unix.ErrnoName(e); name != "" {
+			m[name] = e
+		}
+	}
+	return m
+})

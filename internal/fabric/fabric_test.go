@@ -237,6 +237,20 @@ func TestErrnoCodes(t *testing.T) {
 	if e := AsError(errors.New("plain")); e.Code != CodeInternal {
 		t.Fatalf("plain error: %+v", e)
 	}
+	for _, tt := range []struct {
+		err  error
+		want syscall.Errno
+	}{
+		{&back, syscall.EEXIST},
+		{fmt.Errorf("open: %w", syscall.EACCES), syscall.EACCES},
+		{Errorf(CodeAccess, "no"), syscall.EACCES},
+		{Errorf(CodeDown, "oslet 2 is down"), 0},
+		{errors.New("plain"), 0},
+	} {
+		if got, ok := Errno(tt.err); got != tt.want || ok != (tt.want != 0) {
+			t.Errorf("Errno(%v) = %v, %v; want %v", tt.err, got, ok, tt.want)
+		}
+	}
 }
 
 func must(b []byte, err error) []byte {

@@ -260,9 +260,8 @@ type ShmReply struct {
 
 // The device commands.
 const (
-	DeviceCheck = "check" // may the caller open it? (the /rdev gate asks)
-	DeviceOpen  = "open"  // open it and hand the descriptor over
-	DeviceList  = "list"  // the OSlet's own devices
+	DeviceOpen = "open" // open it and hand the descriptor over
+	DeviceList = "list" // the OSlet's own devices
 )
 
 // DeviceRequest asks OSlet On, the device's owner (1.2).

@@ -376,9 +376,3 @@ func HostsFile(r *Record, hostHosts []byte) []byte {
 	}
 	return []byte(b.String())
 }
-
-// IsInterface says whether name is a network interface of the host.
-func IsInterface(name string) bool {
-	_, err := os.Stat(filepath.Join("/sys/class/net", name))
-	return err == nil
-}

@@ -175,22 +175,37 @@ func (f *Forwarder) Scan() error {
 // a port with an OSlet: the host's other ports are not the cluster's
 // business.
 func (f *Forwarder) portMap(seen map[portKey]map[int]listener, holders map[portKey]int, inits map[int]int) []Port {
+	listed := func(by map[int]listener) bool {
+		_, host := by[Host]
+		return !host || len(by) > 1
+	}
+	// Owners not known yet, by OSlet: one walk of /proc for each.
+	unknown := map[int]map[uint32]bool{}
+	for _, by := range seen {
+		for k, l := range by {
+			if _, cached := f.owners[ownerKey{k, l.inode}]; listed(by) && !cached {
+				if unknown[k] == nil {
+					unknown[k] = map[uint32]bool{}
+				}
+				unknown[k][l.inode] = true
+			}
+		}
+	}
+	for k, inodes := range unknown {
+		for inode, o := range findOwners(k, inits[k], inodes) {
+			f.owners[ownerKey{k, inode}] = o
+		}
+	}
 	var ports []Port
 	live := map[ownerKey]bool{}
 	for key, by := range seen {
-		if _, only := by[Host]; only && len(by) == 1 {
+		if !listed(by) {
 			continue
 		}
 		for k, l := range by {
 			ok := ownerKey{k, l.inode}
 			live[ok] = true
-			o, cached := f.owners[ok]
-			if !cached {
-				o = findOwner(k, inits[k], l.inode)
-				if o.pid != 0 {
-					f.owners[ok] = o
-				}
-			}
+			o := f.owners[ok]
 			h := holders[key]
 			ports = append(ports, Port{Proto: key.proto, Port: key.port, OSlet: k, PID: o.pid, Command: o.command,
 				Holder: h, Forwarded: h == k && k != Host})
@@ -234,20 +249,20 @@ func listenersOf(pid int) ([]listener, error) {
 	return listeners(int(ns.Fd()))
 }
 
-// findOwner finds the process holding socket inode in OSlet k (whose init
-// has host PID init; the host itself for Host), by the socket links in
-// /proc of the processes that share the OSlet's network namespace. Only a
-// new listener pays for this walk.
-func findOwner(k, init int, inode uint32) owner {
+// findOwners finds the processes holding the sockets inodes in OSlet k
+// (whose init has host PID init; the host itself for Host), by the socket
+// links in /proc of the processes that share the OSlet's network namespace.
+// Only scans that see a new listener pay for this walk, once per OSlet.
+func findOwners(k, init int, inodes map[uint32]bool) map[uint32]owner {
 	nsPath := "/proc/self/ns/net"
 	if k != Host {
 		nsPath = fmt.Sprintf("/proc/%d/ns/net", init)
 	}
 	ns, err := os.Readlink(nsPath)
 	if err != nil {
-		return owner{}
+		return nil
 	}
-	want := fmt.Sprintf("socket:[%d]", inode)
+	found := map[uint32]owner{}
 	procs, _ := os.ReadDir("/proc")
 	for _, p := range procs {
 		pid, err := strconv.Atoi(p.Name())
@@ -260,17 +275,26 @@ func findOwner(k, init int, inode uint32) owner {
 		}
 		fds, _ := os.ReadDir(filepath.Join(dir, "fd"))
 		for _, fd := range fds {
-			if l, _ := os.Readlink(filepath.Join(dir, "fd", fd.Name())); l == want {
-				comm, _ := os.ReadFile(filepath.Join(dir, "comm"))
-				o := owner{pid: int64(pid), command: strings.TrimSpace(string(comm))}
-				if k != Host {
-					o.pid = globalPID(k, dir)
-				}
-				return o
+			l, _ := os.Readlink(filepath.Join(dir, "fd", fd.Name()))
+			var inode uint32
+			if _, err := fmt.Sscanf(l, "socket:[%d]", &inode); err != nil || !inodes[inode] {
+				continue
 			}
+			if _, dup := found[inode]; dup {
+				continue // a socket shared by a parent and its children: the first holder names it
+			}
+			comm, _ := os.ReadFile(filepath.Join(dir, "comm"))
+			o := owner{pid: int64(pid), command: strings.TrimSpace(string(comm))}
+			if k != Host {
+				o.pid = globalPID(k, dir)
+			}
+			found[inode] = o
+		}
+		if len(found) == len(inodes) {
+			break
 		}
 	}
-	return owner{}
+	return found
 }
 
 // globalPID reads a host process's PID in its OSlet (the last NSpid) and

@@ -11,9 +11,9 @@ import (
 	"github.com/smpc-cluster/smpc/internal/fabric"
 )
 
-// deviceServe answers for devices: a check or an open goes to the owner,
-// which decides with the caller's credentials; a list describes this
-// OSlet's own devices.
+// deviceServe answers for devices: an open goes to the owner, which
+// decides with the caller's credentials; a list describes the owner's
+// devices.
 func (i *Init) deviceServe(who *caller, req *fabric.DeviceRequest) (any, []*os.File, error) {
 	cred, err := credOf(who, req.Cred)
 	if err != nil {
@@ -37,20 +37,7 @@ func (i *Init) deviceServe(who *caller, req *fabric.DeviceRequest) (any, []*os.F
 	c := device.Cred{UID: cred.UID, GID: cred.GID, Groups: cred.Groups}
 	switch req.Cmd {
 	case fabric.DeviceList:
-		var own []device.Device
-		for _, d := range i.cfg.Devices {
-			if d.OSlet == i.cfg.Index {
-				if live, err := device.Lookup(d.Name); err == nil { // its mode as it is now
-					live.OSlet = d.OSlet
-					d = live
-				}
-				own = append(own, d)
-			}
-		}
-		return fabric.DeviceReply{Devices: own}, nil, nil
-	case fabric.DeviceCheck:
-		_, err := device.Check(i.cfg.Devices, on, req.Name, c, device.ReadOrWrite)
-		return fabric.DeviceReply{}, nil, i.deviceError(err)
+		return fabric.DeviceReply{Devices: device.Owned(i.cfg.Devices, on)}, nil, nil
 	case fabric.DeviceOpen:
 		f, err := device.Open(i.cfg.Devices, on, req.Name, c, req.Write)
 		if err != nil {
@@ -70,29 +57,22 @@ func (i *Init) deviceError(err error) error {
 
 // openDevice serves an open of /rdev/K/NAME by a process of this OSlet: it
 // asks K, with the process's credentials, to open its device and hand the
-// descriptor over. The reply's error becomes the open's errno: EACCES from
-// the owner's check, ENOENT for a device it does not have, and ENXIO for an
-// owner that is down.
+// descriptor over. The reply's errno becomes the open's (EACCES from the
+// owner's check, say), and an owner that is down gives ENXIO.
 func (i *Init) openDevice(ctx context.Context, k int, name string, write bool, c device.Cred) (*os.File, error) {
 	cred := fabric.Cred{UID: c.UID, GID: c.GID, Groups: c.Groups}
 	req := fabric.DeviceRequest{Cmd: fabric.DeviceOpen, On: k, Name: name, Write: write, Cred: &cred}
 	who := &caller{role: fabric.RoleClient, cred: cred, ctx: ctx, origin: i.cfg.Index}
 	_, files, err := i.deviceServe(who, &req)
-	switch {
-	case err == nil && len(files) == 1:
+	if err == nil && len(files) == 1 {
 		return files[0], nil
-	case err == nil:
-		fabric.CloseAll(files)
-		return nil, syscall.EIO
-	case errors.Is(err, fabric.ErrDown):
-		return nil, syscall.ENXIO
-	case errors.Is(err, syscall.ENODEV):
-		return nil, syscall.ENOENT
 	}
-	for _, e := range []syscall.Errno{syscall.EACCES, syscall.EPERM, syscall.ENOENT, syscall.EBUSY, syscall.EROFS, syscall.ENXIO} {
-		if errors.Is(err, e) {
-			return nil, e
-		}
+	fabric.CloseAll(files)
+	if errors.Is(err, fabric.ErrDown) {
+		return nil, syscall.ENXIO
+	}
+	if errno, ok := fabric.Errno(err); ok {
+		return nil, errno
 	}
 	i.log.Info("rdev open failed", "device", fmt.Sprintf("%d/%s", k, name), "err", err)
 	return nil, syscall.EIO

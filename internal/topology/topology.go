@@ -72,6 +72,16 @@ func (m *Machine) HasDevice(name string) bool {
 	return err == nil && fi.Mode()&os.ModeDevice != 0
 }
 
+// IsInterface says whether name is a network interface of this host, in
+// this process's network namespace.
+func IsInterface(name string) bool {
+	if name == "" || strings.Contains(name, "/") {
+		return false
+	}
+	_, err := os.Stat(filepath.Join("/sys/class/net", name))
+	return err == nil
+}
+
 // Detect probes this machine: Read("/sys") limited to the CPUs this process
 // may run on, since those are the only ones it can hand to OSlets.
 func Detect() (*Machine, error) {
