@@ -17,13 +17,14 @@ import (
 // a comparison b.N times in the same run, and report both sides and their
 // ratio: "smpc-ns/op" and "native-ns/op" for costs, rates for throughput.
 
-// benchRunner boots a cluster for a benchmark and connects to it.
-func benchRunner(b *testing.B) *bench.Runner {
+// benchRunner boots a cluster for a benchmark, with extra boot flags, and
+// connects to it.
+func benchRunner(b *testing.B, flags ...string) *bench.Runner {
 	if os.Geteuid() != 0 {
 		b.Skip("benchmarks boot a real cluster: run them as root")
 	}
 	dir := "/run/smpc-e2e-bench"
-	_, shutdown, err := bench.Boot(context.Background(), smpcBin, dir)
+	_, shutdown, err := bench.Boot(context.Background(), smpcBin, dir, flags...)
 	if err != nil {
 		b.Fatal(err)
 	}
@@ -112,6 +113,32 @@ func reportAll(b *testing.B, rs []bench.Result) {
 	for _, res := range rs {
 		reportResult(b, res.Name+"-", res)
 	}
+}
+
+// BenchmarkNetwork: b.N MiB over TCP, and new connections for 200ms, to a
+// server on OSlet 2 through the cluster's port on 127.0.0.1 vs the same
+// server on the host on the same CPUs, reached on its loopback.
+func BenchmarkNetwork(b *testing.B) {
+	r := benchRunner(b)
+	b.ResetTimer()
+	rs, err := r.Network(context.Background(), int64(b.N)<<20, 200*time.Millisecond)
+	if err != nil {
+		b.Fatal(err)
+	}
+	reportAll(b, rs)
+}
+
+// BenchmarkRdevRead: b.N MiB (up to 64) of a loop device of OSlet 2 read on
+// OSlet 1 through /rdev vs on OSlet 2 from its /dev.
+func BenchmarkRdevRead(b *testing.B) {
+	name, _ := loopDevice(b, 64<<20)
+	r := benchRunner(b, "--device", "2="+name)
+	b.ResetTimer()
+	res, err := r.DeviceRead(context.Background(), int64(b.N)<<20)
+	if err != nil {
+		b.Fatal(err)
+	}
+	reportResult(b, "", res)
 }
 
 // BenchmarkLocalLoops: CPU-bound and system-call loops inside an OSlet vs on

@@ -13,7 +13,7 @@ import (
 
 // loopDevice makes a loop device over a file of size bytes of random data,
 // removed when the test ends, and returns its name (loopN) and the data.
-func loopDevice(t *testing.T, size int) (string, []byte) {
+func loopDevice(t testing.TB, size int) (string, []byte) {
 	t.Helper()
 	if _, err := exec.LookPath("losetup"); err != nil {
 		t.Skip("losetup is missing (.ci/run installs util-linux)")

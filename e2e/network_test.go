@@ -210,6 +210,11 @@ func TestNetwork(t *testing.T) {
 		if !strings.Contains(out, "10.77.0.1") || !strings.Contains(out, "10.77.0.3") {
 			t.Fatalf("names in oslet 1: %s", out)
 		}
+		// Traffic between the host and its OSlets never leaves the machine:
+		// their links carry frames as large as the loopback's.
+		if out := c.must("run", "--on", "1", "--", "ip", "link", "show", "eth0"); !strings.Contains(out, "mtu 65535") {
+			t.Errorf("eth0 in oslet 1: %s", out)
+		}
 	})
 
 	helper := testBinary(t)

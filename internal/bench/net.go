@@ -10,6 +10,7 @@ import (
 	"os"
 	"os/exec"
 	"strconv"
+	"sync"
 	"syscall"
 	"time"
 
@@ -34,7 +35,9 @@ func tcpSink(fs *flag.FlagSet, args []string) error {
 			return err
 		}
 		go func() {
-			io.Copy(io.Discard, c)
+			buf := buffers.Get().(*[]byte)
+			drainInto(c, *buf, -1)
+			buffers.Put(buf)
 			c.Close()
 		}()
 	}
@@ -53,12 +56,38 @@ func readFile(fs *flag.FlagSet, args []string) error {
 	}
 	defer f.Close()
 	start := time.Now()
-	got, err := io.CopyBuffer(io.Discard, io.LimitReader(f, *n), make([]byte, 1<<20))
+	got, err := drainInto(f, make([]byte, 1<<20), *n)
 	if err != nil {
 		return err
 	}
 	report(got, time.Since(start))
 	return nil
+}
+
+// buffers are the sink's read buffers: a connection that closes at once
+// must not cost an allocation of 1 MiB.
+var buffers = sync.Pool{New: func() any { b := make([]byte, 1<<20); return &b }}
+
+// drainInto reads r to its end, or limit bytes if limit >= 0, in reads of
+// len(buf) bytes. (io.Copy to io.Discard would read in io.Discard's own
+// 8 KiB pieces, whatever buffer it is given.)
+func drainInto(r io.Reader, buf []byte, limit int64) (int64, error) {
+	var got int64
+	for limit < 0 || got < limit {
+		want := buf
+		if limit >= 0 && limit-got < int64(len(buf)) {
+			want = buf[:limit-got]
+		}
+		n, err := r.Read(want)
+		got += int64(n)
+		if err == io.EOF {
+			return got, nil
+		}
+		if err != nil {
+			return got, err
+		}
+	}
+	return got, nil
 }
 
 // benchPort is where the network benchmarks' servers listen: the OSlet's

@@ -43,6 +43,12 @@ const DefaultSubnet = "10.77.0.0/24"
 // cluster's face: the host side of the bridge.
 const ClusterHost = "smpc-cluster"
 
+// MTU is the bridge's and the veths': as large as a veth allows, near the
+// loopback's 64 KiB, since the traffic they carry never leaves the machine
+// on them; traffic out of the cluster meets the host interface's MTU at the
+// host, as any routed traffic does (path MTU discovery for TCP).
+const MTU = 65535
+
 // OSletInterface is the name of an OSlet's end of its veth pair.
 const OSletInterface = "eth0"
 
@@ -152,7 +158,7 @@ func prefixOf(n *net.IPNet) (netip.Prefix, bool) {
 // forwarding, and the nftables table with masquerading; no port is
 // forwarded yet.
 func Setup(r *Record) error {
-	br := &netlink.Bridge{LinkAttrs: netlink.LinkAttrs{Name: r.Bridge}}
+	br := &netlink.Bridge{LinkAttrs: netlink.LinkAttrs{Name: r.Bridge, MTU: MTU}}
 	if err := netlink.LinkAdd(br); err != nil {
 		return fmt.Errorf("network: create bridge %s: %w", r.Bridge, err)
 	}
@@ -199,7 +205,7 @@ func Attach(r *Record, k, pid int, interfaces []string) error {
 		return fmt.Errorf("network: oslet %d: bridge %s: %w", k, r.Bridge, err)
 	}
 	veth := &netlink.Veth{
-		LinkAttrs:     netlink.LinkAttrs{Name: r.Veths[k], MasterIndex: br.Attrs().Index},
+		LinkAttrs:     netlink.LinkAttrs{Name: r.Veths[k], MasterIndex: br.Attrs().Index, MTU: MTU},
 		PeerName:      OSletInterface,
 		PeerNamespace: netlink.NsPid(pid),
 	}
