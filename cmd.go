@@ -33,6 +33,11 @@ type Cmd struct {
 	// AllowSockets overrides the rule that refuses to create, on another
 	// OSlet, a process that would inherit a network socket.
 	AllowSockets bool
+	// DirectDevices gives the process, and its descendants, the owner's own
+	// descriptor when it opens /rdev/K/NAME, so that its device I/O runs at
+	// native speed; each of its opens then costs a round trip to its
+	// OSlet's init. See docs/network.md.
+	DirectDevices bool
 
 	// PID is the process's global PID once Start has returned.
 	PID PID
@@ -54,7 +59,7 @@ func (cmd *Cmd) Start(ctx context.Context) error {
 		return errors.New("smpc: empty command")
 	}
 	req := fabric.SpawnRequest{On: cmd.OSlet, Policy: cmd.Policy, Argv: cmd.Args, Env: cmd.Env,
-		Dir: cmd.Dir, DirFile: fabric.NoFile, Detach: cmd.Detach, AllowSockets: cmd.AllowSockets}
+		Dir: cmd.Dir, DirFile: fabric.NoFile, Detach: cmd.Detach, AllowSockets: cmd.AllowSockets, DirectDevices: cmd.DirectDevices}
 	if req.Env == nil {
 		req.Env = os.Environ()
 	}

@@ -64,33 +64,69 @@ func TestRdev(t *testing.T) {
 	}
 	rdev := "/rdev/2/" + name
 
-	t.Run("read from oslet 1", func(t *testing.T) {
-		out := c.must("run", "--on", "1", "--", "dd", "if="+rdev, "bs=64k", "status=none")
-		if !bytes.Equal([]byte(out), data) {
-			t.Fatalf("read %d bytes through %s, not the device's data", len(out), rdev)
+	// Each path of /rdev does the same: the init's FUSE files, and the
+	// owner's own descriptor for a process with direct device opens.
+	paths := []struct {
+		name string
+		run  []string
+	}{
+		{"fuse", []string{"run", "--on", "1", "--"}},
+		{"direct", []string{"run", "--on", "1", "--direct-devices", "--"}},
+	}
+	on1 := func(run []string, args ...string) []string { return append(append([]string{}, run...), args...) }
+	for _, p := range paths {
+		t.Run(p.name+"/read from oslet 1", func(t *testing.T) {
+			// What the device holds now: the first path's write and mkfs
+			// came before the second path's read.
+			want, err := os.ReadFile("/dev/" + name)
+			if err != nil || len(want) != len(data) {
+				t.Fatalf("read /dev/%s on the host: %d bytes, %v", name, len(want), err)
+			}
+			if p.name == "fuse" && !bytes.Equal(want, data) {
+				t.Fatalf("/dev/%s does not hold what the test wrote", name)
+			}
+			out := c.must(on1(p.run, "dd", "if="+rdev, "bs=64k", "status=none")...)
+			if !bytes.Equal([]byte(out), want) {
+				t.Fatalf("read %d bytes through %s, not the device's data", len(out), rdev)
+			}
+		})
+		t.Run(p.name+"/write from oslet 1", func(t *testing.T) {
+			text := "smpc-was-here-" + p.name
+			c.must(on1(p.run, "sh", "-c", "printf "+text+" | dd of="+rdev+" bs=1 seek=4096 conv=notrunc status=none")...)
+			got := make([]byte, len(text))
+			f, err := os.Open("/dev/" + name)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer f.Close()
+			f.ReadAt(got, 4096)
+			if string(got) != text {
+				t.Fatalf("the device holds %q after the write", got)
+			}
+		})
+		t.Run(p.name+"/mkfs from oslet 1", func(t *testing.T) {
+			if _, err := exec.LookPath("mkfs.ext4"); err != nil {
+				t.Skip("mkfs.ext4 is missing")
+			}
+			exec.Command("wipefs", "-a", "/dev/"+name).Run()
+			c.must(on1(p.run, "mkfs.ext4", "-q", "-F", rdev)...)
+			out, err := exec.Command("blkid", "-o", "value", "-s", "TYPE", "/dev/"+name).CombinedOutput()
+			if err != nil || strings.TrimSpace(string(out)) != "ext4" {
+				t.Errorf("blkid after mkfs through /rdev: %s %v", out, err)
+			}
+		})
+	}
+	t.Run("direct/descriptor is the owner's", func(t *testing.T) {
+		// The process holds the device itself, opened by OSlet 2 in its
+		// /dev; a relative path reaches it too, and opens elsewhere, and
+		// of /rdev's directories, go on as ever.
+		out := c.must(on1(paths[1].run, "sh", "-c", "cd /rdev/2 && exec 3<"+name+" && readlink /proc/self/fd/3 && ls /rdev/2 && head -c 5 /etc/hostname >/dev/null && echo fine")...)
+		want := "/dev/" + name + "\n" + name + "\nfine\n"
+		if out != want {
+			t.Errorf("direct open: got %q, want %q", out, want)
 		}
-	})
-	t.Run("write from oslet 1", func(t *testing.T) {
-		c.must("run", "--on", "1", "--", "sh", "-c", "printf smpc-was-here | dd of="+rdev+" bs=1 seek=4096 conv=notrunc status=none")
-		got := make([]byte, 13)
-		f, err := os.Open("/dev/" + name)
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer f.Close()
-		f.ReadAt(got, 4096)
-		if string(got) != "smpc-was-here" {
-			t.Fatalf("the device holds %q after the write", got)
-		}
-	})
-	t.Run("mkfs from oslet 1", func(t *testing.T) {
-		if _, err := exec.LookPath("mkfs.ext4"); err != nil {
-			t.Skip("mkfs.ext4 is missing")
-		}
-		c.must("run", "--on", "1", "--", "mkfs.ext4", "-q", "-F", rdev)
-		out, err := exec.Command("blkid", "-o", "value", "-s", "TYPE", "/dev/"+name).CombinedOutput()
-		if err != nil || strings.TrimSpace(string(out)) != "ext4" {
-			t.Errorf("blkid after mkfs through /rdev: %s %v", out, err)
+		if out := c.must(on1(paths[0].run, "sh", "-c", "exec 3<"+rdev+" && readlink /proc/self/fd/3")...); strings.TrimSpace(out) != rdev {
+			t.Errorf("a plain process holds %q, not /rdev's file", out)
 		}
 	})
 	t.Run("no other way in", func(t *testing.T) {
@@ -106,20 +142,22 @@ func TestRdev(t *testing.T) {
 		}
 	})
 	t.Run("refusals", func(t *testing.T) {
-		out, code := c.smpc("run", "--on", "1", "--", "cat", "/rdev/2/nosuch")
-		if code == 0 || !strings.Contains(out, "No such file") {
-			t.Errorf("a device that does not exist: %d %s", code, out)
-		}
 		// The owner tightens its device: /rdev/2 still says 0666, as at
 		// boot, but the owner decides each open.
 		c.must("run", "--on", "2", "--", "chmod", "0600", "/dev/"+name)
 		nobody := []string{"setpriv", "--reuid", "65534", "--regid", "65534", "--clear-groups"}
-		out, code = c.smpc(append(append([]string{"run", "--on", "1", "--"}, nobody...), "dd", "if="+rdev, "count=1", "status=none")...)
-		if code == 0 || !strings.Contains(out, "Permission denied") {
-			t.Errorf("nobody opened a device its owner does not allow: %d %s", code, out)
+		for _, p := range paths {
+			out, code := c.smpc(on1(p.run, "cat", "/rdev/2/nosuch")...)
+			if code == 0 || !strings.Contains(out, "No such file") {
+				t.Errorf("%s: a device that does not exist: %d %s", p.name, code, out)
+			}
+			out, code = c.smpc(on1(p.run, append(nobody, "dd", "if="+rdev, "count=1", "status=none")...)...)
+			if code == 0 || !strings.Contains(out, "Permission denied") {
+				t.Errorf("%s: nobody opened a device its owner does not allow: %d %s", p.name, code, out)
+			}
+			// root still may.
+			c.must(on1(p.run, "dd", "if="+rdev, "of=/dev/null", "count=1", "status=none")...)
 		}
-		// root still may.
-		c.must("run", "--on", "1", "--", "dd", "if="+rdev, "of=/dev/null", "count=1", "status=none")
 	})
 	t.Run("owner down", func(t *testing.T) {
 		pid := c.state().Inits["2"]
@@ -128,9 +166,11 @@ func TestRdev(t *testing.T) {
 			out, _ := c.smpc("status")
 			return strings.Contains(out, "2      down")
 		})
-		out, code := c.smpc("run", "--on", "1", "--", "dd", "if="+rdev, "count=1", "status=none")
-		if code == 0 || !strings.Contains(out, "No such device or address") {
-			t.Errorf("opened a device of a dead OSlet: %d %s", code, out)
+		for _, p := range paths {
+			out, code := c.smpc(on1(p.run, "dd", "if="+rdev, "count=1", "status=none")...)
+			if code == 0 || !strings.Contains(out, "No such device or address") {
+				t.Errorf("%s: opened a device of a dead OSlet: %d %s", p.name, code, out)
+			}
 		}
 		if out := c.must("run", "--on", "1", "--", "echo", "alive"); !strings.Contains(out, "alive") {
 			t.Errorf("oslet 1 after oslet 2 died: %s", out)

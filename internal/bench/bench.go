@@ -414,8 +414,14 @@ func (r *Runner) start(ctx context.Context, cmd *smpc.Cmd) (report func() (count
 
 // helperOn runs a helper on OSlet k and returns its report.
 func (r *Runner) helperOn(ctx context.Context, k int, args ...string) (count, ns float64, err error) {
+	return r.helperOnWith(ctx, k, false, args...)
+}
+
+// helperOnWith runs a helper on OSlet k, with direct device opens if
+// direct, and returns its report.
+func (r *Runner) helperOnWith(ctx context.Context, k int, direct bool, args ...string) (count, ns float64, err error) {
 	cmd := r.Client.Command(r.Binary, append([]string{"bench-helper"}, args...)...)
-	cmd.OSlet = k
+	cmd.OSlet, cmd.DirectDevices = k, direct
 	report, err := r.start(ctx, cmd)
 	if err != nil {
 		return 0, 0, err

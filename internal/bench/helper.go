@@ -164,7 +164,7 @@ func pipeRead(_ *flag.FlagSet, _ []string) error {
 func loop(fs *flag.FlagSet, args []string) error {
 	d := fs.Duration("for", DefaultLoopTime, "how long to loop")
 	if len(args) == 0 {
-		return errors.New("usage: loop cpu|syscall [--for D]")
+		return errors.New("usage: loop cpu|syscall|open [--for D]")
 	}
 	kind := args[0]
 	if err := fs.Parse(args[1:]); err != nil {
@@ -200,8 +200,18 @@ func loop(fs *flag.FlagSet, args []string) error {
 			}
 			return 1024
 		}
+	case "open":
+		// What a process with direct device opens pays on every open.
+		chunk = func() int64 {
+			for i := 0; i < 256; i++ {
+				if fd, err := unix.Open("/dev/null", unix.O_RDONLY|unix.O_CLOEXEC, 0); err == nil {
+					unix.Close(fd)
+				}
+			}
+			return 256
+		}
 	default:
-		return fmt.Errorf("unknown loop %q (cpu or syscall)", kind)
+		return fmt.Errorf("unknown loop %q (cpu, syscall or open)", kind)
 	}
 	return timedLoop(*d, func() (int64, error) { return chunk(), nil })
 }

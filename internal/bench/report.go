@@ -35,11 +35,11 @@ func (r *Runner) All(ctx context.Context, sz Sizes, done func(Result)) ([]Result
 		func() ([]Result, error) { return r.Pipe(ctx, sz.PipeBytes) },
 		func() ([]Result, error) { return r.Network(ctx, sz.PipeBytes/4, sz.LoopTime) },
 		func() ([]Result, error) {
-			res, err := r.DeviceRead(ctx, sz.PipeBytes/16)
+			rs, err := r.DeviceRead(ctx, sz.PipeBytes/16, sz.LoopTime)
 			if errors.Is(err, ErrNoDevice) {
 				return nil, nil // a machine with no block device: nothing to compare
 			}
-			return []Result{res}, err
+			return rs, err
 		},
 		one(func() (Result, error) { return r.Local(ctx, "cpu", sz.LoopTime) }),
 		one(func() (Result, error) { return r.Local(ctx, "syscall", sz.LoopTime) }),

@@ -39,6 +39,18 @@ ratio and the design's target:
   run-command   the whole 'smpc run --on K -- /bin/true' / /bin/true
   signal-wait   kill and wait for a process on another OSlet / on the same
   pipe          pipe throughput between two OSlets / within one
+  msg-pingpong  a System V message round trip between two OSlets / two
+                host processes on the same CPUs
+  semop         a semaphore operation on a set homed on another OSlet /
+                the kernel's semop on the same CPUs
+  net-throughput, net-connect
+                a transfer and new connections through the cluster's port
+                to a server on OSlet 2 / to the same server on the host
+  rdev-read     reading a device of another OSlet through /rdev with
+                direct device opens (smpc run --direct-devices) / on its
+                owner; rdev-read-fuse the same through /rdev's FUSE files;
+                rdev-open-trap an open with direct device opens / without
+                (only when an OSlet owns a block device it can open)
   cpu-loop      a CPU-bound loop in an OSlet / on the host, same CPUs
   syscall-loop  getpid and 64-byte reads in an OSlet / on the host
 

@@ -14,6 +14,7 @@ import (
 
 	"github.com/smpc-cluster/smpc"
 	"github.com/smpc-cluster/smpc/internal/bench"
+	"github.com/smpc-cluster/smpc/internal/device"
 	"github.com/smpc-cluster/smpc/internal/oslet"
 )
 
@@ -33,6 +34,12 @@ func Run(args []string) int {
 			return 1
 		}
 		return 0
+	}
+	if len(args) > 0 && args[0] == device.ExecStage {
+		// An init starts a process with direct device opens this way.
+		err := device.ExecTrapped(args[1:])
+		fmt.Fprintf(os.Stderr, "smpc %s: %v\n", device.ExecStage, err)
+		return 1
 	}
 	if len(args) > 0 && args[0] == "bench-helper" {
 		// smpc bench starts its helper processes this way.

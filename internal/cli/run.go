@@ -26,7 +26,7 @@ const (
 func runCmd() *cobra.Command {
 	var on int
 	var policy string
-	var detach, allowSockets bool
+	var detach, allowSockets, directDevices bool
 	cmd := &cobra.Command{
 		Use:   "run [--on K | --policy P] [--detach] -- CMD [ARGS...]",
 		Short: "Start a command on an OSlet, attached to this terminal or detached",
@@ -47,7 +47,13 @@ lost with its OSlet 137.
 With --detach it prints CMD's global PID and returns at once.
 
 A process that would inherit a network socket is not created on another OSlet
-(the seed's rule) unless --allow-sockets is given.`,
+(the seed's rule) unless --allow-sockets is given.
+
+With --direct-devices, CMD and its descendants get the owner's own descriptor
+when they open /rdev/K/NAME, so their device reads and writes run at native
+speed instead of through the init's FUSE files; each of their opens then
+costs a round trip to the OSlet's init (a seccomp trap), and a process that
+is not root runs with no_new_privs.`,
 		Args: cobra.MinimumNArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			if _, err := vproc.ParsePolicy(policy); err != nil {
@@ -63,7 +69,7 @@ A process that would inherit a network socket is not created on another OSlet
 			}
 			defer c.Close()
 			proc := c.Command(args[0], args[1:]...)
-			proc.OSlet, proc.Policy, proc.Detach, proc.AllowSockets = on, policy, detach, allowSockets
+			proc.OSlet, proc.Policy, proc.Detach, proc.AllowSockets, proc.DirectDevices = on, policy, detach, allowSockets, directDevices
 			if !detach {
 				proc.Stdin, proc.Stdout, proc.Stderr = os.Stdin, os.Stdout, os.Stderr
 			}
@@ -74,6 +80,7 @@ A process that would inherit a network socket is not created on another OSlet
 	cmd.Flags().StringVar(&policy, "policy", "", "launch policy: local, round-robin or least-loaded")
 	cmd.Flags().BoolVar(&detach, "detach", false, "print the global PID and return at once")
 	cmd.Flags().BoolVar(&allowSockets, "allow-sockets", false, "allow a process that inherits a network socket on another OSlet")
+	cmd.Flags().BoolVar(&directDevices, "direct-devices", false, "answer opens of /rdev with the owner's descriptor (native device speed; every open costs a trap)")
 	return cmd
 }
 

@@ -10,9 +10,10 @@
 // its device with the caller's credentials; K checks them against the
 // device's owner and mode and hands the open descriptor over, and the init
 // then serves the caller's reads and writes from it. Unmodified programs
-// (dd, cat, mkfs) work on /rdev; a program that links the smpc package can
-// take the descriptor itself (Client.OpenDevice) and use the device at
-// native speed.
+// (dd, cat, mkfs) work on /rdev. A process started with direct device opens
+// gets the owner's descriptor itself from its open (direct.go), and a
+// program that links the smpc package can take it with Client.OpenDevice:
+// both use the device at native speed.
 package device
 
 import (
@@ -218,17 +219,26 @@ func allows(d Device, c Cred, want uint32) bool {
 	return mode&want == want
 }
 
-// Open opens OSlet k's own device name for cred, if cred may open it for
-// reading (and writing, if rw).
-func Open(devs []Device, k int, name string, cred Cred, rw bool) (*os.File, error) {
-	want, flags := uint32(read), os.O_RDONLY
-	if rw {
-		want, flags = read|write, os.O_RDWR
+// OpenFlags are the open(2) flags besides the access mode that the owner
+// opens a device with for its caller: an exclusive claim of a block device
+// (mkfs takes one) and those of how its I/O is done.
+const OpenFlags = unix.O_EXCL | unix.O_SYNC | unix.O_DSYNC | unix.O_DIRECT | unix.O_NONBLOCK
+
+// Open opens OSlet k's own device name for cred, if cred may open it with
+// the access mode of flags; of the rest of flags it keeps OpenFlags.
+func Open(devs []Device, k int, name string, cred Cred, flags int) (*os.File, error) {
+	want := uint32(read)
+	switch flags & unix.O_ACCMODE {
+	case unix.O_WRONLY:
+		want = write
+	case unix.O_RDWR:
+		want = read | write
 	}
+	flags &= unix.O_ACCMODE | OpenFlags
 	if err := check(devs, k, name, cred, want); err != nil {
 		return nil, err
 	}
-	f, err := os.OpenFile(filepath.Join("/dev", name), flags|syscall.O_NOFOLLOW|syscall.O_NOCTTY, 0)
+	f, err := os.OpenFile(filepath.Join("/dev", name), flags|unix.O_NOFOLLOW|unix.O_NOCTTY|unix.O_CLOEXEC, 0)
 	if err != nil {
 		var pe *os.PathError
 		if errors.As(err, &pe) {

@@ -1,13 +1,11 @@
 package device
 
 import (
-	"bufio"
 	"context"
 	"errors"
 	"fmt"
 	"os"
 	"strconv"
-	"strings"
 	"syscall"
 
 	"github.com/hanwen/go-fuse/v2/fs"
@@ -15,10 +13,10 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-// Opener opens OSlet k's device name for the process with the caller's
-// credentials (as the kernel gives them to the FUSE server): it asks k,
-// which checks them and hands the open descriptor over.
-type Opener func(ctx context.Context, k int, name string, write bool, cred Cred) (*os.File, error)
+// Opener opens OSlet k's device name for a process with its credentials
+// and its open(2) flags: it asks k, which checks them and hands the open
+// descriptor over.
+type Opener func(ctx context.Context, k int, name string, flags int, cred Cred) (*os.File, error)
 
 // Serve mounts /rdev in this mount namespace as a filesystem of this
 // process: Dir/K/NAME for every device of devs. An open goes to open, and
@@ -37,7 +35,11 @@ func Serve(devs []Device, open Opener) (*fuse.Server, error) {
 		MountOptions: fuse.MountOptions{
 			AllowOther: true, DirectMount: true, DirectMountStrict: true,
 			FsName: "smpc-rdev", Name: "rdev",
-			MaxWrite: 1 << 20, MaxReadAhead: 1 << 20,
+			// 512 KiB requests: go-fuse splices a read's reply through a
+			// pipe of the reply's size and a page more, and a pipe may not
+			// exceed fs.pipe-max-size (1 MiB by default); with 1 MiB
+			// requests every read fell back to a copy through a buffer.
+			MaxWrite: 512 << 10, MaxReadAhead: 512 << 10,
 		},
 	})
 	if err != nil {
@@ -87,10 +89,12 @@ func (f *rdevFile) Open(ctx context.Context, flags uint32) (fs.FileHandle, uint3
 	if !ok {
 		return nil, 0, syscall.EIO
 	}
+	// The kernel gives the caller's file-system IDs, not its groups.
 	cred := Cred{UID: caller.Uid, GID: caller.Gid}
-	cred.Groups = groupsOf(int(caller.Pid))
-	write := flags&syscall.O_ACCMODE != syscall.O_RDONLY
-	file, err := f.open(ctx, f.dev.OSlet, f.dev.Name, write, cred)
+	if c, err := credOf(int(caller.Pid)); err == nil {
+		cred.Groups = c.Groups
+	}
+	file, err := f.open(ctx, f.dev.OSlet, f.dev.Name, int(flags), cred)
 	if err != nil {
 		return nil, 0, errnoOf(err)
 	}
@@ -125,27 +129,6 @@ func (h *rdevHandle) Fsync(ctx context.Context, flags uint32) syscall.Errno {
 
 func (h *rdevHandle) Release(ctx context.Context) syscall.Errno {
 	return fs.ToErrno(h.f.Close())
-}
-
-// groupsOf reads a process's supplementary groups, which FUSE does not
-// pass.
-func groupsOf(pid int) []uint32 {
-	f, err := os.Open(fmt.Sprintf("/proc/%d/status", pid))
-	if err != nil {
-		return nil
-	}
-	defer f.Close()
-	var groups []uint32
-	sc := bufio.NewScanner(f)
-	for sc.Scan() {
-		if rest, ok := strings.CutPrefix(sc.Text(), "Groups:"); ok {
-			for _, g := range strings.Fields(rest) {
-				n, _ := strconv.ParseUint(g, 10, 32)
-				groups = append(groups, uint32(n))
-			}
-		}
-	}
-	return groups
 }
 
 // errnoOf is the errno an open fails with: the one err carries, else EIO.

@@ -22,7 +22,7 @@ import (
 // (messages only ever gain optional fields within a major version).
 const (
 	Major = 1
-	Minor = 2 // 1.1: System V IPC (ipc-get, ipc-ctl, ipc-list, ipc-release, ipc-watch) and shm; 1.2: device
+	Minor = 3 // 1.1: System V IPC (ipc-get, ipc-ctl, ipc-list, ipc-release, ipc-watch) and shm; 1.2: device; 1.3: device open flags, spawn with direct device opens
 )
 
 // HeaderSize is the size of a frame's fixed header.
@@ -57,7 +57,7 @@ const (
 	OpIPCRelease               // processes are gone: end their sessions at a home (1.1)
 	OpIPCWatch                 // answered only when the channel ends: tells a host client its homes died (1.1)
 	OpShm                      // named shared memory: create, open, list, remove (1.1)
-	OpDevice                   // /rdev: check an open, open, list an OSlet's devices (1.2)
+	OpDevice                   // /rdev: open a device, list an OSlet's devices (1.2)
 	opEnd
 )
 

@@ -62,8 +62,11 @@ type SpawnRequest struct {
 	Stdio        [3]int `json:"stdio"`
 	Detach       bool   `json:"detach,omitempty"`        // no remote parent; own session
 	AllowSockets bool   `json:"allow_sockets,omitempty"` // override the socket rule
-	Cred         *Cred  `json:"cred,omitempty"`          // set by the first init, never by clients
-	Origin       int    `json:"origin,omitempty"`        // the OSlet the request came from; 0 the host
+	// DirectDevices has the process's opens of /rdev answered with the
+	// owner's descriptor (1.3); a 1.2 OSlet starts it with /rdev's files.
+	DirectDevices bool  `json:"direct_devices,omitempty"`
+	Cred          *Cred `json:"cred,omitempty"`   // set by the first init, never by clients
+	Origin        int   `json:"origin,omitempty"` // the OSlet the request came from; 0 the host
 }
 
 // SpawnReply names the new process.
@@ -269,8 +272,12 @@ type DeviceRequest struct {
 	Cmd   string `json:"cmd"`
 	On    int    `json:"on,omitempty"`
 	Name  string `json:"name,omitempty"`
-	Write bool   `json:"write,omitempty"` // open: read and write, not read only
-	Cred  *Cred  `json:"cred,omitempty"`  // set by the first init, never by clients
+	Write bool   `json:"write,omitempty"` // open: for writing too, not read only
+	// Flags are the caller's open(2) flags (1.3): the access mode, and of
+	// the rest those the owner keeps (device.OpenFlags). A 1.2 owner reads
+	// Write alone.
+	Flags int   `json:"flags,omitempty"`
+	Cred  *Cred `json:"cred,omitempty"` // set by the first init, never by clients
 }
 
 // DeviceReply lists devices; open answers with the descriptor alone.

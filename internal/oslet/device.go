@@ -39,7 +39,11 @@ func (i *Init) deviceServe(who *caller, req *fabric.DeviceRequest) (any, []*os.F
 	case fabric.DeviceList:
 		return fabric.DeviceReply{Devices: device.Owned(i.cfg.Devices, on)}, nil, nil
 	case fabric.DeviceOpen:
-		f, err := device.Open(i.cfg.Devices, on, req.Name, c, req.Write)
+		flags := req.Flags
+		if req.Write && flags&syscall.O_ACCMODE == syscall.O_RDONLY {
+			flags |= syscall.O_RDWR // from a 1.2 OSlet
+		}
+		f, err := device.Open(i.cfg.Devices, on, req.Name, c, flags)
 		if err != nil {
 			return nil, nil, i.deviceError(err)
 		}
@@ -59,9 +63,10 @@ func (i *Init) deviceError(err error) error {
 // asks K, with the process's credentials, to open its device and hand the
 // descriptor over. The reply's errno becomes the open's (EACCES from the
 // owner's check, say), and an owner that is down gives ENXIO.
-func (i *Init) openDevice(ctx context.Context, k int, name string, write bool, c device.Cred) (*os.File, error) {
+func (i *Init) openDevice(ctx context.Context, k int, name string, flags int, c device.Cred) (*os.File, error) {
 	cred := fabric.Cred{UID: c.UID, GID: c.GID, Groups: c.Groups}
-	req := fabric.DeviceRequest{Cmd: fabric.DeviceOpen, On: k, Name: name, Write: write, Cred: &cred}
+	req := fabric.DeviceRequest{Cmd: fabric.DeviceOpen, On: k, Name: name, Cred: &cred,
+		Write: flags&syscall.O_ACCMODE != syscall.O_RDONLY, Flags: flags & (syscall.O_ACCMODE | device.OpenFlags)}
 	who := &caller{role: fabric.RoleClient, cred: cred, ctx: ctx, origin: i.cfg.Index}
 	_, files, err := i.deviceServe(who, &req)
 	if err == nil && len(files) == 1 {

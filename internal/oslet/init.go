@@ -11,6 +11,7 @@ import (
 	"runtime"
 	"sync"
 	"sync/atomic"
+	"time"
 
 	"golang.org/x/sys/unix"
 
@@ -32,8 +33,11 @@ type Init struct {
 	queue *fabric.Queue // the queued lock for peer requests
 	ipc   *ipcState     // System V IPC objects homed here, and callers' sessions
 	shm   *shm.Table    // named shared memory homed here
-	peers map[int]*peer // fixed at start; each peer guards itself
-	rr    atomic.Uint64 // round-robin cursor for launches from here
+	// direct answers the trapped opens of processes started with direct
+	// device opens.
+	direct *device.Supervisor
+	peers  map[int]*peer // fixed at start; each peer guards itself
+	rr     atomic.Uint64 // round-robin cursor for launches from here
 	// placedHere counts least-loaded launches placed on this OSlet since the
 	// last heartbeat, as peer.load counts those placed on a peer, so that a
 	// burst spreads before the processes show in the run queue.
@@ -138,6 +142,7 @@ func newInit(cfg *Config) (*Init, error) {
 		}
 	}
 	i.ipc.table.Free = i.freeMemory
+	i.direct = &device.Supervisor{Devices: cfg.Devices, Open: i.openDevice, Log: i.log, Timeout: time.Minute}
 	return i, nil
 }
 

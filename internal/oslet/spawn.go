@@ -9,9 +9,11 @@ import (
 	"strconv"
 	"strings"
 	"syscall"
+	"time"
 
 	"golang.org/x/sys/unix"
 
+	"github.com/smpc-cluster/smpc/internal/device"
 	"github.com/smpc-cluster/smpc/internal/fabric"
 	"github.com/smpc-cluster/smpc/internal/vproc"
 )
@@ -181,16 +183,41 @@ func (i *Init) startLocal(files []*os.File, req *fabric.SpawnRequest, cred fabri
 	}
 	groups := make([]uint32, len(cred.Groups))
 	copy(groups, cred.Groups)
-	pid, err := syscall.ForkExec(path, req.Argv, &syscall.ProcAttr{
+	exe, argv, inherit := path, req.Argv, fds[:]
+	var stageEnd *os.File
+	if req.DirectDevices {
+		// The process starts as smpc's exec stage, which installs the
+		// filter that traps its opens and hands the listener back here.
+		if !device.DirectSupported {
+			return fail(fabric.CodeInvalid, errors.New("direct device opens are not supported on this architecture"))
+		}
+		var child *os.File
+		if stageEnd, child, err = device.ListenerPair(); err != nil {
+			return fail(fabric.CodeInternal, err)
+		}
+		defer child.Close()
+		defer stageEnd.Close()
+		exe, argv = "/proc/self/exe", append([]string{"smpc", device.ExecStage, path}, req.Argv...)
+		inherit = append(inherit, child.Fd())
+	}
+	pid, err := syscall.ForkExec(exe, argv, &syscall.ProcAttr{
 		Dir:   dir,
 		Env:   withEnv(req.Env, EnvOSlet, strconv.Itoa(i.cfg.Index)),
-		Files: fds[:],
+		Files: inherit,
 		Sys: &syscall.SysProcAttr{
 			Credential: &syscall.Credential{Uid: cred.UID, Gid: cred.GID, Groups: groups},
 			Setpgid:    !req.Detach,
 			Setsid:     req.Detach,
 		},
 	})
+	if err == nil && stageEnd != nil {
+		listener, lerr := device.ReceiveListener(stageEnd, 10*time.Second)
+		if lerr != nil {
+			unix.Kill(pid, unix.SIGKILL)
+			return fail(fabric.CodeInternal, fmt.Errorf("direct device opens: %w", lerr))
+		}
+		go i.direct.Serve(listener)
+	}
 	if err != nil {
 		switch {
 		case errors.Is(err, unix.ENOENT) || errors.Is(err, unix.ENOTDIR):

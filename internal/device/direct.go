@@ -1,0 +1,446 @@
+package device
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"os"
+	"path/filepath"
+	"runtime"
+	"slices"
+	"strconv"
+	"strings"
+	"syscall"
+	"time"
+	"unsafe"
+
+	"golang.org/x/net/bpf"
+	"golang.org/x/sys/unix"
+)
+
+// Direct opens give a process the owner's own descriptor when it opens
+// /rdev/K/NAME, so that its reads and writes are the kernel's alone, at
+// native speed; the FUSE files of /rdev stay the path for every other
+// process and every other way of opening.
+//
+// Only a seccomp filter can make an unmodified program's open return a
+// descriptor that another process opened (SECCOMP_IOCTL_NOTIF_ADDFD). The
+// filter cannot read the path an open names, so it traps every open and
+// openat of the process and its descendants, and the OSlet's init answers
+// each one: "carry on" for any path outside /rdev, the owner's descriptor
+// for a device. That costs each open a round trip to the init, which is why
+// a process asks for it (smpc run --direct-devices) rather than every
+// process paying it. openat2 is not trapped: it takes the FUSE path.
+//
+// The filter is no security boundary and does not try to be one (the
+// kernel's own checks and the devices cgroup still decide every open the
+// init lets through); it only picks which path an open of /rdev takes.
+
+// ExecStage is the hidden smpc command a process with direct device opens
+// starts through: it installs the filter, hands its listener to the init
+// over descriptor 3, and executes the program.
+const ExecStage = "device-exec"
+
+// DirectSupported says whether this architecture has direct device opens.
+const DirectSupported = auditArch != 0
+
+// ExecTrapped is ExecStage: it runs in the new process before the program.
+// args are the program's path and then its argv. It returns only on
+// failure, which it also reports over descriptor 3 so that the init's spawn
+// fails with it.
+func ExecTrapped(args []string) error {
+	sock := os.NewFile(3, "listener socket")
+	err := execTrapped(sock, args)
+	if err != nil {
+		sock.Write([]byte(err.Error()))
+	}
+	return err
+}
+
+func execTrapped(sock *os.File, args []string) error {
+	if len(args) < 2 {
+		return errors.New("usage: smpc " + ExecStage + " PATH ARGV0 [ARGS...]")
+	}
+	if !DirectSupported {
+		return fmt.Errorf("direct device opens: not supported on %s", runtime.GOARCH)
+	}
+	// The filter binds to this thread, and execve must come from it.
+	runtime.LockOSThread()
+	prog, err := openFilter()
+	if err != nil {
+		return err
+	}
+	listener, err := installFilter(prog)
+	if errors.Is(err, unix.EACCES) {
+		// Without CAP_SYS_ADMIN the kernel asks for no_new_privs first:
+		// set-user-ID programs then do not gain privileges.
+		if err = unix.Prctl(unix.PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0); err == nil {
+			listener, err = installFilter(prog)
+		}
+	}
+	if err != nil {
+		return fmt.Errorf("install seccomp filter: %w", err)
+	}
+	if err := unix.Sendmsg(int(sock.Fd()), []byte{0}, unix.UnixRights(listener), nil, 0); err != nil {
+		return fmt.Errorf("hand over the seccomp listener: %w", err)
+	}
+	unix.Close(listener)
+	sock.Close()
+	return unix.Exec(args[0], args[1:], os.Environ())
+}
+
+// openFilter is the seccomp program: open and openat of this architecture
+// go to the listener, everything else runs.
+func openFilter() ([]unix.SockFilter, error) {
+	prog := []bpf.Instruction{
+		bpf.LoadAbsolute{Off: 4, Size: 4}, // seccomp_data.arch
+		bpf.JumpIf{Cond: bpf.JumpNotEqual, Val: auditArch, SkipTrue: uint8(len(trappedCalls) + 1)},
+		bpf.LoadAbsolute{Off: 0, Size: 4}, // seccomp_data.nr
+	}
+	for n, nr := range trappedCalls {
+		prog = append(prog, bpf.JumpIf{Cond: bpf.JumpEqual, Val: nr, SkipTrue: uint8(len(trappedCalls) - n)})
+	}
+	prog = append(prog,
+		bpf.RetConstant{Val: unix.SECCOMP_RET_ALLOW},
+		bpf.RetConstant{Val: unix.SECCOMP_RET_USER_NOTIF})
+	raw, err := bpf.Assemble(prog)
+	if err != nil {
+		return nil, fmt.Errorf("assemble seccomp filter: %w", err)
+	}
+	out := make([]unix.SockFilter, len(raw))
+	for i, r := range raw {
+		out[i] = unix.SockFilter{Code: r.Op, Jt: r.Jt, Jf: r.Jf, K: r.K}
+	}
+	return out, nil
+}
+
+func installFilter(prog []unix.SockFilter) (int, error) {
+	fprog := unix.SockFprog{Len: uint16(len(prog)), Filter: &prog[0]}
+	fd, _, errno := unix.RawSyscall(unix.SYS_SECCOMP, unix.SECCOMP_SET_MODE_FILTER,
+		unix.SECCOMP_FILTER_FLAG_NEW_LISTENER, uintptr(unsafe.Pointer(&fprog)))
+	if errno != 0 {
+		return -1, errno
+	}
+	return int(fd), nil
+}
+
+// ListenerPair is the socket pair a spawn hands the stage: the child end
+// becomes its descriptor 3, and Receive waits on the other for the
+// listener.
+func ListenerPair() (parent, child *os.File, err error) {
+	fds, err := unix.Socketpair(unix.AF_UNIX, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0)
+	if err != nil {
+		return nil, nil, fmt.Errorf("socketpair: %w", err)
+	}
+	return os.NewFile(uintptr(fds[0]), "listener socket"), os.NewFile(uintptr(fds[1]), "listener socket"), nil
+}
+
+// ReceiveListener waits up to timeout for the stage to hand its seccomp
+// listener over, or to say why it could not.
+func ReceiveListener(parent *os.File, timeout time.Duration) (*os.File, error) {
+	conn, err := net.FileConn(parent)
+	if err != nil {
+		return nil, err
+	}
+	defer conn.Close()
+	uc := conn.(*net.UnixConn)
+	uc.SetReadDeadline(time.Now().Add(timeout))
+	buf, oob := make([]byte, 4096), make([]byte, unix.CmsgSpace(4))
+	n, oobn, _, _, err := uc.ReadMsgUnix(buf, oob)
+	if err != nil {
+		return nil, fmt.Errorf("wait for the seccomp listener: %w", err)
+	}
+	msgs, err := unix.ParseSocketControlMessage(oob[:oobn])
+	if err == nil && len(msgs) == 1 {
+		if fds, err := unix.ParseUnixRights(&msgs[0]); err == nil && len(fds) == 1 {
+			return os.NewFile(uintptr(fds[0]), "seccomp listener"), nil
+		}
+	}
+	if n == 0 {
+		return nil, errors.New("the process exited before it handed its seccomp listener over")
+	}
+	return nil, errors.New(string(buf[:n]))
+}
+
+// The kernel's structures of seccomp_unotify(2), which x/sys/unix does not
+// define.
+type seccompData struct {
+	Nr                 int32
+	Arch               uint32
+	InstructionPointer uint64
+	Args               [6]uint64
+}
+
+type seccompNotif struct {
+	ID    uint64
+	PID   uint32
+	Flags uint32
+	Data  seccompData
+}
+
+type seccompNotifResp struct {
+	ID    uint64
+	Val   int64
+	Error int32
+	Flags uint32
+}
+
+type seccompNotifAddfd struct {
+	ID         uint64
+	Flags      uint32
+	Srcfd      uint32
+	Newfd      uint32
+	NewfdFlags uint32
+}
+
+// Supervisor answers the trapped opens of the processes of one listener.
+type Supervisor struct {
+	Devices []Device
+	Open    Opener
+	Log     *slog.Logger
+	// Timeout bounds one open on the owner.
+	Timeout time.Duration
+}
+
+// Serve answers listener's notifications until no process uses its filter
+// any more, then closes it. It must keep answering while one does: a
+// trapped open waits for its answer.
+func (s *Supervisor) Serve(listener *os.File) {
+	defer listener.Close()
+	rc, err := listener.SyscallConn()
+	if err != nil {
+		s.Log.Warn("direct device opens: listener", "err", err)
+		return
+	}
+	// A thread of its own waits in poll(2) rather than Go's netpoller: the
+	// trapped process waits for each answer, and the netpoller's wake-up
+	// of a goroutine doubles the round trip.
+	runtime.LockOSThread()
+	defer runtime.UnlockOSThread()
+	rc.Control(func(fd uintptr) {
+		// The kernel then switches straight to this thread and back.
+		unix.Syscall(unix.SYS_IOCTL, fd, unix.SECCOMP_IOCTL_NOTIF_SET_FLAGS, unix.SECCOMP_USER_NOTIF_FD_SYNC_WAKE_UP)
+	})
+	for {
+		var n seccompNotif
+		var recvErr error
+		done := false
+		rc.Control(func(fd uintptr) {
+			pfd := []unix.PollFd{{Fd: int32(fd), Events: unix.POLLIN}}
+			if _, err := unix.Poll(pfd, -1); err != nil {
+				recvErr = err
+				return
+			}
+			switch {
+			case pfd[0].Revents&unix.POLLIN != 0:
+				recvErr = ioctl(fd, unix.SECCOMP_IOCTL_NOTIF_RECV, unsafe.Pointer(&n))
+			case pfd[0].Revents&(unix.POLLHUP|unix.POLLERR|unix.POLLNVAL) != 0:
+				done = true // no process uses the filter any more
+			}
+		})
+		if done {
+			return
+		}
+		if recvErr != nil {
+			// ENOENT: the process was killed between poll and receive.
+			if !errors.Is(recvErr, unix.ENOENT) && !errors.Is(recvErr, unix.EINTR) {
+				s.Log.Warn("direct device opens: receive", "err", recvErr)
+				return
+			}
+			continue
+		}
+		s.answer(rc, &n)
+	}
+}
+
+// answer lets an open run on unless it names a device of /rdev, which it
+// opens on the owner, in a goroutine of its own: the owner may be slow to
+// answer, and the process's other threads may open files meanwhile.
+func (s *Supervisor) answer(rc syscall.RawConn, n *seccompNotif) {
+	pid := int(n.PID)
+	// openat(dirfd, path, flags, mode), or open(path, flags, mode)
+	dirfd, pathAddr, flags := int32(n.Data.Args[0]), n.Data.Args[1], int(n.Data.Args[2])
+	if n.Data.Nr != int32(unix.SYS_OPENAT) {
+		dirfd, pathAddr, flags = unix.AT_FDCWD, n.Data.Args[0], int(n.Data.Args[1])
+	}
+	path, err := readString(pid, pathAddr)
+	k, name, ok := s.target(pid, dirfd, path, flags)
+	// The memory read above may have been of another process had this one
+	// died and its PID been reused: the notification must still be live.
+	if err != nil || !ok || s.notifValid(rc, n.ID) != nil {
+		s.reply(rc, seccompNotifResp{ID: n.ID, Flags: unix.SECCOMP_USER_NOTIF_FLAG_CONTINUE})
+		return
+	}
+	go func() {
+		cred, err := credOf(pid)
+		if err != nil {
+			s.reply(rc, seccompNotifResp{ID: n.ID, Error: -int32(syscall.ESRCH)})
+			return
+		}
+		ctx, cancel := context.WithTimeout(context.Background(), s.Timeout)
+		defer cancel()
+		f, err := s.Open(ctx, k, name, flags, cred)
+		if err != nil {
+			s.reply(rc, seccompNotifResp{ID: n.ID, Error: -int32(errnoOf(err))})
+			return
+		}
+		defer f.Close()
+		// Flags the open file can still take: the caller and the init
+		// share one open file description.
+		if fl := flags & (unix.O_NONBLOCK | unix.O_APPEND | unix.O_NOATIME); fl != 0 {
+			if cur, err := unix.FcntlInt(f.Fd(), unix.F_GETFL, 0); err == nil {
+				unix.FcntlInt(f.Fd(), unix.F_SETFL, cur|fl)
+			}
+		}
+		add := seccompNotifAddfd{ID: n.ID, Flags: unix.SECCOMP_ADDFD_FLAG_SEND, Srcfd: uint32(f.Fd())}
+		if flags&unix.O_CLOEXEC != 0 {
+			add.NewfdFlags = unix.O_CLOEXEC
+		}
+		var addErr error
+		rc.Control(func(fd uintptr) { addErr = ioctl(fd, unix.SECCOMP_IOCTL_NOTIF_ADDFD, unsafe.Pointer(&add)) })
+		if addErr != nil && !errors.Is(addErr, unix.ENOENT) {
+			// The descriptor did not go in (EMFILE, say): the open fails
+			// with the reason.
+			var e syscall.Errno
+			if !errors.As(addErr, &e) {
+				e = syscall.EIO
+			}
+			s.reply(rc, seccompNotifResp{ID: n.ID, Error: -int32(e)})
+		}
+	}()
+}
+
+// target says whether an open of path (relative to dirfd) by pid is one of
+// a device of /rdev that a descriptor answers: not one that creates, wants
+// a directory, or only a path, which the FUSE files answer as for any file.
+func (s *Supervisor) target(pid int, dirfd int32, path string, flags int) (k int, name string, ok bool) {
+	if path == "" || flags&(unix.O_CREAT|unix.O_DIRECTORY|unix.O_PATH|unix.O_TMPFILE) != 0 {
+		return 0, "", false
+	}
+	if !strings.HasPrefix(path, "/") {
+		// Only a relative open needs the process's directory looked up;
+		// absolute ones outside /rdev, nearly all, go on at once.
+		base := fmt.Sprintf("/proc/%d/cwd", pid)
+		if dirfd != unix.AT_FDCWD {
+			base = fmt.Sprintf("/proc/%d/fd/%d", pid, dirfd)
+		}
+		dir, err := os.Readlink(base)
+		if err != nil || !strings.HasPrefix(dir, Dir) {
+			return 0, "", false
+		}
+		path = filepath.Join(dir, path)
+	}
+	rest, found := strings.CutPrefix(filepath.Clean(path), Dir+"/")
+	if !found {
+		return 0, "", false
+	}
+	ks, name, found := strings.Cut(rest, "/")
+	k, err := strconv.Atoi(ks)
+	if !found || err != nil || !slices.ContainsFunc(s.Devices, func(d Device) bool { return d.OSlet == k && d.Name == name }) {
+		return 0, "", false
+	}
+	// A process in a root of its own does not see this /rdev.
+	if root, err := os.Readlink(fmt.Sprintf("/proc/%d/root", pid)); err != nil || root != "/" {
+		return 0, "", false
+	}
+	return k, name, true
+}
+
+func (s *Supervisor) notifValid(rc syscall.RawConn, id uint64) error {
+	var err error
+	rc.Control(func(fd uintptr) { err = ioctl(fd, unix.SECCOMP_IOCTL_NOTIF_ID_VALID, unsafe.Pointer(&id)) })
+	return err
+}
+
+func (s *Supervisor) reply(rc syscall.RawConn, resp seccompNotifResp) {
+	var err error
+	rc.Control(func(fd uintptr) { err = ioctl(fd, unix.SECCOMP_IOCTL_NOTIF_SEND, unsafe.Pointer(&resp)) })
+	// ENOENT: the process died or a signal interrupted the open; it is
+	// restarted or gone, and either way needs no answer.
+	if err != nil && !errors.Is(err, unix.ENOENT) {
+		s.Log.Warn("direct device opens: reply", "err", err)
+	}
+}
+
+func ioctl(fd uintptr, req uint, arg unsafe.Pointer) error {
+	for {
+		_, _, errno := unix.Syscall(unix.SYS_IOCTL, fd, uintptr(req), uintptr(arg))
+		if errno == unix.EINTR {
+			continue
+		}
+		if errno != 0 {
+			return errno
+		}
+		return nil
+	}
+}
+
+// readString reads a NUL-terminated path from another process's memory, a
+// page at a time: a read that crosses into an unmapped page fails whole.
+func readString(pid int, addr uint64) (string, error) {
+	var out []byte
+	buf := make([]byte, 4096)
+	for len(out) < unix.PathMax {
+		n := 4096 - int(addr%4096)
+		local := []unix.Iovec{{Base: &buf[0], Len: uint64(n)}}
+		remote := []unix.RemoteIovec{{Base: uintptr(addr), Len: n}}
+		got, err := unix.ProcessVMReadv(pid, local, remote, 0)
+		if err != nil {
+			return "", err
+		}
+		if got == 0 {
+			return "", io.ErrUnexpectedEOF
+		}
+		if i := bytes.IndexByte(buf[:got], 0); i >= 0 {
+			return string(append(out, buf[:i]...)), nil
+		}
+		out = append(out, buf[:got]...)
+		addr += uint64(got)
+	}
+	return "", unix.ENAMETOOLONG
+}
+
+// credOf reads the credentials a process opens files with (its file-system
+// IDs) and its supplementary groups.
+func credOf(pid int) (Cred, error) {
+	data, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
+	if err != nil {
+		return Cred{}, err
+	}
+	var c Cred
+	var haveUID, haveGID bool
+	for _, line := range strings.Split(string(data), "\n") {
+		key, rest, _ := strings.Cut(line, ":")
+		f := strings.Fields(rest)
+		switch key {
+		case "Uid", "Gid":
+			// real, effective, saved, file system
+			if len(f) != 4 {
+				continue
+			}
+			id, err := strconv.ParseUint(f[3], 10, 32)
+			if err != nil {
+				continue
+			}
+			if key == "Uid" {
+				c.UID, haveUID = uint32(id), true
+			} else {
+				c.GID, haveGID = uint32(id), true
+			}
+		case "Groups":
+			for _, g := range f {
+				if n, err := strconv.ParseUint(g, 10, 32); err == nil {
+					c.Groups = append(c.Groups, uint32(n))
+				}
+			}
+		}
+	}
+	if !haveUID || !haveGID {
+		return Cred{}, fmt.Errorf("/proc/%d/status: no credentials", pid)
+	}
+	return c, nil
+}
