@@ -125,6 +125,11 @@ func TestRdev(t *testing.T) {
 		if out != want {
 			t.Errorf("direct open: got %q, want %q", out, want)
 		}
+		// A path the init cannot read fails as the kernel fails it.
+		badOpen := "import ctypes; c = ctypes.CDLL(None, use_errno=True); print(c.open(ctypes.c_void_p(8), 0), ctypes.get_errno())"
+		if out := c.must(on1(paths[1].run, "python3", "-c", badOpen)...); strings.TrimSpace(out) != "-1 14" {
+			t.Errorf("open of an unmapped path: got %q, want -1 and EFAULT (14)", out)
+		}
 		if out := c.must(on1(paths[0].run, "sh", "-c", "exec 3<"+rdev+" && readlink /proc/self/fd/3")...); strings.TrimSpace(out) != rdev {
 			t.Errorf("a plain process holds %q, not /rdev's file", out)
 		}
@@ -157,6 +162,13 @@ func TestRdev(t *testing.T) {
 			}
 			// root still may.
 			c.must(on1(p.run, "dd", "if="+rdev, "of=/dev/null", "count=1", "status=none")...)
+		}
+		// A process that is not root asks for direct device opens itself:
+		// it gets the filter with no_new_privs, and the owner's refusal.
+		out, code := c.smpc(on1(paths[0].run, append(nobody, smpcBin, "run", "--direct-devices", "--",
+			"sh", "-c", "grep NoNewPrivs /proc/self/status; dd if="+rdev+" count=1 status=none")...)...)
+		if code == 0 || !strings.Contains(out, "NoNewPrivs:\t1") || !strings.Contains(out, "Permission denied") {
+			t.Errorf("nobody with direct device opens: %d %s", code, out)
 		}
 	})
 	t.Run("owner down", func(t *testing.T) {

@@ -8,14 +8,19 @@ import (
 	"net/http"
 	"os"
 	"os/exec"
+	"slices"
 	"strconv"
 	"strings"
 	"syscall"
 	"testing"
 	"time"
 
+	"github.com/cilium/ebpf"
+	"github.com/cilium/ebpf/link"
 	"github.com/google/nftables"
 	"github.com/vishvananda/netlink"
+
+	"github.com/smpc-cluster/smpc/internal/network"
 )
 
 // TestNetHelper is a server run inside an OSlet by TestNetwork: with
@@ -141,6 +146,39 @@ func nftTables(t *testing.T) []string {
 	return names
 }
 
+// redirectPrograms lists smpc's loopback redirect programs attached to the
+// root of the cgroup v2 hierarchy.
+func redirectPrograms(t *testing.T) []string {
+	root, err := network.Cgroup2Root()
+	if err != nil {
+		t.Log(err)
+		return nil
+	}
+	dir, err := os.Open(root)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer dir.Close()
+	var names []string
+	for _, attach := range []ebpf.AttachType{ebpf.AttachCGroupInet4Connect, ebpf.AttachCgroupInet4GetPeername} {
+		res, err := link.QueryPrograms(link.QueryOptions{Target: int(dir.Fd()), Attach: attach})
+		if err != nil {
+			t.Fatalf("query %s programs of %s: %v", attach, root, err)
+		}
+		for _, p := range res.Programs {
+			prog, err := ebpf.NewProgramFromID(p.ID)
+			if err != nil {
+				continue
+			}
+			if info, err := prog.Info(); err == nil && slices.Contains(network.RedirectPrograms[:], info.Name) {
+				names = append(names, info.Name)
+			}
+			prog.Close()
+		}
+	}
+	return names
+}
+
 func readSysctl(t *testing.T, name string) string {
 	b, err := os.ReadFile("/proc/sys/" + name)
 	if err != nil {
@@ -238,6 +276,37 @@ func TestNetwork(t *testing.T) {
 		if body := httpGet(t, fmt.Sprintf("http://127.0.0.1:%d/", port)); !strings.Contains(body, "net/http on") {
 			t.Errorf("host loopback: %q", body)
 		}
+		// The connection was redirected at connect: its source is the
+		// host's bridge address, and its peer still reads 127.0.0.1:P.
+		conn, err := net.Dial("tcp", fmt.Sprintf("127.0.0.1:%d", port))
+		if err != nil {
+			t.Fatal(err)
+		}
+		local, remote := conn.LocalAddr().(*net.TCPAddr), conn.RemoteAddr().String()
+		conn.Close()
+		if _, err := network.Cgroup2Root(); err != nil {
+			t.Logf("no cgroup v2 here, so no loopback redirect: %v", err)
+		} else if progs := redirectPrograms(t); len(progs) != 2 {
+			t.Errorf("loopback redirect programs attached: %v", progs)
+		} else if local.IP.IsLoopback() || remote != fmt.Sprintf("127.0.0.1:%d", port) {
+			t.Errorf("connection to the loopback: from %s to %s, want from the bridge to 127.0.0.1:%d", local, remote, port)
+		}
+		// An OSlet's loopback is its own: the redirect serves the host's.
+		if out, code := c.smpc("run", "--on", "1", "--", "curl", "-sS", "-m", "3", fmt.Sprintf("http://127.0.0.1:%d/", port)); code == 0 {
+			t.Errorf("oslet 1's own loopback reached oslet 2's server: %q", out)
+		}
+		// A client bound to the loopback takes the NAT path instead.
+		d := net.Dialer{LocalAddr: &net.TCPAddr{IP: net.IPv4(127, 0, 0, 1)}, Timeout: 3 * time.Second}
+		if conn, err := d.Dial("tcp", fmt.Sprintf("127.0.0.1:%d", port)); err != nil {
+			t.Errorf("bound to 127.0.0.1: %v", err)
+		} else {
+			conn.SetDeadline(time.Now().Add(3 * time.Second))
+			io.WriteString(conn, "GET / HTTP/1.0\r\n\r\n")
+			if body, _ := io.ReadAll(conn); !strings.Contains(string(body), "net/http on") {
+				t.Errorf("bound to 127.0.0.1: %q", body)
+			}
+			conn.Close()
+		}
 		out := c.must("run", "--on", "1", "--", "curl", "-sS", "-m", "3", fmt.Sprintf("http://smpc-cluster:%d/", port))
 		if !strings.Contains(out, "net/http on") {
 			t.Errorf("from oslet 1 through smpc-cluster: %q", out)
@@ -315,6 +384,9 @@ func TestNetwork(t *testing.T) {
 	})
 
 	c.must("shutdown")
+	if progs := redirectPrograms(t); len(progs) != 0 {
+		t.Errorf("BPF programs left after shutdown: %v", progs)
+	}
 	if links := smpcLinks(t); len(links) != len(linksBefore) {
 		t.Errorf("links left after shutdown: %v (before boot: %v)", links, linksBefore)
 	}
@@ -357,6 +429,10 @@ func TestNetworkAfterCrash(t *testing.T) {
 	time.Sleep(200 * time.Millisecond)
 	if len(smpcLinks(t)) == 0 {
 		t.Fatal("the crashed cluster left no bridge: the test does not test anything")
+	}
+	// The kernel detaches the loopback redirect with its links.
+	if progs := redirectPrograms(t); len(progs) != 0 {
+		t.Errorf("BPF programs left by the crashed boot process: %v", progs)
 	}
 	c.must("boot", "--detach")
 	c.must("shutdown")

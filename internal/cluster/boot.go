@@ -237,6 +237,11 @@ func (c *Cluster) startForwarder() {
 		Publish: func(ports []network.Port) error { return network.WritePorts(path, ports) },
 		Log:     c.log,
 	}
+	// The first scan before boot returns: the port map is there, and the
+	// loopback redirect in place, once the cluster says it is up.
+	if err := f.Scan(); err != nil {
+		c.log.Warn("port scan", "err", err)
+	}
 	go func() {
 		defer close(c.forwarderDone)
 		f.Run(ctx)

@@ -7,6 +7,9 @@ import (
 	"strconv"
 	"strings"
 	"testing"
+
+	"github.com/cilium/ebpf"
+	"github.com/cilium/ebpf/asm"
 )
 
 func TestPlan(t *testing.T) {
@@ -122,3 +125,36 @@ func TestListeners(t *testing.T) {
 }
 
 func itoa(p uint16) string { return strconv.Itoa(int(p)) }
+
+func TestRedirectProgramsLoad(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("loading BPF programs needs root")
+	}
+	maps := make([]*ebpf.Map, 2)
+	for i, spec := range []*ebpf.MapSpec{
+		{Type: ebpf.Hash, KeySize: 4, ValueSize: 4, MaxEntries: 1},
+		{Type: ebpf.LRUHash, KeySize: 8, ValueSize: 4, MaxEntries: 1},
+	} {
+		m, err := ebpf.NewMap(spec)
+		if err != nil {
+			t.Skipf("this kernel makes no BPF maps: %v", err)
+		}
+		defer m.Close()
+		maps[i] = m
+	}
+	for _, p := range []struct {
+		attach ebpf.AttachType
+		insns  asm.Instructions
+	}{
+		{ebpf.AttachCGroupInet4Connect, connectProgram(maps[0], maps[1], 1)},
+		{ebpf.AttachCgroupInet4GetPeername, peernameProgram(maps[1])},
+	} {
+		// The verifier's word on each program, without attaching it.
+		prog, err := ebpf.NewProgram(&ebpf.ProgramSpec{Type: ebpf.CGroupSockAddr, AttachType: p.attach, Instructions: p.insns, License: "GPL"})
+		if err != nil {
+			t.Errorf("%s program: %v", p.attach, err)
+			continue
+		}
+		prog.Close()
+	}
+}

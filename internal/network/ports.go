@@ -60,6 +60,11 @@ type Forwarder struct {
 	ports     []Port
 	applied   bool // the rules in fwds are in the kernel
 	published bool // ports is published
+	// redirect takes the host's TCP connections to its loopback at
+	// connect(2); nil where the kernel has no cgroup v2 or BPF for it,
+	// and the nftables rules carry them alone.
+	redirect      *loopbackRedirect
+	redirectTried bool
 }
 
 type portKey struct {
@@ -84,6 +89,11 @@ func (f *Forwarder) Run(ctx context.Context) {
 	}
 	t := time.NewTicker(f.Interval)
 	defer t.Stop()
+	defer func() {
+		if f.redirect != nil {
+			f.redirect.Close()
+		}
+	}()
 	for {
 		if err := f.Scan(); err != nil && f.Log != nil {
 			f.Log.Warn("port scan", "err", err)
@@ -154,9 +164,20 @@ func (f *Forwarder) Scan() error {
 	}
 	f.holders = holders
 	slices.SortFunc(fwds, func(a, b forward) int { return cmpKey(portKey{a.proto, a.port}, portKey{b.proto, b.port}) })
+	if !f.redirectTried {
+		f.redirectTried = true
+		if f.redirect, err = newLoopbackRedirect(); err != nil && f.Log != nil {
+			f.Log.Warn("connections to the loopback are forwarded by NAT alone", "err", err)
+		}
+	}
 	if !f.applied || !slices.Equal(fwds, f.fwds) {
 		if err := setForwards(f.Record, fwds); err != nil {
 			return errors.Join(append(errs, err)...)
+		}
+		if f.redirect != nil {
+			if err := f.redirect.set(fwds); err != nil {
+				return errors.Join(append(errs, err)...)
+			}
 		}
 		f.fwds, f.applied = fwds, true
 	}
