@@ -43,6 +43,8 @@ func Helper(args []string) int {
 		"sem-loop":     semLoop,
 		"tcp-sink":     tcpSink,
 		"read-file":    readFile,
+		"tcp-send":     tcpSend,
+		"tcp-connect":  tcpConnect,
 	}
 	h, ok := helpers[args[0]]
 	if !ok {
