@@ -21,6 +21,7 @@ import (
 	"github.com/vishvananda/netlink"
 
 	"github.com/smpc-cluster/smpc/internal/network"
+	"github.com/smpc-cluster/smpc/internal/partition"
 )
 
 // TestNetHelper is a server run inside an OSlet by TestNetwork: with
@@ -149,7 +150,7 @@ func nftTables(t *testing.T) []string {
 // redirectPrograms lists smpc's loopback redirect programs attached to the
 // root of the cgroup v2 hierarchy.
 func redirectPrograms(t *testing.T) []string {
-	root, err := network.Cgroup2Root()
+	root, err := partition.Cgroup2Root()
 	if err != nil {
 		t.Log(err)
 		return nil
@@ -284,7 +285,7 @@ func TestNetwork(t *testing.T) {
 		}
 		local, remote := conn.LocalAddr().(*net.TCPAddr), conn.RemoteAddr().String()
 		conn.Close()
-		if _, err := network.Cgroup2Root(); err != nil {
+		if _, err := partition.Cgroup2Root(); err != nil {
 			t.Logf("no cgroup v2 here, so no loopback redirect: %v", err)
 		} else if progs := redirectPrograms(t); len(progs) != 2 {
 			t.Errorf("loopback redirect programs attached: %v", progs)

@@ -156,7 +156,11 @@ func CgroupRules(k int, devs []Device) []specs.LinuxDeviceCgroup {
 	rule := func(typ string, major, minor int64, access string) specs.LinuxDeviceCgroup {
 		return specs.LinuxDeviceCgroup{Allow: true, Type: typ, Major: &major, Minor: &minor, Access: access}
 	}
-	rules := []specs.LinuxDeviceCgroup{{Allow: false, Access: "rwm"}}
+	// "All" spelled out (type a, major and minor -1): the runtime spec
+	// reads what is unset as all, but containerd's v2 device program
+	// refuses an empty type and needs the numbers.
+	all := int64(-1)
+	rules := []specs.LinuxDeviceCgroup{{Allow: false, Type: "a", Major: &all, Minor: &all, Access: "rwm"}}
 	for _, p := range Pseudo {
 		rules = append(rules, rule("c", int64(p.Major), int64(p.Minor), "rwm"))
 	}

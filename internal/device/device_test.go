@@ -1,7 +1,17 @@
 package device
 
 import (
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"syscall"
 	"testing"
+
+	"github.com/containerd/cgroups/v3/cgroup2"
+
+	"github.com/smpc-cluster/smpc/internal/partition"
 )
 
 func TestAllows(t *testing.T) {
@@ -31,7 +41,7 @@ func TestCgroupRules(t *testing.T) {
 		{Name: "vda", OSlet: 1, Type: "block", Major: 254, Minor: 0},
 	}
 	rules := CgroupRules(2, devs)
-	if r := rules[0]; r.Allow || r.Access != "rwm" || r.Type != "" {
+	if r := rules[0]; r.Allow || r.Access != "rwm" || r.Type != "a" || *r.Major != -1 || *r.Minor != -1 {
 		t.Fatalf("the first rule must deny everything: %+v", r)
 	}
 	find := func(typ string, major, minor int64) string {
@@ -68,5 +78,64 @@ func TestLookupRefusesPaths(t *testing.T) {
 	}
 	if d, err := Lookup("null"); err != nil || d.Type != "char" || d.Major != 1 || d.Minor != 3 {
 		t.Errorf("Lookup(null) = %+v, %v", d, err)
+	}
+}
+
+// TestCgroupRulesV2 applies an OSlet's rules as a cgroup v2 devices program
+// (what containerd's cgroups library makes of them on a unified host) to a
+// cgroup of the v2 hierarchy, which a hybrid host mounts too, and opens
+// devices from a process in it: the kernel runs the program on every open.
+func TestCgroupRulesV2(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("making cgroups and loading their device programs needs root")
+	}
+	root, err := partition.Cgroup2Root()
+	if err != nil {
+		t.Skip(err)
+	}
+	// kmsg stands for a device of OSlet 2's: any root may open it.
+	kmsg, err := Lookup("kmsg")
+	if err != nil {
+		t.Skip(err)
+	}
+	kmsg.OSlet = 2
+	devs := []Device{kmsg}
+	open := func(k int, path string) error {
+		group := fmt.Sprintf("/smpc-devtest-%d-%d", os.Getpid(), k)
+		m, err := cgroup2.NewManager(root, group, &cgroup2.Resources{Devices: CgroupRules(k, devs)})
+		if err != nil {
+			t.Fatalf("cgroup %s with oslet %d's device rules: %v", group, k, err)
+		}
+		defer m.Delete()
+		dir, err := os.Open(filepath.Join(root, group))
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer dir.Close()
+		cmd := exec.Command("sh", "-c", "exec 3<"+path)
+		cmd.SysProcAttr = &syscall.SysProcAttr{UseCgroupFD: true, CgroupFD: int(dir.Fd())}
+		out, err := cmd.CombinedOutput()
+		if err != nil {
+			return fmt.Errorf("%v: %s", err, out)
+		}
+		return nil
+	}
+	for _, tt := range []struct {
+		oslet int
+		path  string
+		ok    bool
+	}{
+		{1, "/dev/null", true},
+		{1, "/dev/urandom", true},
+		{1, "/dev/kmsg", false}, // another OSlet's
+		{2, "/dev/kmsg", true},  // its own
+	} {
+		err := open(tt.oslet, tt.path)
+		if (err == nil) != tt.ok {
+			t.Errorf("oslet %d opens %s: %v, want allowed=%v", tt.oslet, tt.path, err, tt.ok)
+		}
+		if !tt.ok && err != nil && !strings.Contains(err.Error(), "not permitted") {
+			t.Errorf("oslet %d opens %s: %v, want EPERM", tt.oslet, tt.path, err)
+		}
 	}
 }

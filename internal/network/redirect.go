@@ -1,17 +1,16 @@
 package network
 
 import (
-	"bufio"
 	"encoding/binary"
 	"errors"
 	"fmt"
-	"os"
-	"strings"
 
 	"github.com/cilium/ebpf"
 	"github.com/cilium/ebpf/asm"
 	"github.com/cilium/ebpf/link"
 	"golang.org/x/sys/unix"
+
+	"github.com/smpc-cluster/smpc/internal/partition"
 )
 
 // A loopbackRedirect forwards the host's TCP connections to 127.0.0.0/8 at
@@ -53,9 +52,9 @@ const (
 )
 
 func newLoopbackRedirect() (*loopbackRedirect, error) {
-	root, err := Cgroup2Root()
+	root, err := partition.Cgroup2Root()
 	if err != nil {
-		return nil, err
+		return nil, fmt.Errorf("loopback redirect: %w", err)
 	}
 	cookie, err := hostNetnsCookie()
 	if err != nil {
@@ -229,25 +228,4 @@ func hostNetnsCookie() (uint64, error) {
 		return 0, fmt.Errorf("loopback redirect: netns cookie: %w", err)
 	}
 	return c, nil
-}
-
-// Cgroup2Root finds where the cgroup v2 hierarchy is mounted: /sys/fs/cgroup
-// on a unified host, /sys/fs/cgroup/unified on a hybrid one.
-func Cgroup2Root() (string, error) {
-	f, err := os.Open("/proc/self/mountinfo")
-	if err != nil {
-		return "", err
-	}
-	defer f.Close()
-	sc := bufio.NewScanner(f)
-	for sc.Scan() {
-		// ID PARENT MAJ:MIN ROOT MOUNTPOINT OPTIONS... - FSTYPE SOURCE SUPER
-		fields := strings.Fields(sc.Text())
-		for i, field := range fields {
-			if field == "-" && i+1 < len(fields) && fields[i+1] == "cgroup2" && fields[3] == "/" {
-				return fields[4], nil
-			}
-		}
-	}
-	return "", errors.New("loopback redirect: no cgroup v2 hierarchy is mounted")
 }

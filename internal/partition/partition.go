@@ -5,6 +5,7 @@
 package partition
 
 import (
+	"bufio"
 	"errors"
 	"fmt"
 	"os"
@@ -221,4 +222,25 @@ func RemoveParents(group, top string) {
 			}
 		}
 	}
+}
+
+// Cgroup2Root finds where the cgroup v2 hierarchy is mounted: /sys/fs/cgroup
+// on a unified host, /sys/fs/cgroup/unified on a hybrid one.
+func Cgroup2Root() (string, error) {
+	f, err := os.Open("/proc/self/mountinfo")
+	if err != nil {
+		return "", err
+	}
+	defer f.Close()
+	sc := bufio.NewScanner(f)
+	for sc.Scan() {
+		// ID PARENT MAJ:MIN ROOT MOUNTPOINT OPTIONS... - FSTYPE SOURCE SUPER
+		fields := strings.Fields(sc.Text())
+		for i, field := range fields {
+			if field == "-" && i+1 < len(fields) && fields[i+1] == "cgroup2" && fields[3] == "/" {
+				return fields[4], nil
+			}
+		}
+	}
+	return "", errors.New("no cgroup v2 hierarchy is mounted")
 }
