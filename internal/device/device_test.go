@@ -102,6 +102,8 @@ func TestCgroupRulesV2(t *testing.T) {
 	devs := []Device{kmsg}
 	open := func(k int, path string) error {
 		group := fmt.Sprintf("/smpc-devtest-%d-%d", os.Getpid(), k)
+		// Gone even if the manager fails after making the directory.
+		defer os.Remove(filepath.Join(root, group))
 		m, err := cgroup2.NewManager(root, group, &cgroup2.Resources{Devices: CgroupRules(k, devs)})
 		if err != nil {
 			t.Fatalf("cgroup %s with oslet %d's device rules: %v", group, k, err)
