@@ -4,8 +4,10 @@ import (
 	"bytes"
 	"crypto/rand"
 	"encoding/json"
+	"fmt"
 	"os"
 	"os/exec"
+	"strconv"
 	"strings"
 	"syscall"
 	"testing"
@@ -169,6 +171,26 @@ func TestRdev(t *testing.T) {
 			"sh", "-c", "grep NoNewPrivs /proc/self/status; dd if="+rdev+" count=1 status=none")...)...)
 		if code == 0 || !strings.Contains(out, "NoNewPrivs:\t1") || !strings.Contains(out, "Permission denied") {
 			t.Errorf("nobody with direct device opens: %d %s", code, out)
+		}
+	})
+	t.Run("size follows the device", func(t *testing.T) {
+		back, err := os.ReadFile("/sys/block/" + name + "/loop/backing_file")
+		if err != nil {
+			t.Skip(err)
+		}
+		img := strings.TrimSpace(string(back))
+		if err := os.Truncate(img, 2*int64(len(data))); err != nil {
+			t.Fatal(err)
+		}
+		if out, err := exec.Command("losetup", "-c", "/dev/"+name).CombinedOutput(); err != nil {
+			t.Fatalf("losetup -c: %v: %s", err, out)
+		}
+		got := strings.TrimSpace(c.must("run", "--on", "1", "--", "stat", "-c", "%s", rdev))
+		if got != strconv.Itoa(2*len(data)) {
+			t.Errorf("%s has size %s after the device grew to %d", rdev, got, 2*len(data))
+		}
+		if out := c.must("devices"); !strings.Contains(out, name) || !strings.Contains(c.must("devices", "--json"), fmt.Sprintf(`"size":%d`, 2*len(data))) {
+			t.Errorf("smpc devices after the device grew: %s", out)
 		}
 	})
 	t.Run("owner down", func(t *testing.T) {

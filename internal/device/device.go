@@ -114,8 +114,9 @@ func Inventory(p *plan.Plan, hostBlock []string) ([]Device, error) {
 	return devs, nil
 }
 
-// Owned returns OSlet k's devices, with owner and mode as k's /dev has
-// them now (a chmod there shows), as this process, running on k, sees them.
+// Owned returns OSlet k's devices, with owner, mode and size as they are
+// now (a chmod in k's /dev shows, and so does a resize), as this process,
+// running on k, sees them.
 func Owned(devs []Device, k int) []Device {
 	var own []Device
 	for _, d := range devs {
@@ -124,6 +125,9 @@ func Owned(devs []Device, k int) []Device {
 		}
 		if live, err := Lookup(d.Name); err == nil {
 			d.Mode, d.UID, d.GID = live.Mode, live.UID, live.GID
+		}
+		if size := blockSize(d.Name); d.Type == "block" && size > 0 {
+			d.Size = size
 		}
 		own = append(own, d)
 	}

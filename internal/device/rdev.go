@@ -81,6 +81,13 @@ func (f *rdevFile) Getattr(ctx context.Context, fh fs.FileHandle, out *fuse.Attr
 	out.Mode = syscall.S_IFREG | f.dev.Mode&0o777
 	out.Uid, out.Gid = f.dev.UID, f.dev.GID
 	out.Size = uint64(f.dev.Size)
+	// A block device can change size (losetup -c, a resized disk): sysfs
+	// says what it is now, with no open of the device.
+	if f.dev.Type == "block" {
+		if size := blockSize(f.dev.Name); size > 0 {
+			out.Size = uint64(size)
+		}
+	}
 	return 0
 }
 
