@@ -151,6 +151,9 @@ func ReceiveListener(parent *os.File, timeout time.Duration) (*os.File, error) {
 	uc.SetReadDeadline(time.Now().Add(timeout))
 	buf, oob := make([]byte, 4096), make([]byte, unix.CmsgSpace(4))
 	n, oobn, _, _, err := uc.ReadMsgUnix(buf, oob)
+	if errors.Is(err, io.EOF) {
+		return nil, errors.New("the process exited before it handed its seccomp listener over")
+	}
 	if err != nil {
 		return nil, fmt.Errorf("wait for the seccomp listener: %w", err)
 	}

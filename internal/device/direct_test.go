@@ -4,6 +4,7 @@ import (
 	"os"
 	"strings"
 	"testing"
+	"time"
 	"unsafe"
 
 	"golang.org/x/sys/unix"
@@ -99,5 +100,41 @@ func TestOpenFilter(t *testing.T) {
 	}
 	if last := prog[len(prog)-1]; last.K != unix.SECCOMP_RET_USER_NOTIF {
 		t.Errorf("the filter's last instruction returns %#x, not SECCOMP_RET_USER_NOTIF", last.K)
+	}
+}
+
+func TestReceiveListener(t *testing.T) {
+	for _, tt := range []struct {
+		name  string
+		stage func(child *os.File)
+		want  string // error text; "" for a descriptor
+	}{
+		{"handed over", func(child *os.File) {
+			r, w, _ := os.Pipe()
+			defer r.Close()
+			defer w.Close()
+			unix.Sendmsg(int(child.Fd()), []byte{0}, unix.UnixRights(int(r.Fd())), nil, 0)
+		}, ""},
+		{"the stage's own error", func(child *os.File) {
+			child.Write([]byte("install seccomp filter: invalid argument"))
+		}, "install seccomp filter: invalid argument"},
+		{"the stage died", func(child *os.File) {}, "exited before"},
+	} {
+		parent, child, err := ListenerPair()
+		if err != nil {
+			t.Fatal(err)
+		}
+		tt.stage(child)
+		child.Close()
+		f, err := ReceiveListener(parent, time.Second)
+		parent.Close()
+		switch {
+		case tt.want == "" && err != nil:
+			t.Errorf("%s: %v", tt.name, err)
+		case tt.want == "":
+			f.Close()
+		case err == nil || !strings.Contains(err.Error(), tt.want):
+			t.Errorf("%s: got %v, want an error with %q", tt.name, err, tt.want)
+		}
 	}
 }

@@ -184,21 +184,19 @@ func (i *Init) startLocal(files []*os.File, req *fabric.SpawnRequest, cred fabri
 	groups := make([]uint32, len(cred.Groups))
 	copy(groups, cred.Groups)
 	exe, argv, inherit := path, req.Argv, fds[:]
-	var stageEnd *os.File
+	var stageEnd, stageChild *os.File
 	if req.DirectDevices {
 		// The process starts as smpc's exec stage, which installs the
 		// filter that traps its opens and hands the listener back here.
 		if !device.DirectSupported {
 			return fail(fabric.CodeInvalid, errors.New("direct device opens are not supported on this architecture"))
 		}
-		var child *os.File
-		if stageEnd, child, err = device.ListenerPair(); err != nil {
+		if stageEnd, stageChild, err = device.ListenerPair(); err != nil {
 			return fail(fabric.CodeInternal, err)
 		}
-		defer child.Close()
 		defer stageEnd.Close()
 		exe, argv = "/proc/self/exe", append([]string{"smpc", device.ExecStage, path}, req.Argv...)
-		inherit = append(inherit, child.Fd())
+		inherit = append(inherit, stageChild.Fd())
 	}
 	pid, err := syscall.ForkExec(exe, argv, &syscall.ProcAttr{
 		Dir:   dir,
@@ -210,6 +208,10 @@ func (i *Init) startLocal(files []*os.File, req *fabric.SpawnRequest, cred fabri
 			Setsid:     req.Detach,
 		},
 	})
+	if stageChild != nil {
+		// Only the stage holds its end now: if it dies, the wait ends.
+		stageChild.Close()
+	}
 	if err == nil && stageEnd != nil {
 		listener, lerr := device.ReceiveListener(stageEnd, 10*time.Second)
 		if lerr != nil {
