@@ -169,6 +169,10 @@ func ReceiveListener(parent *os.File, timeout time.Duration) (*os.File, error) {
 	return nil, errors.New(string(buf[:n]))
 }
 
+// pageSize is the unit readString reads in; any size up to the real page
+// size keeps each read within one page.
+const pageSize = 4096
+
 // The kernel's structures of seccomp_unotify(2), which x/sys/unix does not
 // define.
 type seccompData struct {
@@ -224,6 +228,7 @@ func (s *Supervisor) Serve(listener *os.File) {
 	// of a goroutine doubles the round trip.
 	runtime.LockOSThread()
 	defer runtime.UnlockOSThread()
+	buf := make([]byte, pageSize) // for the paths, one at a time
 	rc.Control(func(fd uintptr) {
 		// The kernel then switches straight to this thread and back.
 		unix.Syscall(unix.SYS_IOCTL, fd, unix.SECCOMP_IOCTL_NOTIF_SET_FLAGS, unix.SECCOMP_USER_NOTIF_FD_SYNC_WAKE_UP)
@@ -256,21 +261,21 @@ func (s *Supervisor) Serve(listener *os.File) {
 			}
 			continue
 		}
-		s.answer(rc, &n)
+		s.answer(rc, &n, buf)
 	}
 }
 
 // answer lets an open run on unless it names a device of /rdev, which it
 // opens on the owner, in a goroutine of its own: the owner may be slow to
 // answer, and the process's other threads may open files meanwhile.
-func (s *Supervisor) answer(rc syscall.RawConn, n *seccompNotif) {
+func (s *Supervisor) answer(rc syscall.RawConn, n *seccompNotif, buf []byte) {
 	pid := int(n.PID)
 	// openat(dirfd, path, flags, mode), or open(path, flags, mode)
 	dirfd, pathAddr, flags := int32(n.Data.Args[0]), n.Data.Args[1], int(n.Data.Args[2])
 	if n.Data.Nr != int32(unix.SYS_OPENAT) {
 		dirfd, pathAddr, flags = unix.AT_FDCWD, n.Data.Args[0], int(n.Data.Args[1])
 	}
-	path, err := readString(pid, pathAddr)
+	path, err := readString(pid, pathAddr, buf)
 	k, name, ok := s.target(pid, dirfd, path, flags)
 	// The memory read above may have been of another process had this one
 	// died and its PID been reused: the notification must still be live.
@@ -382,13 +387,13 @@ func ioctl(fd uintptr, req uint, arg unsafe.Pointer) error {
 	}
 }
 
-// readString reads a NUL-terminated path from another process's memory, a
-// page at a time: a read that crosses into an unmapped page fails whole.
-func readString(pid int, addr uint64) (string, error) {
+// readString reads a NUL-terminated path from another process's memory
+// into buf (a page long), a page at a time: a read that crosses into an
+// unmapped page fails whole.
+func readString(pid int, addr uint64, buf []byte) (string, error) {
 	var out []byte
-	buf := make([]byte, 4096)
 	for len(out) < unix.PathMax {
-		n := 4096 - int(addr%4096)
+		n := pageSize - int(addr%pageSize)
 		local := []unix.Iovec{{Base: &buf[0], Len: uint64(n)}}
 		remote := []unix.RemoteIovec{{Base: uintptr(addr), Len: n}}
 		got, err := unix.ProcessVMReadv(pid, local, remote, 0)

@@ -63,12 +63,12 @@ func TestReadString(t *testing.T) {
 		want := strings.Repeat("p", tt.length)
 		copy(page[tt.offset:], want)
 		page[tt.offset+tt.length] = 0
-		got, err := readString(os.Getpid(), uint64(base)+uint64(tt.offset))
+		got, err := readString(os.Getpid(), uint64(base)+uint64(tt.offset), make([]byte, pageSize))
 		if err != nil || got != want {
 			t.Errorf("%s: readString = %d bytes, %v; want %d bytes", tt.name, len(got), err, len(want))
 		}
 	}
-	if _, err := readString(os.Getpid(), 8); err == nil {
+	if _, err := readString(os.Getpid(), 8, make([]byte, pageSize)); err == nil {
 		t.Error("readString of an unmapped address did not fail")
 	}
 }
