@@ -3,6 +3,7 @@ package smpc
 import (
 	"context"
 	"errors"
+	"fmt"
 	"os"
 
 	"golang.org/x/sys/unix"
@@ -22,6 +23,10 @@ type Cmd struct {
 	// Stdin, Stdout and Stderr are handed to the process itself as file
 	// descriptors; nil means /dev/null.
 	Stdin, Stdout, Stderr *os.File
+	// ExtraFiles are more descriptors for the process, as in os/exec: entry
+	// i becomes descriptor 3+i; a nil entry leaves that number closed. A
+	// make's jobserver pipe reaches a recipe on another OSlet this way.
+	ExtraFiles []*os.File
 	// OSlet is where to start it; 0 lets Policy (or the inherited policy)
 	// choose.
 	OSlet int
@@ -39,7 +44,7 @@ type Cmd struct {
 	// OSlet's init. See docs/network.md.
 	DirectDevices bool
 
-	// PID is the process's global PID once Start has returned.
+	// PID is the process's PID in the cluster once Start has returned.
 	PID PID
 
 	c *Client
@@ -79,12 +84,14 @@ func (cmd *Cmd) Start(ctx context.Context) error {
 	defer dirFile.Close()
 	req.DirFile = len(files)
 	files = append(files, dirFile)
-	for n, f := range []*os.File{cmd.Stdin, cmd.Stdout, cmd.Stderr} {
-		req.Stdio[n] = fabric.NoFile
+	for n, f := range append([]*os.File{cmd.Stdin, cmd.Stdout, cmd.Stderr}, cmd.ExtraFiles...) {
 		if f != nil {
-			req.Stdio[n] = len(files)
+			req.Fds = append(req.Fds, fabric.FD{Num: n, File: len(files)})
 			files = append(files, f)
 		}
+	}
+	if len(files) > fabric.MaxFiles {
+		return fmt.Errorf("smpc: %d descriptors to hand over, at most %d travel", len(files)-1, fabric.MaxFiles-1)
 	}
 	var reply fabric.SpawnReply
 	if _, err := cmd.c.call(ctx, cmd.OSlet, fabric.OpSpawn, req, files, &reply); err != nil {

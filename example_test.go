@@ -25,5 +25,5 @@ func Example() {
 	if err != nil {
 		log.Fatal(err)
 	}
-	fmt.Println("pid", cmd.PID, "on oslet", cmd.PID.OSlet(), st)
+	fmt.Println("pid", cmd.PID, st)
 }

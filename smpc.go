@@ -3,9 +3,12 @@
 // processes and OSlets, from the host or from inside any OSlet. The smpc
 // command is built on it.
 //
-// Inside an OSlet a Client talks to its own OSlet's init, which forwards
-// requests over its proxy channels; on the host it talks to each OSlet's init
-// directly (root, or the user who booted the cluster, only).
+// Every OSlet shares the cluster's one PID namespace, so a process has the
+// same PID on every OSlet, and plain kill(2), waitpid(2) and /proc work
+// across OSlets for programs inside; smpc on the host speaks the same
+// numbers. Inside an OSlet a Client talks to its own OSlet's init, which
+// forwards requests over its proxy channels; on the host it talks to the
+// OSlets' inits directly (root, or the user who booted the cluster, only).
 package smpc
 
 import (
@@ -19,11 +22,13 @@ import (
 
 	"github.com/smpc-cluster/smpc/internal/cluster"
 	"github.com/smpc-cluster/smpc/internal/fabric"
+	"github.com/smpc-cluster/smpc/internal/ipc"
 	"github.com/smpc-cluster/smpc/internal/oslet"
 	"github.com/smpc-cluster/smpc/internal/vproc"
 )
 
-// PID is a global process ID: OSlet k's local PID p is k<<22 | p.
+// PID is a process's ID in the cluster's PID namespace, the same on every
+// OSlet.
 type PID = vproc.PID
 
 // ExitStatus is how a process ended.
@@ -53,11 +58,11 @@ type Client struct {
 	self     int // the caller's OSlet, when inside
 	oslets   []int
 
-	mu         sync.Mutex
-	conns      map[int]*fabric.Caller // inside: key 0 is the own init
-	ipcObjects map[*ipcObject]bool    // mapped IPC objects, to end if their home dies (host only)
-	watching   map[int]bool           // homes watched for their death (host only)
-	closed     bool
+	ipcNS *ipc.Namespace // the cluster's IPC namespace; nil inside, where every process is in it
+
+	mu     sync.Mutex
+	conns  map[int]*fabric.Caller // inside: key 0 is the own init
+	closed bool
 }
 
 // Connect finds the cluster. Inside an OSlet it connects to its own init and
@@ -83,6 +88,11 @@ func Connect(stateDir string) (*Client, error) {
 		return nil, err
 	}
 	c := &Client{stateDir: dir, conns: map[int]*fabric.Caller{}}
+	// The cluster's PID 1 holds its IPC namespace; SysV calls from the host
+	// run on threads that enter it.
+	if ns, err := os.Open(fmt.Sprintf("/proc/%d/ns/ipc", st.Reaper)); err == nil {
+		c.ipcNS = &ipc.Namespace{File: ns}
+	}
 	for _, o := range st.Plan.OSlets {
 		c.oslets = append(c.oslets, o.Index)
 	}
@@ -95,6 +105,9 @@ func (c *Client) Close() error {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	c.closed = true
+	if c.ipcNS != nil {
+		c.ipcNS.File.Close()
+	}
 	for k, cc := range c.conns {
 		cc.Close()
 		delete(c.conns, k)
@@ -164,15 +177,31 @@ func (c *Client) call(ctx context.Context, k int, op fabric.Op, req any, files [
 	return cc.Call(ctx, op, req, files, resp)
 }
 
-// Signal sends sig to process pid on whatever OSlet owns it.
+// anyCall makes a call that any OSlet can serve for the whole cluster:
+// inside, to the own init; on the host, to the first OSlet that is up.
+func (c *Client) anyCall(ctx context.Context, op fabric.Op, req any, files []*os.File, resp any) ([]*os.File, error) {
+	if c.inside {
+		return c.call(ctx, 0, op, req, files, resp)
+	}
+	var err error
+	for _, k := range c.oslets {
+		var got []*os.File
+		if got, err = c.call(ctx, k, op, req, files, resp); !errors.Is(err, ErrDown) {
+			return got, err
+		}
+	}
+	return nil, err
+}
+
+// Signal sends sig to process pid, on whatever OSlet it runs.
 func (c *Client) Signal(ctx context.Context, pid PID, sig syscall.Signal) error {
-	_, err := c.call(ctx, pid.OSlet(), fabric.OpSignal, fabric.SignalRequest{PID: int32(pid), Signal: int(sig)}, nil, &fabric.Empty{})
+	_, err := c.anyCall(ctx, fabric.OpSignal, fabric.SignalRequest{PID: int32(pid), Signal: int(sig)}, nil, &fabric.Empty{})
 	return err
 }
 
 // SignalGroup sends sig to the process group whose leader is pgid.
 func (c *Client) SignalGroup(ctx context.Context, pgid PID, sig syscall.Signal) error {
-	_, err := c.call(ctx, pgid.OSlet(), fabric.OpSignal, fabric.SignalRequest{PID: int32(pgid), Group: true, Signal: int(sig)}, nil, &fabric.Empty{})
+	_, err := c.anyCall(ctx, fabric.OpSignal, fabric.SignalRequest{PID: int32(pgid), Group: true, Signal: int(sig)}, nil, &fabric.Empty{})
 	return err
 }
 
@@ -181,7 +210,7 @@ func (c *Client) SignalGroup(ctx context.Context, pgid PID, sig syscall.Signal) 
 // error matching ErrDown.
 func (c *Client) Wait(ctx context.Context, pid PID) (ExitStatus, error) {
 	var reply fabric.WaitReply
-	_, err := c.call(ctx, pid.OSlet(), fabric.OpWait, fabric.WaitRequest{PID: int32(pid)}, nil, &reply)
+	_, err := c.anyCall(ctx, fabric.OpWait, fabric.WaitRequest{PID: int32(pid)}, nil, &reply)
 	if errors.Is(err, ErrDown) {
 		return vproc.LostStatus(), err
 	}
@@ -191,21 +220,18 @@ func (c *Client) Wait(ctx context.Context, pid PID) (ExitStatus, error) {
 // Processes lists every process of the cluster; down lists the OSlets that
 // could not answer.
 func (c *Client) Processes(ctx context.Context) (procs []Process, down []int, err error) {
-	if c.inside {
-		var r fabric.ProcessesReply
-		_, err := c.call(ctx, 0, fabric.OpProcesses, fabric.ProcessesRequest{Cluster: true}, nil, &r)
-		return r.Processes, r.Down, err
+	var r fabric.ProcessesReply
+	_, err = c.anyCall(ctx, fabric.OpProcesses, fabric.ProcessesRequest{Cluster: true}, nil, &r)
+	return r.Processes, r.Down, err
+}
+
+// fromOwnPID turns a PID of the caller's PID namespace into the cluster's:
+// the same inside an OSlet; on the host, the last of the process's NSpid.
+func (c *Client) fromOwnPID(pid int) PID {
+	if c.inside || pid <= 0 {
+		return PID(pid)
 	}
-	down, err = c.eachOSlet(func(k int) (func(), error) {
-		var r fabric.ProcessesReply
-		_, err := c.call(ctx, k, fabric.OpProcesses, fabric.ProcessesRequest{}, nil, &r)
-		return func() { procs = append(procs, r.Processes...) }, err
-	})
-	if err != nil {
-		return nil, nil, err
-	}
-	sort.Slice(procs, func(a, b int) bool { return procs[a].PID < procs[b].PID })
-	return procs, down, nil
+	return PID(vproc.ClusterPID(pid))
 }
 
 // eachOSlet asks every OSlet at once, from the host. ask returns a merge

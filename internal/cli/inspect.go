@@ -42,10 +42,13 @@ func psCmd() *cobra.Command {
 	var asJSON bool
 	cmd := &cobra.Command{
 		Use:   "ps",
-		Short: "List every process of every OSlet, with global PIDs",
-		Long: `List every process of the cluster: global PID (OSlet k's local PID p is
-k*4194304+p), OSlet, parent's global PID, user, state, CPU time and command.
-An OSlet that is down is named on standard error, and the exit status is 1.`,
+		Short: "List every process of every OSlet",
+		Long: `List every process of the cluster: PID (the same number inside every OSlet,
+where ps, kill and /proc see every process too), OSlet (the cgroup it runs
+in), parent's PID, user, state, CPU time, launch policy and command. A
+process that a spreading policy would have moved but did not says why after
+its policy. An OSlet that is down is named on standard error, and the exit
+status is 1.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			return withClient(func(c *smpc.Client) error {
@@ -53,9 +56,13 @@ An OSlet that is down is named on standard error, and the exit status is 1.`,
 				if err != nil {
 					return err
 				}
-				err = printList(cmd.OutOrStdout(), asJSON, procs, "GPID\tOSLET\tPPID\tUSER\tSTATE\tTIME\tCOMMAND",
+				err = printList(cmd.OutOrStdout(), asJSON, procs, "PID\tOSLET\tPPID\tUSER\tSTATE\tTIME\tPOLICY\tCOMMAND",
 					func(p smpc.Process) string {
-						return fmt.Sprintf("%d\t%d\t%d\t%s\t%s\t%.2f\t%s", p.PID, p.OSlet, p.Parent, p.User, p.State, p.CPUTime, p.Command)
+						policy := orDash(p.Policy)
+						if p.Note != "" {
+							policy += " (" + p.Note + ")"
+						}
+						return fmt.Sprintf("%d\t%d\t%d\t%s\t%s\t%.2f\t%s\t%s", p.PID, p.OSlet, p.Parent, p.User, p.State, p.CPUTime, policy, p.Command)
 					})
 				return errors.Join(err, downError(down))
 			})

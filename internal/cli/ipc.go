@@ -354,15 +354,18 @@ func ipcsCmd() *cobra.Command {
 	only := map[smpc.IPCKind]*bool{smpc.KindMsg: new(bool), smpc.KindShm: new(bool), smpc.KindSem: new(bool)}
 	cmd := &cobra.Command{
 		Use:   "ipcs",
-		Short: "List every message queue, shared memory segment and semaphore set, with its home OSlet",
+		Short: "List every message queue, shared memory segment and semaphore set, with the OSlet that uses it",
 		Long: `List every System V message queue, shared memory segment and semaphore set
-of the cluster, as ipcs(1) does, with the OSlet each lives on (its home). -q,
--m and -s pick kinds. NATTCH counts the processes that hold a segment. An
-OSlet that is down is named on standard error, and the exit status is 1.`,
+of the cluster, as ipcs(1) does. They are the kernel's own objects in the
+cluster's one IPC namespace, so util-linux ipcs inside any OSlet lists the
+same. The OSLET column names where the object's creator (a segment), its last
+sender (a queue) or its last operator (a set) runs, or "-" once that process
+is gone. -q, -m and -s pick kinds. NATTCH counts the processes that hold a
+segment.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			return withClient(func(c *smpc.Client) error {
-				objects, down, err := c.IPCs(context.Background())
+				objects, err := c.IPCs(context.Background())
 				if err != nil {
 					return err
 				}
@@ -383,17 +386,17 @@ OSlet that is down is named on standard error, and the exit status is 1.`,
 						if picked && !*only[sec.kind] {
 							continue
 						}
-						fmt.Fprintf(tw, "------ %s --------\nkey\t%s\thome\n", sec.title, sec.header)
+						fmt.Fprintf(tw, "------ %s --------\nkey\t%s\toslet\n", sec.title, sec.header)
 						for _, o := range shown {
 							if o.Kind == sec.kind {
-								fmt.Fprintf(tw, "%s\t%d\t%s\t%s\t%s\t%d\n", ipc.FormatKey(o.Key), o.ID, vproc.UserName(o.UID), ipc.ModeString(o.Mode), sec.row(o), o.Home)
+								fmt.Fprintf(tw, "%s\t%d\t%s\t%s\t%s\t%s\n", ipc.FormatKey(o.Key), o.ID, vproc.UserName(o.UID), ipc.ModeString(o.Mode), sec.row(o), orDash(osletIndex(o.OSlet)))
 							}
 						}
 						fmt.Fprintln(tw)
 					}
 					tw.Flush()
 				}
-				return downError(down)
+				return nil
 			})
 		},
 	}
@@ -402,6 +405,14 @@ OSlet that is down is named on standard error, and the exit status is 1.`,
 	cmd.Flags().BoolVarP(only[smpc.KindShm], "shmems", "m", false, "shared memory segments")
 	cmd.Flags().BoolVarP(only[smpc.KindSem], "semaphores", "s", false, "semaphore sets")
 	return cmd
+}
+
+// osletIndex prints an OSlet's index, or "" for none.
+func osletIndex(k int) string {
+	if k == 0 {
+		return ""
+	}
+	return strconv.Itoa(k)
 }
 
 // downError names the OSlets that could not answer a listing.

@@ -14,6 +14,7 @@ import (
 
 	"github.com/smpc-cluster/smpc"
 	"github.com/smpc-cluster/smpc/internal/bench"
+	"github.com/smpc-cluster/smpc/internal/cluster"
 	"github.com/smpc-cluster/smpc/internal/device"
 	"github.com/smpc-cluster/smpc/internal/oslet"
 )
@@ -35,8 +36,15 @@ func Run(args []string) int {
 		}
 		return 0
 	}
+	if len(args) > 0 && args[0] == cluster.ReaperCommand {
+		// The boot firmware starts the cluster's PID 1 this way.
+		if err := cluster.ReaperMain(); err != nil {
+			fmt.Fprintln(os.Stderr, "smpc "+cluster.ReaperCommand+":", err)
+		}
+		return 1
+	}
 	if len(args) > 0 && args[0] == device.ExecStage {
-		// An init starts a process with direct device opens this way.
+		// An init starts a process whose system calls it answers this way.
 		err := device.ExecTrapped(args[1:])
 		fmt.Fprintf(os.Stderr, "smpc %s: %v\n", device.ExecStage, err)
 		return 1
@@ -49,9 +57,11 @@ func Run(args []string) int {
 		Use:   "smpc",
 		Short: "SMP Clusters: one machine partitioned into OSlets that look like one system",
 		Long: `smpc partitions this machine's CPUs and memory into OSlets, each with its own
-cgroup and namespaces and its own init, and joins them back into one system:
-processes on any OSlet can be started, listed, signalled and waited for from
-any OSlet or from the host.
+cgroup, mounts, network and init, and joins them back into one system: every
+OSlet shares the cluster's one PID namespace and one System V IPC namespace,
+so every program sees, signals and waits for every process, and uses every
+message queue, semaphore set and shared memory segment, whatever OSlet it runs
+on. A process can be started on any OSlet, or spread by a launch policy.
 
 The state dir (default /run/smpc, or $SMPC_STATE_DIR, or --state-dir) names the
 cluster on the host. Inside an OSlet, smpc finds its own OSlet with no flag.`,

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"os"
 	"os/signal"
+	"strconv"
 
 	"github.com/spf13/cobra"
 	"golang.org/x/sys/unix"
@@ -31,20 +32,29 @@ func runCmd() *cobra.Command {
 		Use:   "run [--on K | --policy P] [--detach] -- CMD [ARGS...]",
 		Short: "Start a command on an OSlet, attached to this terminal or detached",
 		Long: `Start CMD on OSlet K (--on), or where a launch policy puts it: local (the
-caller's OSlet; OSlet 1 from the host), round-robin or least-loaded. Without
---on or --policy, the policy inherited from the nearest ancestor started with
---policy applies, so 'smpc run --policy least-loaded -- make -j8' spreads its
-recipes that use 'smpc run'.
+caller's OSlet; OSlet 1 from the host), round-robin or least-loaded.
 
-Attached (the default), the caller's standard input, output and error are
-handed to CMD itself, so pipes between OSlets are real pipes; signals sent to
+A spreading policy (round-robin, least-loaded) is the seed's inherited
+launch attribute: CMD and every descendant keep it across fork and exec, and
+each program they execute is placed, before it runs, on the OSlet the policy
+picks (its CPUs and memory), keeping its parent's files, /tmp and network.
+So 'smpc run --policy least-loaded -- make -j8' spreads an unmodified
+Makefile's recipes over the OSlets. The default policy, local, costs
+nothing. Without --on or --policy, a nested 'smpc run' inherits the policy
+of its nearest ancestor started with one.
+
+Attached (the default), the caller's standard input, output and error, and
+every other descriptor it leaves open across exec (a make's jobserver pipe),
+are handed to CMD itself at the same numbers, so pipes between OSlets are
+real pipes; signals sent to
 smpc run go to CMD's process group (Ctrl-C, Ctrl-Z, fg and bg work, and vi or
 top on another OSlet use this terminal), and smpc run exits with
 CMD's status (128+N when killed by signal N). Its own failures exit 125, a
 program that is not executable 126, one that is not found 127, and a process
 lost with its OSlet 137.
 
-With --detach it prints CMD's global PID and returns at once.
+With --detach it prints CMD's PID and returns at once; only standard input,
+output and error are handed over then (as /dev/null).
 
 A process that would inherit a network socket is not created on another OSlet
 (the seed's rule) unless --allow-sockets is given.
@@ -72,16 +82,43 @@ is not root runs with no_new_privs.`,
 			proc.OSlet, proc.Policy, proc.Detach, proc.AllowSockets, proc.DirectDevices = on, policy, detach, allowSockets, directDevices
 			if !detach {
 				proc.Stdin, proc.Stdout, proc.Stderr = os.Stdin, os.Stdout, os.Stderr
+				proc.ExtraFiles = inheritedFiles()
 			}
 			return runProcess(cmd, c, proc)
 		},
 	}
 	cmd.Flags().IntVar(&on, "on", 0, "start on OSlet `K`")
 	cmd.Flags().StringVar(&policy, "policy", "", "launch policy: local, round-robin or least-loaded")
-	cmd.Flags().BoolVar(&detach, "detach", false, "print the global PID and return at once")
+	cmd.Flags().BoolVar(&detach, "detach", false, "print the PID and return at once")
 	cmd.Flags().BoolVar(&allowSockets, "allow-sockets", false, "allow a process that inherits a network socket on another OSlet")
 	cmd.Flags().BoolVar(&directDevices, "direct-devices", false, "answer opens of /rdev with the owner's descriptor (native device speed; every open costs a trap)")
 	return cmd
+}
+
+// inheritedFiles are the descriptors above 2 that this process would pass
+// on across exec: those its caller left open for it (smpc's own are all
+// close-on-exec). Entry i is descriptor 3+i; gaps are nil.
+func inheritedFiles() []*os.File {
+	entries, err := os.ReadDir("/proc/self/fd")
+	if err != nil {
+		return nil
+	}
+	var files []*os.File
+	for _, e := range entries {
+		fd, err := strconv.Atoi(e.Name())
+		if err != nil || fd < 3 {
+			continue
+		}
+		flags, err := unix.FcntlInt(uintptr(fd), unix.F_GETFD, 0)
+		if err != nil || flags&unix.FD_CLOEXEC != 0 {
+			continue
+		}
+		for len(files) <= fd-3 {
+			files = append(files, nil)
+		}
+		files[fd-3] = os.NewFile(uintptr(fd), "inherited")
+	}
+	return files
 }
 
 func runProcess(cmd *cobra.Command, c *smpc.Client, proc *smpc.Cmd) error {

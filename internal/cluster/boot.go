@@ -7,12 +7,12 @@ import (
 	"errors"
 	"fmt"
 	"hash/fnv"
+	"io"
 	"log/slog"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"regexp"
-	"strconv"
 	"strings"
 	"sync"
 	"syscall"
@@ -27,7 +27,6 @@ import (
 	"github.com/smpc-cluster/smpc/internal/partition"
 	"github.com/smpc-cluster/smpc/internal/plan"
 	"github.com/smpc-cluster/smpc/internal/topology"
-	"github.com/smpc-cluster/smpc/internal/vproc"
 )
 
 // Options are what Boot needs; Boot checks them all before it changes
@@ -47,6 +46,11 @@ type Cluster struct {
 	lock  *os.File
 	log   *slog.Logger
 
+	reaper     *exec.Cmd // the cluster's PID 1
+	reaperDone chan struct{}
+	ns         *Namespaces // the cluster's PID and IPC namespaces
+	files      map[int]partition.StatFiles
+
 	mu       sync.Mutex
 	inits    map[int]*exec.Cmd // guarded by mu
 	cgroups  map[int]*partition.Cgroup
@@ -65,11 +69,13 @@ type Cluster struct {
 const GTmpMount = "/gtmp"
 
 // Boot partitions the machine and starts the OSlets, in this order: check the
-// plan and the kernel; take the state dir; mount the shared /gtmp; for every
-// OSlet at once, make its cgroup, start its init in new namespaces, move it
-// into the cgroup before it does anything, and hand it its boot table; once
-// every init listens, let them connect to each other; record the cluster.
-// Any failure undoes every step.
+// plan and the kernel; take the state dir; mount the shared /gtmp; start the
+// cluster's PID 1 in the cluster's PID and IPC namespaces; for every OSlet at
+// once, make its cgroup, start its init in those two namespaces and in new
+// mount, UTS and network namespaces of its own, move it into the cgroup
+// before it does anything, and hand it its boot table; once every init
+// listens, let them connect to each other; record the cluster. Any failure
+// undoes every step.
 func Boot(opts Options) (c *Cluster, retErr error) {
 	if opts.Log == nil {
 		opts.Log = slog.New(slog.NewTextHandler(os.Stderr, nil))
@@ -82,9 +88,6 @@ func Boot(opts Options) (c *Cluster, retErr error) {
 		return nil, fmt.Errorf("boot: %w", err)
 	}
 	if err := opts.Plan.Validate(m); err != nil {
-		return nil, fmt.Errorf("boot: %w", err)
-	}
-	if err := checkPidMax(); err != nil {
 		return nil, fmt.Errorf("boot: %w", err)
 	}
 	if opts.Exe == "" {
@@ -123,10 +126,22 @@ func Boot(opts Options) (c *Cluster, retErr error) {
 			return c, fmt.Errorf("boot: %w", err)
 		}
 	}
+	if err := c.startReaper(opts.Exe); err != nil {
+		return c, fmt.Errorf("boot: %w", err)
+	}
+	c.state.Bin, err = installCommand(opts.StateDir, opts.Exe)
+	if err != nil {
+		return c, fmt.Errorf("boot: %w", err)
+	}
 	id := clusterID(opts.StateDir)
 	var indexes []int
+	c.files = map[int]partition.StatFiles{}
 	for _, o := range opts.Plan.OSlets {
-		c.state.Cgroups[o.Index] = fmt.Sprintf("smpc/%s/oslet-%d", id, o.Index)
+		group := fmt.Sprintf("smpc/%s/oslet-%d", id, o.Index)
+		c.state.Cgroups[o.Index] = group
+		if c.files[o.Index], err = partition.FilesOf(group); err != nil {
+			return c, fmt.Errorf("boot: oslet %d: %w", o.Index, err)
+		}
 		indexes = append(indexes, o.Index)
 	}
 	if err := c.setupNetwork(id, indexes, &opts); err != nil {
@@ -305,6 +320,11 @@ func (s *syncChannel) step(k int, send, want string) error {
 
 // startInit makes OSlet o's cgroup and starts its init, up to "listening".
 func (c *Cluster) startInit(o plan.OSlet, opts *Options) (*syncChannel, error) {
+	// This goroutine's thread starts the init in the cluster's PID and IPC
+	// namespaces, and dies with the goroutine.
+	if err := c.ns.EnterForChildren(); err != nil {
+		return nil, fmt.Errorf("oslet %d: %w", o.Index, err)
+	}
 	group := c.state.Cgroups[o.Index]
 	cg, err := partition.Create(group, o, device.CgroupRules(o.Index, c.devices))
 	if err != nil {
@@ -332,7 +352,7 @@ func (c *Cluster) startInit(o plan.OSlet, opts *Options) (*syncChannel, error) {
 	cmd.Stdout, cmd.Stderr = logf, logf
 	cmd.ExtraFiles = []*os.File{childEnd}
 	cmd.SysProcAttr = &syscall.SysProcAttr{
-		Cloneflags: unix.CLONE_NEWPID | unix.CLONE_NEWNS | unix.CLONE_NEWUTS | unix.CLONE_NEWIPC | unix.CLONE_NEWNET,
+		Cloneflags: unix.CLONE_NEWNS | unix.CLONE_NEWUTS | unix.CLONE_NEWNET,
 		Setsid:     true, // terminal signals go to the supervisor, never straight to an OSlet
 	}
 	if err := cmd.Start(); err != nil {
@@ -352,7 +372,10 @@ func (c *Cluster) startInit(o plan.OSlet, opts *Options) (*syncChannel, error) {
 		stopping := c.stopping
 		c.mu.Unlock()
 		if !stopping {
-			c.log.Warn("oslet died", "oslet", o.Index, "err", err)
+			// An OSlet that fails ends exactly its own processes, as a
+			// failed board would: the rest of the cluster carries on.
+			killErr := cg.Kill()
+			c.log.Warn("oslet died", "oslet", o.Index, "err", err, "kill", killErr)
 			os.Remove(oslet.HostAddr(c.state.StateDir, o.Index))
 			c.exited <- o.Index
 		}
@@ -365,7 +388,7 @@ func (c *Cluster) startInit(o plan.OSlet, opts *Options) (*syncChannel, error) {
 	}
 	sc := &syncChannel{f: parentEnd, in: bufio.NewReader(parentEnd)}
 	cfg := oslet.Config{Index: o.Index, Cluster: c.state.Name, StateDir: c.state.StateDir, Plan: opts.Plan,
-		Cgroup: cg.Stats, GTmp: c.state.GTmp, Shm: c.state.Shm, Owner: opts.Owner,
+		Cgroup: cg.Stats, Cgroups: c.files, Bin: c.state.Bin, GTmp: c.state.GTmp, Shm: c.state.Shm, Owner: opts.Owner,
 		Address: c.state.Network.Addr(o.Index), Hosts: c.state.Hosts,
 		Devices: c.devices}
 	if err := sc.send(cfg); err != nil {
@@ -379,6 +402,62 @@ func (c *Cluster) startInit(o plan.OSlet, opts *Options) (*syncChannel, error) {
 	return sc, nil
 }
 
+// startReaper starts the cluster's PID 1 and opens its namespaces.
+func (c *Cluster) startReaper(exe string) error {
+	logf, err := os.OpenFile(filepath.Join(c.state.StateDir, "reaper.log"), os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o600)
+	if err != nil {
+		return fmt.Errorf("reaper log: %w", err)
+	}
+	defer logf.Close()
+	cmd, err := startReaper(exe, logf)
+	if err != nil {
+		return err
+	}
+	c.reaper, c.reaperDone = cmd, make(chan struct{})
+	c.state.Reaper = cmd.Process.Pid
+	go func() {
+		cmd.Wait()
+		close(c.reaperDone)
+	}()
+	if c.ns, err = OpenNamespaces(cmd.Process.Pid); err != nil {
+		return err
+	}
+	return nil
+}
+
+// installCommand makes the smpc binary available by name to every process
+// of the cluster: the inits add the directory it returns to the PATH of the
+// processes they start when smpc is not on it already. A copy, not a link:
+// the binary may sit where the OSlets cannot see it (under /tmp).
+func installCommand(stateDir, exe string) (string, error) {
+	dir := filepath.Join(stateDir, "bin")
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return "", fmt.Errorf("install smpc for the OSlets: %w", err)
+	}
+	dst := filepath.Join(dir, "smpc")
+	os.Remove(dst)
+	if err := os.Link(exe, dst); err == nil {
+		return dir, nil
+	}
+	in, err := os.Open(exe)
+	if err != nil {
+		return "", fmt.Errorf("install smpc for the OSlets: %w", err)
+	}
+	defer in.Close()
+	out, err := os.OpenFile(dst, os.O_CREATE|os.O_WRONLY|os.O_TRUNC, 0o755)
+	if err != nil {
+		return "", fmt.Errorf("install smpc for the OSlets: %w", err)
+	}
+	_, err = io.Copy(out, in)
+	if cerr := out.Close(); err == nil {
+		err = cerr
+	}
+	if err != nil {
+		return "", fmt.Errorf("install smpc for the OSlets: %w", err)
+	}
+	return dir, nil
+}
+
 // Exited delivers the index of each OSlet whose init died unexpectedly.
 func (c *Cluster) Exited() <-chan int { return c.exited }
 
@@ -390,9 +469,10 @@ func (c *Cluster) Shutdown() error {
 	return c.teardown()
 }
 
-// teardown ends the inits (SIGTERM, then SIGKILL after a grace period; an
-// init's death ends every process of its PID namespace), then removes the
-// cgroups, the shared tmpfs, the sockets and the state files.
+// teardown ends the inits (SIGTERM, then SIGKILL after a grace period), each
+// OSlet's processes (its cgroup killed), then the cluster's PID 1, whose
+// death ends whatever is left in the cluster's PID namespace; then it removes
+// the cgroups, the shared tmpfs, the sockets and the state files.
 func (c *Cluster) teardown() error {
 	c.mu.Lock()
 	c.stopping = true
@@ -415,14 +495,26 @@ func (c *Cluster) teardown() error {
 	for _, cmd := range inits {
 		cmd.Process.Signal(unix.SIGTERM)
 	}
-	deadline := time.After(3 * time.Second)
+	deadline := time.Now().Add(3 * time.Second)
 	for k, cmd := range inits {
 		select {
 		case <-c.done[k]:
-		case <-deadline:
+		case <-time.After(time.Until(deadline)):
 			cmd.Process.Kill()
 			<-c.done[k]
 		}
+	}
+	for _, cg := range c.cgroups {
+		if err := cg.Kill(); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	if c.reaper != nil {
+		c.reaper.Process.Kill()
+		<-c.reaperDone
+	}
+	if c.ns != nil {
+		c.ns.Close()
 	}
 	if c.state.Network != nil {
 		if err := network.Teardown(c.state.Network); err != nil {
@@ -448,7 +540,8 @@ func removeStateFiles(s *State) {
 			os.Remove(dir)
 		}
 	}
-	for _, pattern := range []string{"oslet-*.sock", "oslet-*.log", "boot.log", stateFile, stateFile + ".new", "lock",
+	os.RemoveAll(filepath.Join(s.StateDir, "bin"))
+	for _, pattern := range []string{"oslet-*.sock", "oslet-*.log", "boot.log", "reaper.log", stateFile, stateFile + ".new", "lock",
 		"hosts", PortsFile, PortsFile + ".new"} {
 		matches, _ := filepath.Glob(filepath.Join(s.StateDir, pattern))
 		for _, m := range matches {
@@ -494,6 +587,9 @@ func cleanStale(s *State) {
 	for _, pid := range live {
 		unix.Kill(pid, unix.SIGKILL)
 	}
+	if s.Reaper > 0 && isReaper(s.Reaper) {
+		unix.Kill(s.Reaper, unix.SIGKILL)
+	}
 	if s.Network != nil {
 		network.Teardown(s.Network)
 	}
@@ -506,9 +602,13 @@ func cleanStale(s *State) {
 	removeStateFiles(s)
 }
 
-func isInit(pid int) bool {
+func isInit(pid int) bool { return cmdlineHas(pid, "oslet-init") }
+
+func isReaper(pid int) bool { return cmdlineHas(pid, ReaperCommand) }
+
+func cmdlineHas(pid int, word string) bool {
 	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/cmdline", pid))
-	return err == nil && strings.Contains(string(b), "oslet-init")
+	return err == nil && strings.Contains(string(b), word)
 }
 
 // mountShared mounts a tmpfs on the host that every OSlet binds in: /gtmp
@@ -536,22 +636,6 @@ func clusterID(stateDir string) string {
 	h.Write([]byte(stateDir))
 	base := unsafeChars.ReplaceAllString(filepath.Base(stateDir), "_")
 	return fmt.Sprintf("%s-%08x", base, h.Sum32())
-}
-
-// checkPidMax makes sure every local PID fits the low bits of a global PID.
-func checkPidMax() error {
-	b, err := os.ReadFile("/proc/sys/kernel/pid_max")
-	if err != nil {
-		return fmt.Errorf("read pid_max: %w", err)
-	}
-	n, err := strconv.Atoi(strings.TrimSpace(string(b)))
-	if err != nil {
-		return fmt.Errorf("read pid_max: %w", err)
-	}
-	if n > 1<<vproc.LocalBits {
-		return fmt.Errorf("kernel.pid_max is %d: global PIDs need local PIDs below %d", n, 1<<vproc.LocalBits)
-	}
-	return nil
 }
 
 // RequestShutdown stops the cluster on stateDir: it asks the supervisor to

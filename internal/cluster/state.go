@@ -32,6 +32,8 @@ type State struct {
 	StateDir   string          `json:"state_dir"`
 	Plan       *plan.Plan      `json:"plan"`
 	Supervisor int             `json:"supervisor"` // host PID of the boot process
+	Reaper     int             `json:"reaper"`     // host PID of the cluster's PID 1
+	Bin        string          `json:"bin"`        // the directory holding smpc for the OSlets
 	Inits      map[int]int     `json:"inits"`      // OSlet index to host PID of its init
 	Cgroups    map[int]string  `json:"cgroups"`
 	CgroupTop  string          `json:"cgroup_top"`

@@ -40,18 +40,28 @@ import (
 // kernel's own checks and the devices cgroup still decide every open the
 // init lets through); it only picks which path an open of /rdev takes.
 
-// ExecStage is the hidden smpc command a process with direct device opens
-// starts through: it installs the filter, hands its listener to the init
-// over descriptor 3, and executes the program.
-const ExecStage = "device-exec"
+// ExecStage is the hidden smpc command a process starts through when its
+// init must answer some of its system calls: its opens (direct device
+// opens), its execs (a spreading launch policy, which places each new
+// program on an OSlet), or both. It installs one filter for them (a process
+// may hold one seccomp listener), hands its listener to the init over
+// descriptor 3, and executes the program.
+const ExecStage = "exec-stage"
+
+// What the stage traps, its first argument: TrapOpens, TrapExecs, or both
+// joined by a comma.
+const (
+	TrapOpens = "opens"
+	TrapExecs = "execs"
+)
 
 // DirectSupported says whether this architecture has direct device opens.
 const DirectSupported = auditArch != 0
 
 // ExecTrapped is ExecStage: it runs in the new process before the program.
-// args are the program's path and then its argv. It returns only on
-// failure, which it also reports over descriptor 3 so that the init's spawn
-// fails with it.
+// args are what to trap, the program's path and then its argv. It returns
+// only on failure, which it also reports over descriptor 3 so that the
+// init's spawn fails with it.
 func ExecTrapped(args []string) error {
 	sock := os.NewFile(3, "listener socket")
 	err := execTrapped(sock, args)
@@ -62,15 +72,27 @@ func ExecTrapped(args []string) error {
 }
 
 func execTrapped(sock *os.File, args []string) error {
-	if len(args) < 2 {
-		return errors.New("usage: smpc " + ExecStage + " PATH ARGV0 [ARGS...]")
+	if len(args) < 3 {
+		return errors.New("usage: smpc " + ExecStage + " opens|execs|opens,execs PATH ARGV0 [ARGS...]")
 	}
 	if !DirectSupported {
-		return fmt.Errorf("direct device opens: not supported on %s", runtime.GOARCH)
+		return fmt.Errorf("trapped system calls: not supported on %s", runtime.GOARCH)
 	}
+	var calls []uint32
+	for _, t := range strings.Split(args[0], ",") {
+		switch t {
+		case TrapOpens:
+			calls = append(calls, trappedCalls...)
+		case TrapExecs:
+			calls = append(calls, execCalls...)
+		default:
+			return fmt.Errorf("%s: unknown trap %q (opens or execs)", ExecStage, t)
+		}
+	}
+	args = args[1:]
 	// The filter binds to this thread, and execve must come from it.
 	runtime.LockOSThread()
-	prog, err := openFilter()
+	prog, err := filterFor(calls)
 	if err != nil {
 		return err
 	}
@@ -81,6 +103,9 @@ func execTrapped(sock *os.File, args []string) error {
 		if err = unix.Prctl(unix.PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0); err == nil {
 			listener, err = installFilter(prog)
 		}
+	}
+	if errors.Is(err, unix.EBUSY) {
+		return errors.New("install seccomp filter: the process already has its system calls answered by a listener (a spreading launch policy and direct device opens are asked for together, or by an ancestor and a descendant)")
 	}
 	if err != nil {
 		return fmt.Errorf("install seccomp filter: %w", err)
@@ -93,21 +118,25 @@ func execTrapped(sock *os.File, args []string) error {
 	return unix.Exec(args[0], args[1:], os.Environ())
 }
 
-// openFilter is the seccomp program: open and openat of this architecture
-// go to the listener, everything else runs.
-func openFilter() ([]unix.SockFilter, error) {
+// filter is the seccomp program: calls of this architecture go to the
+// listener, everything else runs.
+func filter(calls []uint32) []bpf.Instruction {
 	prog := []bpf.Instruction{
 		bpf.LoadAbsolute{Off: 4, Size: 4}, // seccomp_data.arch
-		bpf.JumpIf{Cond: bpf.JumpNotEqual, Val: auditArch, SkipTrue: uint8(len(trappedCalls) + 1)},
+		bpf.JumpIf{Cond: bpf.JumpNotEqual, Val: auditArch, SkipTrue: uint8(len(calls) + 1)},
 		bpf.LoadAbsolute{Off: 0, Size: 4}, // seccomp_data.nr
 	}
-	for n, nr := range trappedCalls {
-		prog = append(prog, bpf.JumpIf{Cond: bpf.JumpEqual, Val: nr, SkipTrue: uint8(len(trappedCalls) - n)})
+	for n, nr := range calls {
+		prog = append(prog, bpf.JumpIf{Cond: bpf.JumpEqual, Val: nr, SkipTrue: uint8(len(calls) - n)})
 	}
-	prog = append(prog,
+	return append(prog,
 		bpf.RetConstant{Val: unix.SECCOMP_RET_ALLOW},
 		bpf.RetConstant{Val: unix.SECCOMP_RET_USER_NOTIF})
-	raw, err := bpf.Assemble(prog)
+}
+
+// filterFor assembles filter for the kernel.
+func filterFor(calls []uint32) ([]unix.SockFilter, error) {
+	raw, err := bpf.Assemble(filter(calls))
 	if err != nil {
 		return nil, fmt.Errorf("assemble seccomp filter: %w", err)
 	}
@@ -204,19 +233,34 @@ type seccompNotifAddfd struct {
 	NewfdFlags uint32
 }
 
-// Supervisor answers the trapped opens of the processes of one listener.
+// Supervisor answers the trapped opens and execs of the processes of one
+// listener.
 type Supervisor struct {
 	Devices []Device
 	Open    Opener
 	Log     *slog.Logger
 	// Timeout bounds one open on the owner.
 	Timeout time.Duration
+	// Place puts process pid, whose exec was trapped, on the OSlet that
+	// policy picks, before the new program runs.
+	Place func(pid int, policy string)
+}
+
+// Trap says what one listener's processes asked for.
+type Trap struct {
+	// Stage is the PID of the exec stage that installed the filter: its
+	// own exec of the program it starts is not placed again (its spawn
+	// placed it).
+	Stage int
+	// Policy is the spreading launch policy its execs follow; "" when
+	// only opens are trapped.
+	Policy string
 }
 
 // Serve answers listener's notifications until no process uses its filter
 // any more, then closes it. It must keep answering while one does: a
-// trapped open waits for its answer.
-func (s *Supervisor) Serve(listener *os.File) {
+// trapped call waits for its answer.
+func (s *Supervisor) Serve(listener *os.File, t Trap) {
 	defer listener.Close()
 	rc, err := listener.SyscallConn()
 	if err != nil {
@@ -257,9 +301,13 @@ func (s *Supervisor) Serve(listener *os.File) {
 		if recvErr != nil {
 			// ENOENT: the process was killed between poll and receive.
 			if !errors.Is(recvErr, unix.ENOENT) && !errors.Is(recvErr, unix.EINTR) {
-				s.Log.Warn("direct device opens: receive", "err", recvErr)
+				s.Log.Warn("trapped calls: receive", "err", recvErr)
 				return
 			}
+			continue
+		}
+		if slices.Contains(execCalls, uint32(n.Data.Nr)) {
+			s.answerExec(rc, &n, &t)
 			continue
 		}
 		s.answer(rc, &n, buf)
@@ -321,6 +369,34 @@ func (s *Supervisor) answer(rc syscall.RawConn, n *seccompNotif, buf []byte) {
 			s.reply(rc, seccompNotifResp{ID: n.ID, Error: -int32(e)})
 		}
 	}()
+}
+
+// answerExec places the process before its new program runs, then lets the
+// exec go on. The stage's own first exec was placed by its spawn.
+func (s *Supervisor) answerExec(rc syscall.RawConn, n *seccompNotif, t *Trap) {
+	pid := tgidOf(int(n.PID))
+	switch {
+	case pid == t.Stage:
+		t.Stage = 0
+	case pid > 0 && t.Policy != "" && s.Place != nil && s.notifValid(rc, n.ID) == nil:
+		s.Place(pid, t.Policy)
+	}
+	s.reply(rc, seccompNotifResp{ID: n.ID, Flags: unix.SECCOMP_USER_NOTIF_FLAG_CONTINUE})
+}
+
+// tgidOf returns the process (thread group) of thread tid, or 0.
+func tgidOf(tid int) int {
+	data, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", tid))
+	if err != nil {
+		return 0
+	}
+	for _, line := range strings.Split(string(data), "\n") {
+		if rest, ok := strings.CutPrefix(line, "Tgid:"); ok {
+			n, _ := strconv.Atoi(strings.TrimSpace(rest))
+			return n
+		}
+	}
+	return 0
 }
 
 // target says whether an open of path (relative to dirfd) by pid is one of

@@ -7,3 +7,4 @@ package device
 const auditArch = 0
 
 var trappedCalls []uint32
+var execCalls []uint32

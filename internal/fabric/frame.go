@@ -21,8 +21,12 @@ import (
 // is refused; a peer with another minor version gets compatible answers
 // (messages only ever gain optional fields within a major version).
 const (
-	Major = 1
-	Minor = 3 // 1.1: System V IPC (ipc-get, ipc-ctl, ipc-list, ipc-release, ipc-watch) and shm; 1.2: device; 1.3: device open flags, spawn with direct device opens
+	// Major 2: PIDs are the cluster's one PID namespace's (1.x had a PID
+	// namespace per OSlet and global PIDs k<<22|p), and System V IPC is the
+	// kernel's in the cluster's one IPC namespace (1.x's ipc-* operations
+	// are gone). A 1.x OSlet is refused with both versions named.
+	Major = 2
+	Minor = 0
 )
 
 // HeaderSize is the size of a frame's fixed header.
@@ -33,7 +37,7 @@ const HeaderSize = 24
 const MaxFrame = 128 << 10
 
 // MaxFiles bounds the descriptors one frame may carry.
-const MaxFiles = 16
+const MaxFiles = 64
 
 const magic = 0x534d5043 // "SMPC"
 
@@ -42,27 +46,22 @@ type Op uint16
 
 // The operations.
 const (
-	OpHello      Op = 1 + iota // version handshake; first frame on every channel
-	OpPing                     // null call
-	OpSpawn                    // create a process
-	OpSignal                   // deliver a signal
-	OpWait                     // wait for a process to end
-	OpOrphan                   // a remote parent is gone
-	OpProcesses                // list processes
-	OpStatus                   // describe OSlets
-	OpPingPeer                 // time null calls from this OSlet to another (benchmarks)
-	OpIPCGet                   // msgget, semget: find or create at the key's home (1.1)
-	OpIPCCtl                   // IPC_STAT, IPC_SET, IPC_RMID at the object's home (1.1)
-	OpIPCList                  // list IPC objects, as ipcs(1) (1.1)
-	OpIPCRelease               // processes are gone: end their sessions at a home (1.1)
-	OpIPCWatch                 // answered only when the channel ends: tells a host client its homes died (1.1)
-	OpShm                      // named shared memory: create, open, list, remove (1.1)
-	OpDevice                   // /rdev: open a device, list an OSlet's devices (1.2)
+	OpHello     Op = 1 + iota // version handshake; first frame on every channel
+	OpPing                    // null call
+	OpSpawn                   // create a process
+	OpSignal                  // deliver a signal
+	OpWait                    // wait for a process to end
+	OpOrphan                  // a remote parent is gone
+	OpProcesses               // list processes
+	OpStatus                  // describe OSlets
+	OpPingPeer                // time null calls from this OSlet to another (benchmarks)
+	OpShm                     // named shared memory: create, open, list, remove
+	OpDevice                  // /rdev: open a device, list an OSlet's devices
 	opEnd
 )
 
 var opNames = [...]string{"", "hello", "ping", "spawn", "signal", "wait", "orphan", "processes", "status", "ping-peer",
-	"ipc-get", "ipc-ctl", "ipc-list", "ipc-release", "ipc-watch", "shm", "device"}
+	"shm", "device"}
 
 func (o Op) String() string {
 	if o > 0 && o < opEnd {

@@ -2,7 +2,6 @@ package fabric
 
 import (
 	"github.com/smpc-cluster/smpc/internal/device"
-	"github.com/smpc-cluster/smpc/internal/ipc"
 	"github.com/smpc-cluster/smpc/internal/shm"
 	"github.com/smpc-cluster/smpc/internal/vproc"
 )
@@ -31,7 +30,8 @@ type HelloReply struct {
 	Cluster  string `json:"cluster"`
 	OSlets   []int  `json:"oslets"`
 	Software string `json:"software,omitempty"`
-	StateDir string `json:"state_dir,omitempty"` // the cluster's state dir on the host (added in 1.2)
+	StateDir string `json:"state_dir,omitempty"` // the cluster's state dir on the host
+	InitPID  int32  `json:"init_pid"`            // the answering init's PID in the cluster
 }
 
 // Cred is who asked: the kernel's word (SO_PEERCRED) taken by the first init
@@ -40,7 +40,7 @@ type Cred struct {
 	UID    uint32   `json:"uid"`
 	GID    uint32   `json:"gid"`
 	Groups []uint32 `json:"groups,omitempty"`
-	PID    int32    `json:"pid,omitempty"` // global PID, or a host PID
+	PID    int32    `json:"pid,omitempty"` // PID in the cluster, or a host PID
 }
 
 // NoFile marks an absent descriptor in a file index.
@@ -57,16 +57,24 @@ type SpawnRequest struct {
 	// private /tmp still works.
 	Dir     string `json:"dir,omitempty"`
 	DirFile int    `json:"dir_file"`
-	// Stdio indexes the frame's descriptors for fds 0, 1 and 2 (NoFile is
-	// /dev/null).
-	Stdio        [3]int `json:"stdio"`
-	Detach       bool   `json:"detach,omitempty"`        // no remote parent; own session
-	AllowSockets bool   `json:"allow_sockets,omitempty"` // override the socket rule
+	// Fds are the descriptors the process starts with, each naming its
+	// number in the process and the frame's descriptor it is; 0, 1 and 2
+	// are /dev/null where absent, as every other number is closed.
+	Fds          []FD `json:"fds"`
+	Detach       bool `json:"detach,omitempty"`        // no remote parent; own session
+	AllowSockets bool `json:"allow_sockets,omitempty"` // override the socket rule
 	// DirectDevices has the process's opens of /rdev answered with the
-	// owner's descriptor (1.3); a 1.2 OSlet starts it with /rdev's files.
+	// owner's descriptor.
 	DirectDevices bool  `json:"direct_devices,omitempty"`
 	Cred          *Cred `json:"cred,omitempty"`   // set by the first init, never by clients
 	Origin        int   `json:"origin,omitempty"` // the OSlet the request came from; 0 the host
+}
+
+// FD is one descriptor of a new process: number Num in the process is the
+// frame's descriptor File.
+type FD struct {
+	Num  int `json:"num"`
+	File int `json:"file"`
 }
 
 // SpawnReply names the new process.
@@ -115,12 +123,25 @@ type Process struct {
 	State   string  `json:"state"`
 	CPUTime float64 `json:"cpu_seconds"`
 	Command string  `json:"command"`
+	// Policy is the launch policy the process's execs follow, where smpc
+	// gave it one; Note says why a spreading policy left it where it was.
+	Policy string `json:"policy,omitempty"`
+	Note   string `json:"note,omitempty"`
+}
+
+// Placement is what an init knows of a process a spreading policy placed:
+// the policy, and why it stayed where it was, if it did.
+type Placement struct {
+	PID    int32  `json:"pid"`
+	Policy string `json:"policy"`
+	Note   string `json:"note,omitempty"`
 }
 
 // ProcessesReply lists processes, and the OSlets that could not answer.
 type ProcessesReply struct {
-	Processes []Process `json:"processes"`
-	Down      []int     `json:"down,omitempty"`
+	Processes  []Process   `json:"processes"`
+	Placements []Placement `json:"placements,omitempty"` // between inits only
+	Down       []int       `json:"down,omitempty"`
 }
 
 // StatusRequest describes the OSlet asked, or with Cluster every OSlet.
@@ -140,8 +161,8 @@ type OSletStatus struct {
 	Queue       int     `json:"queue"`
 	Active      int     `json:"active"`
 	Protocol    string  `json:"protocol"`
-	InitPID     int     `json:"init_pid,omitempty"` // host PID of the init
-	Address     string  `json:"address,omitempty"`  // its address on the cluster bridge (added in 1.2)
+	InitPID     int     `json:"init_pid,omitempty"` // the init's PID in the cluster
+	Address     string  `json:"address,omitempty"`  // its address on the cluster bridge
 }
 
 // StatusReply describes OSlets.
@@ -163,75 +184,6 @@ type PingPeerReply struct {
 
 // Empty is the body of requests and replies that carry nothing.
 type Empty struct{}
-
-// IPCGetRequest is msgget(2), semget(2) or shmget(2): by key (or IPC_PRIVATE), or with
-// ID set an existing object by its ID. It goes to the object's home.
-type IPCGetRequest struct {
-	Kind  ipc.Kind `json:"kind"`
-	Key   int32    `json:"key"`
-	ID    int32    `json:"id,omitempty"`
-	Flags int      `json:"flags"` // IPC_CREAT, IPC_EXCL and the mode bits
-	NSems int      `json:"nsems,omitempty"`
-	Size  int64    `json:"size,omitempty"` // shared memory segments
-	Cred  *Cred    `json:"cred,omitempty"` // set by the first init, never by clients
-	// Token names the caller's channel to its first init, which sets it;
-	// its top bits name that OSlet, so a home knows whose sessions to end
-	// when an OSlet dies.
-	Token uint64 `json:"token,omitempty"`
-}
-
-// IPCGetReply names the object and the caller's session in it; the
-// object's memory travels as the reply's descriptor, followed for a shared
-// memory segment by the segment's pages (none when Slot is -1: the caller
-// may neither read nor write it).
-type IPCGetReply struct {
-	ID   int32 `json:"id"`
-	Slot int   `json:"slot"`
-	Home int   `json:"home"`
-}
-
-// The IPC control commands.
-const (
-	IPCStat   = "stat"
-	IPCSet    = "set"
-	IPCRemove = "rmid"
-)
-
-// IPCCtlRequest is msgctl(2) or semctl(2) with IPC_STAT, IPC_SET or
-// IPC_RMID, on the object with ID, or with ByKey on the object with Key
-// (ipcrm -Q and -S). It goes to the object's home.
-type IPCCtlRequest struct {
-	Kind  ipc.Kind        `json:"kind"`
-	Cmd   string          `json:"cmd"`
-	ID    int32           `json:"id,omitempty"`
-	Key   int32           `json:"key,omitempty"`
-	ByKey bool            `json:"by_key,omitempty"`
-	Set   *ipc.SetRequest `json:"set,omitempty"`
-	Cred  *Cred           `json:"cred,omitempty"`
-}
-
-// IPCCtlReply describes the object after IPC_STAT or IPC_SET.
-type IPCCtlReply struct {
-	Info ipc.Info `json:"info"`
-}
-
-// IPCListRequest lists the IPC objects of the OSlet asked, or with Cluster
-// of every OSlet.
-type IPCListRequest struct {
-	Cluster bool `json:"cluster,omitempty"`
-}
-
-// IPCListReply lists objects, and the OSlets that could not answer.
-type IPCListReply struct {
-	Objects []ipc.Info `json:"objects"`
-	Down    []int      `json:"down,omitempty"`
-}
-
-// IPCReleaseRequest ends every session of these tokens at the home asked:
-// the processes behind them are gone.
-type IPCReleaseRequest struct {
-	Tokens []uint64 `json:"tokens"`
-}
 
 // The shared memory commands.
 const (

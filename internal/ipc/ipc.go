@@ -1,32 +1,22 @@
 // Package ipc is the cluster's System V IPC: message queues, semaphore sets
 // and shared memory segments whose keys mean the same object on every
-// OSlet. A segment's pages are a memfd of their own that the home hands out
-// beside the object's memory; processes map them and need nothing more.
+// OSlet. Every OSlet runs in the cluster's one IPC namespace, so these are
+// the kernel's own objects, used at the kernel's own speed with its full
+// semantics (SEM_UNDO, IPC_NOWAIT, MSG_EXCEPT, shmat), by smpc and by
+// unmodified programs alike; util-linux ipcs and ipcrm see them inside any
+// OSlet. The seed asked that SysV "must be made to work regardless"; on one
+// kernel, sharing the namespace is how.
 //
-// The seed stripes IPC objects over the OSlets and sends operations to the
-// home of each. Sending every msgsnd or semop through the home's proxy would
-// cost a round trip between OSlets per operation, far from the native cost,
-// so smpc splits the work the way futexes split a mutex:
-//
-//   - The home OSlet (chosen by hashing the key) creates each object as a
-//     memfd, checks permissions with the caller's kernel credentials, and
-//     hands the descriptor to every process that gets the object, on any
-//     OSlet. That is the slow path: get, IPC_SET, IPC_RMID, listing, and
-//     clean-up when a process ends (SEM_UNDO, waiters it left).
-//   - Every process maps the same pages and runs msgsnd, msgrcv and semop
-//     itself, under a futex mutex in the shared page, sleeping on a futex
-//     when it must block. That is the fast path: no message to any OSlet.
-//
-// A Segment is one object's shared memory and the operations on it; a
-// Registry is a home's table of the objects it holds.
+// This package holds the system calls that x/sys/unix does not wrap (msgget,
+// msgsnd, msgrcv, semget, semtimedop, semctl; a C helper would need cgo for
+// six calls), the listing of every object from /proc/sysvipc, and the way
+// into the cluster's namespace for a caller on the host.
 package ipc
 
 import (
 	"fmt"
-	"hash/fnv"
 	"strconv"
 	"strings"
-	"time"
 )
 
 // Kind says what an object is.
@@ -39,8 +29,8 @@ const (
 	KindShm Kind = 3 // shared memory segment
 )
 
-// kinds lists every kind, in ipcs(1)'s order of sections.
-var kinds = []Kind{KindMsg, KindShm, KindSem}
+// Kinds lists every kind, in ipcs(1)'s order of sections.
+var Kinds = []Kind{KindMsg, KindShm, KindSem}
 
 func (k Kind) String() string {
 	switch k {
@@ -54,9 +44,9 @@ func (k Kind) String() string {
 	return fmt.Sprintf("kind(%d)", uint32(k))
 }
 
-// MarshalText writes the kind by name, for messages and JSON.
+// MarshalText writes the kind by name, for JSON.
 func (k Kind) MarshalText() ([]byte, error) {
-	if !k.valid() {
+	if k != KindMsg && k != KindSem && k != KindShm {
 		return nil, fmt.Errorf("unknown IPC kind %d", uint32(k))
 	}
 	return []byte(k.String()), nil
@@ -69,11 +59,9 @@ func (k *Kind) UnmarshalText(b []byte) error {
 	return err
 }
 
-func (k Kind) valid() bool { return k == KindMsg || k == KindSem || k == KindShm }
-
 // ParseKind reads a kind's name.
 func ParseKind(s string) (Kind, error) {
-	for _, k := range kinds {
+	for _, k := range Kinds {
 		if s == k.String() {
 			return k, nil
 		}
@@ -81,8 +69,7 @@ func ParseKind(s string) (Kind, error) {
 	return 0, fmt.Errorf("unknown IPC kind %q (msg, shm or sem)", s)
 }
 
-// Flags, with Linux's values, so that programs pass what they would pass to
-// msgget, msgsnd, msgrcv and semop.
+// Flags, with Linux's values.
 const (
 	Private  = 0       // IPC_PRIVATE: a key that always makes a new object
 	Create   = 0o1000  // IPC_CREAT
@@ -94,34 +81,13 @@ const (
 	permBits = 0o777
 )
 
-// Linux's default limits (msgmax, msgmnb, semmsl, semopm, semvmx).
+// Linux's default limits (msgmax, semmsl, semvmx), for the command line's
+// checks; the kernel applies its own.
 const (
-	MsgMax        = 8192  // largest message text
-	MsgQBytes     = 16384 // default byte limit of a queue
-	MaxQBytes     = 1 << 20
-	SemMax        = 32000 // semaphores in a set
-	SemOpMax      = 500   // operations in one semop
-	SemValueMax   = 32767 // largest semaphore value
-	sessionsPerID = 1024  // processes attached to one object at once
+	MsgMax      = 8192  // largest message text
+	SemMax      = 32000 // semaphores in a set
+	SemValueMax = 32767 // largest semaphore value
 )
-
-// IDBits is how many low bits of an ID number the object within its home;
-// the rest name the home, as in a global PID.
-const IDBits = 22
-
-// MakeID makes an object ID from its home and its serial there.
-func MakeID(home int, serial int32) int32 { return int32(home)<<IDBits | serial }
-
-// HomeOfID returns the OSlet that holds object id.
-func HomeOfID(id int32) int { return int(id >> IDBits) }
-
-// HomeOfKey chooses the home of a key among the cluster's OSlets: the seed's
-// "stripe everything", so that no OSlet holds every object.
-func HomeOfKey(key int32, oslets []int) int {
-	h := fnv.New32a()
-	h.Write([]byte{byte(key), byte(key >> 8), byte(key >> 16), byte(key >> 24)})
-	return oslets[h.Sum32()%uint32(len(oslets))]
-}
 
 // ParseKey reads a key in decimal or 0x hex, as ipcs(1) prints them.
 func ParseKey(s string) (int32, error) {
@@ -135,87 +101,8 @@ func ParseKey(s string) (int32, error) {
 // FormatKey prints a key as ipcs(1) does.
 func FormatKey(key int32) string { return fmt.Sprintf("0x%08x", uint32(key)) }
 
-// Cred is who is asking, from the kernel.
-type Cred struct {
-	UID    uint32   `json:"uid"`
-	GID    uint32   `json:"gid"`
-	Groups []uint32 `json:"groups,omitempty"`
-	PID    int32    `json:"pid,omitempty"` // global PID, recorded as the last sender or operator
-}
-
-func (c Cred) inGroup(gid uint32) bool {
-	if c.GID == gid {
-		return true
-	}
-	for _, g := range c.Groups {
-		if g == gid {
-			return true
-		}
-	}
-	return false
-}
-
-// Access bits, as ipcperms(9) tests them.
-const (
-	AccessRead  = 4
-	AccessWrite = 2
-)
-
-// Perm is an object's owner and mode.
-type Perm struct {
-	UID  uint32 `json:"uid"`
-	GID  uint32 `json:"gid"`
-	CUID uint32 `json:"cuid"`
-	CGID uint32 `json:"cgid"`
-	Mode uint32 `json:"mode"`
-}
-
-// Allows applies ipcperms: root may do anything; otherwise the owner's (or
-// creator's), the group's or the others' bits must grant every bit of want.
-func (p Perm) Allows(c Cred, want uint32) bool {
-	if c.UID == 0 {
-		return true
-	}
-	var granted uint32
-	switch {
-	case c.UID == p.UID || c.UID == p.CUID:
-		granted = p.Mode >> 6
-	case c.inGroup(p.GID) || c.inGroup(p.CGID):
-		granted = p.Mode >> 3
-	default:
-		granted = p.Mode
-	}
-	return granted&want == want
-}
-
-// Controls says whether c may IPC_SET or IPC_RMID: root, owner or creator.
-func (p Perm) Controls(c Cred) bool { return c.UID == 0 || c.UID == p.UID || c.UID == p.CUID }
-
-// Info describes an object, as IPC_STAT and ipcs(1) do.
-type Info struct {
-	Kind  Kind  `json:"kind"`
-	ID    int32 `json:"id"`
-	Key   int32 `json:"key"`
-	Home  int   `json:"home"`
-	Perm  `json:"perm"`
-	CTime int64 `json:"ctime"` // last change (create, IPC_SET, SETVAL)
-	// Message queues.
-	QBytes   uint64 `json:"qbytes,omitempty"`   // byte limit
-	CBytes   uint64 `json:"cbytes,omitempty"`   // bytes queued
-	QNum     uint64 `json:"qnum,omitempty"`     // messages queued
-	LSPID    int32  `json:"lspid,omitempty"`    // last sender (last semop for sets)
-	LRPID    int32  `json:"lrpid,omitempty"`    // last receiver
-	STime    int64  `json:"stime,omitempty"`    // last msgsnd or semop
-	RTime    int64  `json:"rtime,omitempty"`    // last msgrcv
-	NSems    int    `json:"nsems,omitempty"`    // semaphore sets
-	Size     int64  `json:"size,omitempty"`     // shared memory segments: bytes
-	Attached int    `json:"attached,omitempty"` // processes holding the object now
-}
-
 // ModeString prints permission bits as ipcs(1) does ("644").
 func ModeString(mode uint32) string { return strconv.FormatUint(uint64(mode&permBits), 8) }
-
-func now() int64 { return time.Now().Unix() }
 
 // ParseSemOp reads "NUM:DELTA" (smpc sem op's argument).
 func ParseSemOp(s string) (num uint16, delta int16, err error) {
@@ -226,4 +113,35 @@ func ParseSemOp(s string) (num uint16, delta int16, err error) {
 		return 0, 0, fmt.Errorf("bad semaphore operation %q (NUM:DELTA, such as 0:-1)", s)
 	}
 	return uint16(n), int16(d), nil
+}
+
+// Info describes an object, as ipcs(1) does.
+type Info struct {
+	Kind Kind   `json:"kind"`
+	ID   int32  `json:"id"`
+	Key  int32  `json:"key"`
+	Mode uint32 `json:"mode"`
+	UID  uint32 `json:"uid"` // owner
+	GID  uint32 `json:"gid"`
+	CUID uint32 `json:"cuid"` // creator
+	CGID uint32 `json:"cgid"`
+	// OSlet is where the object's creator (a segment), its last sender (a
+	// queue) or its last operator (a set) runs, while that process lives;
+	// 0 when it is gone or is no process of the cluster.
+	OSlet int `json:"oslet,omitempty"`
+	// PID is that process, as the reader's PID namespace numbers it.
+	PID   int32 `json:"pid,omitempty"`
+	CTime int64 `json:"ctime"`
+	// Message queues.
+	CBytes uint64 `json:"cbytes,omitempty"` // bytes queued
+	QNum   uint64 `json:"qnum,omitempty"`   // messages queued
+	LSPID  int32  `json:"lspid,omitempty"`  // last sender
+	LRPID  int32  `json:"lrpid,omitempty"`  // last receiver
+	// Semaphore sets.
+	NSems int `json:"nsems,omitempty"`
+	// Shared memory segments.
+	Size     int64 `json:"size,omitempty"`
+	CPID     int32 `json:"cpid,omitempty"`
+	LPID     int32 `json:"lpid,omitempty"`
+	Attached int   `json:"attached,omitempty"` // nattch
 }

@@ -15,8 +15,6 @@ import (
 	"strconv"
 	"strings"
 	"time"
-
-	"github.com/smpc-cluster/smpc/internal/vproc"
 )
 
 // Host is the OSlet number the port map gives the host's own stack: its
@@ -307,7 +305,7 @@ func findOwners(k, init int, inodes map[uint32]bool) map[uint32]owner {
 			comm, _ := os.ReadFile(filepath.Join(dir, "comm"))
 			o := owner{pid: int64(pid), command: strings.TrimSpace(string(comm))}
 			if k != Host {
-				o.pid = globalPID(k, dir)
+				o.pid = clusterPID(dir)
 			}
 			found[inode] = o
 		}
@@ -318,9 +316,9 @@ func findOwners(k, init int, inodes map[uint32]bool) map[uint32]owner {
 	return found
 }
 
-// globalPID reads a host process's PID in its OSlet (the last NSpid) and
-// makes it global: OSlet k's local PID p is k<<22|p.
-func globalPID(k int, procDir string) int64 {
+// clusterPID reads a host process's PID in the cluster's PID namespace (the
+// last NSpid), the number every OSlet and smpc know it by.
+func clusterPID(procDir string) int64 {
 	b, err := os.ReadFile(filepath.Join(procDir, "status"))
 	if err != nil {
 		return 0
@@ -328,8 +326,8 @@ func globalPID(k int, procDir string) int64 {
 	sc := bufio.NewScanner(bytes.NewReader(b))
 	for sc.Scan() {
 		if f := strings.Fields(sc.Text()); len(f) > 1 && f[0] == "NSpid:" {
-			local, _ := strconv.Atoi(f[len(f)-1])
-			return int64(vproc.Global(k, local))
+			pid, _ := strconv.Atoi(f[len(f)-1])
+			return int64(pid)
 		}
 	}
 	return 0

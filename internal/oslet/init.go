@@ -29,12 +29,12 @@ type Init struct {
 	self  plan.OSlet
 	log   *slog.Logger
 	table *vproc.Table
+	pid   vproc.PID // the init's own PID in the cluster
 	cg    partition.StatFiles
 	queue *fabric.Queue // the queued lock for peer requests
-	ipc   *ipcState     // System V IPC objects homed here, and callers' sessions
 	shm   *shm.Table    // named shared memory homed here
-	// direct answers the trapped opens of processes started with direct
-	// device opens.
+	// direct answers the trapped opens and execs of the processes started
+	// with direct device opens or a spreading launch policy.
 	direct *device.Supervisor
 	peers  map[int]*peer // fixed at start; each peer guards itself
 	rr     atomic.Uint64 // round-robin cursor for launches from here
@@ -44,12 +44,28 @@ type Init struct {
 	placedHere atomic.Int64
 
 	mu       sync.Mutex
-	attached map[*fabric.Conn][]vproc.PID // spawns whose parent is a channel; guarded by mu
+	attached map[*fabric.Conn][]attachedProc // spawns whose parent is a channel; guarded by mu
+	// placements are the processes a spreading policy placed from here, by
+	// PID; guarded by mu, pruned as they end.
+	placements map[vproc.PID]fabric.Placement
 }
 
-// Main runs an init: the process the boot firmware starts in new namespaces,
-// with its sync socket as fd 3. It returns only on failure or shutdown.
+// attachedProc is a process whose parent is a channel of this init.
+type attachedProc struct {
+	oslet int
+	pid   vproc.PID
+}
+
+// Main runs an init: the process the boot firmware starts in the cluster's
+// PID and IPC namespaces and in new mount, UTS and network namespaces, with
+// its sync socket as fd 3. It returns only on failure or shutdown.
 func Main() error {
+	// The init is the subreaper of its OSlet: the orphans of the processes
+	// it started come back to it, not to the cluster's PID 1, so that it
+	// reaps them and records their ends.
+	if err := unix.Prctl(unix.PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0); err != nil {
+		return fmt.Errorf("oslet init: become a subreaper: %w", err)
+	}
 	syncFile := os.NewFile(3, "smpc-sync")
 	in := bufio.NewReader(syncFile)
 	enc := json.NewEncoder(syncFile)
@@ -107,8 +123,7 @@ func Main() error {
 	hostL.Close()
 	clientL.Close()
 	os.Remove(HostAddr(cfg.StateDir, cfg.Index))
-	killAll()
-	init.ipcShutdown()
+	init.killAll()
 	return nil
 }
 
@@ -125,24 +140,24 @@ func newInit(cfg *Config) (*Init, error) {
 		cfg.PeerSlots = 2 * len(self.CPUs)
 	}
 	i := &Init{
-		cfg:      cfg,
-		self:     self,
-		log:      slog.New(slog.NewTextHandler(os.Stderr, nil)).With("oslet", cfg.Index),
-		table:    vproc.NewTable(cfg.Index),
-		cg:       cfg.Cgroup,
-		queue:    fabric.NewQueue(cfg.PeerSlots),
-		peers:    map[int]*peer{},
-		attached: map[*fabric.Conn][]vproc.PID{},
-		ipc:      newIPCState(cfg.Index),
-		shm:      shm.NewTable(cfg.Index, shm.Dir),
+		cfg:        cfg,
+		self:       self,
+		log:        slog.New(slog.NewTextHandler(os.Stderr, nil)).With("oslet", cfg.Index),
+		table:      vproc.NewTable(vproc.PID(os.Getpid())),
+		pid:        vproc.PID(os.Getpid()),
+		cg:         cfg.Cgroup,
+		queue:      fabric.NewQueue(cfg.PeerSlots),
+		peers:      map[int]*peer{},
+		attached:   map[*fabric.Conn][]attachedProc{},
+		placements: map[vproc.PID]fabric.Placement{},
+		shm:        shm.NewTable(cfg.Index, shm.Dir),
 	}
 	for _, o := range cfg.Plan.OSlets {
 		if o.Index != cfg.Index {
 			i.peers[o.Index] = &peer{index: o.Index, addr: HostAddr(cfg.StateDir, o.Index), cpus: len(o.CPUs)}
 		}
 	}
-	i.ipc.table.Free = i.freeMemory
-	i.direct = &device.Supervisor{Devices: cfg.Devices, Open: i.openDevice, Log: i.log, Timeout: time.Minute}
+	i.direct = &device.Supervisor{Devices: cfg.Devices, Open: i.openDevice, Log: i.log, Timeout: time.Minute, Place: i.placeExec}
 	return i, nil
 }
 
@@ -181,7 +196,7 @@ func (i *Init) startReaper() {
 					break
 				}
 				if ws.Exited() || ws.Signaled() {
-					i.table.Reaped(pid, ws)
+					i.table.Reaped(vproc.PID(pid), ws)
 				}
 			}
 		}

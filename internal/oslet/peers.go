@@ -24,6 +24,14 @@ type peer struct {
 	mu   sync.Mutex
 	c    *fabric.Caller // nil while the peer is down; guarded by mu
 	load float64        // processes per CPU, from the last heartbeat; guarded by mu
+	init int            // the peer init's PID in the cluster, from its hello; guarded by mu
+}
+
+// initPID returns the peer init's PID in the cluster.
+func (p *peer) initPID() int {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.init
 }
 
 func (p *peer) caller() *fabric.Caller {
@@ -69,13 +77,14 @@ func (p *peer) dial(self int) error {
 	if err != nil {
 		return err
 	}
-	if _, err := fabric.Handshake(conn, fabric.Hello{Role: fabric.RolePeer, From: self}); err != nil {
+	reply, err := fabric.Handshake(conn, fabric.Hello{Role: fabric.RolePeer, From: self})
+	if err != nil {
 		conn.Close()
 		return err
 	}
 	c := fabric.NewCaller(conn, func(error) error { return fabric.DownError(p.index) })
 	p.mu.Lock()
-	p.c = c
+	p.c, p.init = c, int(reply.InitPID)
 	p.mu.Unlock()
 	return nil
 }
@@ -117,7 +126,6 @@ func (i *Init) keep(p *peer) {
 			if wasUp {
 				i.log.Warn("peer down", "peer", p.index)
 				i.table.OrphanFrom(p.index)
-				i.ipcPeerDown(p.index)
 				wasUp = false
 			}
 			if p.dial(i.cfg.Index) != nil {

@@ -66,7 +66,7 @@ func cmdline(pid int, comm string) string {
 	return strings.TrimSpace(strings.ReplaceAll(string(bytes.TrimRight(b, "\x00")), "\x00", " "))
 }
 
-// listPIDs returns every PID of the OSlet's PID namespace.
+// listPIDs returns every PID of the cluster's PID namespace.
 func listPIDs() []int {
 	entries, _ := os.ReadDir("/proc")
 	var pids []int
@@ -82,10 +82,10 @@ func listPIDs() []int {
 // init aside: the OSlet's share of the kernel's load. Processes that only
 // wait (a make waiting for its recipes, the smpc run that stands for a remote
 // job) do not count, so least-loaded placement follows demand for CPU.
-func runnable() int {
+func (i *Init) runnable() int {
 	n := 0
-	for _, pid := range listPIDs() {
-		if s, err := readProc(pid); err == nil && s.state == "R" && pid != 1 {
+	for _, pid := range i.cg.PIDs() {
+		if s, err := readProc(pid); err == nil && s.state == "R" && pid != int(i.pid) {
 			n++
 		}
 	}

@@ -2,6 +2,7 @@ package oslet
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"os"
 	"slices"
@@ -11,7 +12,6 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/smpc-cluster/smpc/internal/fabric"
-	"github.com/smpc-cluster/smpc/internal/ipc"
 	"github.com/smpc-cluster/smpc/internal/vproc"
 )
 
@@ -24,7 +24,6 @@ type caller struct {
 	conn   *fabric.Conn
 	ctx    context.Context // ends when the channel closes
 	origin int             // OSlet the caller lives on; 0 the host
-	token  uint64          // names the channel's IPC sessions (not for peers)
 }
 
 func (i *Init) serveChannel(fd int, clients bool) {
@@ -33,7 +32,7 @@ func (i *Init) serveChannel(fd int, clients bool) {
 		switch {
 		case clients && h.Role == fabric.RoleClient:
 			who = caller{role: fabric.RoleClient, local: int(cred.Pid), origin: i.cfg.Index,
-				cred: fabric.Cred{UID: cred.Uid, GID: cred.Gid, PID: int32(vproc.Global(i.cfg.Index, int(cred.Pid)))}}
+				cred: fabric.Cred{UID: cred.Uid, GID: cred.Gid, PID: cred.Pid}}
 		case !clients && cred.Uid != 0 && cred.Uid != i.cfg.Owner:
 			return false, nil, fabric.Errorf(fabric.CodePermission, "oslet %d: uid %d may not use the host socket (root and uid %d only)", i.cfg.Index, cred.Uid, i.cfg.Owner)
 		case !clients && h.Role == fabric.RolePeer:
@@ -46,7 +45,8 @@ func (i *Init) serveChannel(fd int, clients bool) {
 		default:
 			return false, nil, fabric.Errorf(fabric.CodeInvalid, "oslet %d: role %q is not served on this socket", i.cfg.Index, h.Role)
 		}
-		return who.role == fabric.RolePeer, &fabric.HelloReply{OSlet: i.cfg.Index, Cluster: i.cfg.Cluster, OSlets: i.oslets(), StateDir: i.cfg.StateDir}, nil
+		return who.role == fabric.RolePeer, &fabric.HelloReply{OSlet: i.cfg.Index, Cluster: i.cfg.Cluster, OSlets: i.oslets(),
+			StateDir: i.cfg.StateDir, InitPID: int32(i.pid)}, nil
 	})
 	if err != nil {
 		return
@@ -58,9 +58,6 @@ func (i *Init) serveChannel(fd int, clients bool) {
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	who.conn, who.ctx = conn, ctx
-	if who.role != fabric.RolePeer {
-		who.token = i.newToken()
-	}
 	cfg := fabric.ServeConfig{Inline: func(op fabric.Op) bool { return op == fabric.OpPing || op == fabric.OpSignal }}
 	if who.role == fabric.RolePeer {
 		cfg.Queue = i.queue
@@ -79,20 +76,18 @@ func (i *Init) serveChannel(fd int, clients bool) {
 func (i *Init) channelClosed(who *caller) {
 	if who.role == fabric.RolePeer {
 		i.table.OrphanFrom(who.from)
-		i.ipcPeerDown(who.from)
 		if p := i.peers[who.from]; p != nil {
 			p.down(fmt.Errorf("channel from oslet %d closed", who.from))
 		}
 		return
 	}
-	i.ipcChannelClosed(who.token)
 	i.mu.Lock()
-	pids := i.attached[who.conn]
+	procs := i.attached[who.conn]
 	delete(i.attached, who.conn)
 	i.mu.Unlock()
 	byOSlet := map[int][]int32{}
-	for _, pid := range pids {
-		byOSlet[pid.OSlet()] = append(byOSlet[pid.OSlet()], int32(pid))
+	for _, a := range procs {
+		byOSlet[a.oslet] = append(byOSlet[a.oslet], int32(a.pid))
 	}
 	for k, list := range byOSlet {
 		if k == i.cfg.Index {
@@ -172,38 +167,6 @@ func (i *Init) handle(who *caller, r *fabric.Request) (any, []*os.File, error) {
 			return nil, nil, fabric.Errorf(fabric.CodeInvalid, "oslet %d: ping-peer is not served to peers", i.cfg.Index)
 		}
 		return i.pingPeer(&req)
-	case fabric.OpIPCGet:
-		var req fabric.IPCGetRequest
-		if err := r.Decode(&req); err != nil {
-			return nil, nil, fabric.Errorf(fabric.CodeInvalid, "oslet %d: %v", i.cfg.Index, err)
-		}
-		return i.ipcGet(who, &req)
-	case fabric.OpIPCCtl:
-		var req fabric.IPCCtlRequest
-		if err := r.Decode(&req); err != nil {
-			return nil, nil, fabric.Errorf(fabric.CodeInvalid, "oslet %d: %v", i.cfg.Index, err)
-		}
-		return i.ipcCtl(who, &req)
-	case fabric.OpIPCList:
-		var req fabric.IPCListRequest
-		if err := r.Decode(&req); err != nil {
-			return nil, nil, fabric.Errorf(fabric.CodeInvalid, "oslet %d: %v", i.cfg.Index, err)
-		}
-		return i.ipcList(who, req.Cluster), nil, nil
-	case fabric.OpIPCRelease:
-		var req fabric.IPCReleaseRequest
-		if err := r.Decode(&req); err != nil {
-			return nil, nil, fabric.Errorf(fabric.CodeInvalid, "oslet %d: %v", i.cfg.Index, err)
-		}
-		if who.role != fabric.RolePeer {
-			return nil, nil, fabric.Errorf(fabric.CodePermission, "oslet %d: ipc-release is served to peers only", i.cfg.Index)
-		}
-		for _, t := range req.Tokens {
-			if ipc.TokenOrigin(t) == who.from {
-				i.ipc.table.Release(t)
-			}
-		}
-		return fabric.Empty{}, nil, nil
 	case fabric.OpShm:
 		var req fabric.ShmRequest
 		if err := r.Decode(&req); err != nil {
@@ -216,13 +179,6 @@ func (i *Init) handle(who *caller, r *fabric.Request) (any, []*os.File, error) {
 			return nil, nil, fabric.Errorf(fabric.CodeInvalid, "oslet %d: %v", i.cfg.Index, err)
 		}
 		return i.deviceServe(who, &req)
-	case fabric.OpIPCWatch:
-		if who.role == fabric.RolePeer {
-			return nil, nil, fabric.Errorf(fabric.CodeInvalid, "oslet %d: ipc-watch is not served to peers", i.cfg.Index)
-		}
-		r.ReleaseSlot()
-		<-who.ctx.Done()
-		return nil, nil, fabric.ErrChannelClosed
 	}
 	return nil, nil, fabric.Errorf(fabric.CodeInvalid, "oslet %d: %s is not a request", i.cfg.Index, r.Op)
 }
@@ -262,40 +218,36 @@ func mayControl(cred fabric.Cred, s procStat) bool {
 	return cred.UID == 0 || cred.UID == s.uidReal || cred.UID == s.uidSav
 }
 
+// signal sends a signal in the name of the caller. Every OSlet shares the
+// cluster's PID namespace, so the init that took the request delivers it
+// itself, whatever OSlet the target runs on, after kill(2)'s own check of
+// the caller's right to.
 func (i *Init) signal(who *caller, req *fabric.SignalRequest) error {
-	pid := vproc.PID(req.PID)
-	p, err := i.forwardTo(who, pid.OSlet())
-	if err != nil {
-		return err
-	}
 	cred, err := credOf(who, req.Cred)
 	if err != nil {
-		return err
-	}
-	if p != nil {
-		fwd := *req
-		fwd.Cred = &cred
-		_, err := p.call(who.ctx, fabric.OpSignal, fwd, nil, &fabric.Empty{})
 		return err
 	}
 	if req.Signal < 0 || req.Signal > 64 {
 		return fabric.Errorf(fabric.CodeInvalid, "oslet %d: invalid signal %d", i.cfg.Index, req.Signal)
 	}
 	sig := unix.Signal(req.Signal)
-	local := pid.Local()
+	target := int(req.PID)
+	if target <= 0 {
+		return fabric.Errorf(fabric.CodeInvalid, "oslet %d: kill %d: invalid pid", i.cfg.Index, target)
+	}
 	if !req.Group {
-		s, err := readProc(local)
+		s, err := readProc(target)
 		if err != nil || s.state == "Z" {
-			return fabric.Errorf(fabric.CodeNoProcess, "oslet %d: kill %d: no such process", i.cfg.Index, pid)
+			return fabric.Errorf(fabric.CodeNoProcess, "kill %d: no such process", target)
 		}
-		if local == 1 {
-			return fabric.Errorf(fabric.CodePermission, "oslet %d: kill %d: the OSlet's init takes no signals (use smpc shutdown)", i.cfg.Index, pid)
+		if i.isInit(target) {
+			return fabric.Errorf(fabric.CodePermission, "kill %d: an OSlet's init takes no signals (use smpc shutdown)", target)
 		}
 		if !mayControl(cred, s) {
-			return fabric.Errorf(fabric.CodePermission, "oslet %d: kill %d: operation not permitted", i.cfg.Index, pid)
+			return fabric.Errorf(fabric.CodePermission, "kill %d: operation not permitted", target)
 		}
-		if err := unix.Kill(local, sig); err != nil {
-			return fabric.Errorf(fabric.CodeNoProcess, "oslet %d: kill %d: %v", i.cfg.Index, pid, err)
+		if err := unix.Kill(target, sig); err != nil {
+			return fabric.Errorf(fabric.CodeNoProcess, "kill %d: %v", target, err)
 		}
 		return nil
 	}
@@ -303,7 +255,7 @@ func (i *Init) signal(who *caller, req *fabric.SignalRequest) error {
 	found, sent := false, false
 	for _, n := range listPIDs() {
 		s, err := readProc(n)
-		if err != nil || s.pgrp != local || n == 1 {
+		if err != nil || s.pgrp != target || i.isInit(n) {
 			continue
 		}
 		found = true
@@ -313,42 +265,72 @@ func (i *Init) signal(who *caller, req *fabric.SignalRequest) error {
 	}
 	switch {
 	case !found:
-		return fabric.Errorf(fabric.CodeNoProcess, "oslet %d: kill -%d: no such process group", i.cfg.Index, pid)
+		return fabric.Errorf(fabric.CodeNoProcess, "kill -%d: no such process group", target)
 	case !sent:
-		return fabric.Errorf(fabric.CodePermission, "oslet %d: kill -%d: operation not permitted", i.cfg.Index, pid)
+		return fabric.Errorf(fabric.CodePermission, "kill -%d: operation not permitted", target)
 	}
 	return nil
 }
 
+// isInit reports whether pid is an OSlet's init or the cluster's PID 1.
+func (i *Init) isInit(pid int) bool {
+	if pid == 1 || pid == int(i.pid) {
+		return true
+	}
+	for _, p := range i.peers {
+		if p.initPID() == pid {
+			return true
+		}
+	}
+	return false
+}
+
+// wait waits for a process. Its status is known to the init that started
+// it (the process's parent, or its subreaper once orphaned); a process that
+// another process started reports to that parent, and here ends with an
+// unknown status. The init that took the request finds the one that knows:
+// itself, the init of the OSlet the process runs on, or, for a process
+// already gone, whichever peer recorded its end.
 func (i *Init) wait(who *caller, req *fabric.WaitRequest) (vproc.ExitStatus, error) {
 	pid := vproc.PID(req.PID)
-	p, err := i.forwardTo(who, pid.OSlet())
-	if err != nil {
-		return vproc.ExitStatus{}, err
-	}
 	cred, err := credOf(who, req.Cred)
 	if err != nil {
 		return vproc.ExitStatus{}, err
 	}
-	if p != nil {
+	forward := func(p *peer) (vproc.ExitStatus, error) {
 		fwd := *req
 		fwd.Cred = &cred
 		var reply fabric.WaitReply
 		_, err := p.call(who.ctx, fabric.OpWait, fwd, nil, &reply)
 		return reply.Status, err
 	}
-	local := pid.Local()
-	if s, err := readProc(local); err == nil && s.state != "Z" {
+	_, known := i.table.Lookup(pid)
+	if _, ended := i.table.Exited(pid); !known && !ended && who.role != fabric.RolePeer {
+		if alive(int(pid)) {
+			if k := vproc.OSletOf(int(pid)); k != i.cfg.Index {
+				if p := i.peers[k]; p != nil {
+					return forward(p)
+				}
+			}
+		} else {
+			for _, p := range i.peers {
+				if st, err := forward(p); !errors.Is(err, fabric.ErrNoProcess) && !errors.Is(err, fabric.ErrDown) {
+					return st, err
+				}
+			}
+		}
+	}
+	if s, err := readProc(int(pid)); err == nil && s.state != "Z" {
 		if !mayControl(cred, s) {
 			return vproc.ExitStatus{}, fabric.Errorf(fabric.CodePermission, "oslet %d: wait %d: operation not permitted", i.cfg.Index, pid)
 		}
-		if _, ours := i.table.Lookup(local); !ours && s.ppid != 1 {
+		if !known && !i.isInit(s.ppid) {
 			i.watchForeign(pid)
 		}
 	}
-	st, err := i.table.Wait(who.ctx, pid, func() bool { return alive(local) })
+	st, err := i.table.Wait(who.ctx, pid, func() bool { return alive(int(pid)) })
 	if err == vproc.ErrNoProcess {
-		return st, fabric.Errorf(fabric.CodeNoProcess, "oslet %d: wait %d: no such process", i.cfg.Index, pid)
+		return st, fabric.Errorf(fabric.CodeNoProcess, "wait %d: no such process", pid)
 	}
 	if err != nil {
 		return st, fabric.Errorf(fabric.CodeInternal, "oslet %d: wait %d: %v", i.cfg.Index, pid, err)
@@ -359,7 +341,7 @@ func (i *Init) wait(who *caller, req *fabric.WaitRequest) (vproc.ExitStatus, err
 // watchForeign notices the end of a process the init did not start and is
 // not the parent of, through a pidfd: its status goes to its own parent.
 func (i *Init) watchForeign(pid vproc.PID) {
-	fd, err := unix.PidfdOpen(pid.Local(), 0)
+	fd, err := unix.PidfdOpen(int(pid), 0)
 	if err != nil {
 		return
 	}
@@ -400,7 +382,7 @@ func (i *Init) eachPeer(ask func(p *peer, merge func(func()))) {
 }
 
 func (i *Init) processes(who *caller, cluster bool) fabric.ProcessesReply {
-	reply := fabric.ProcessesReply{Processes: i.localProcesses()}
+	reply := fabric.ProcessesReply{Processes: i.localProcesses(), Placements: i.placementList()}
 	if !cluster || who.role == fabric.RolePeer {
 		return reply
 	}
@@ -413,49 +395,62 @@ func (i *Init) processes(who *caller, cluster bool) fabric.ProcessesReply {
 				return
 			}
 			reply.Processes = append(reply.Processes, r.Processes...)
+			reply.Placements = append(reply.Placements, r.Placements...)
 		})
 	})
+	// A process placed by a spreading policy runs on another OSlet than
+	// the init that placed it: its row comes from there.
+	byPID := map[int32]fabric.Placement{}
+	for _, pl := range reply.Placements {
+		byPID[pl.PID] = pl
+	}
+	for n := range reply.Processes {
+		if pl, ok := byPID[reply.Processes[n].PID]; ok {
+			reply.Processes[n].Policy, reply.Processes[n].Note = pl.Policy, pl.Note
+		}
+	}
+	reply.Placements = nil
 	slices.Sort(reply.Down)
 	slices.SortFunc(reply.Processes, func(a, b fabric.Process) int { return int(a.PID - b.PID) })
 	return reply
 }
 
+// localProcesses lists the processes in this OSlet's cgroup: a process's
+// OSlet is its cgroup.
 func (i *Init) localProcesses() []fabric.Process {
 	var out []fabric.Process
-	initPID := vproc.Global(i.cfg.Index, 1)
-	for _, n := range listPIDs() {
+	for _, n := range i.cg.PIDs() {
 		s, err := readProc(n)
 		if err != nil {
 			continue
 		}
-		parent := vproc.Global(i.cfg.Index, s.ppid)
-		switch {
-		case s.ppid == 0:
-			parent = 0
-		case s.ppid == 1:
-			parent = initPID
-			if rec, ok := i.table.Lookup(n); ok {
-				parent = rec.Parent
-			}
+		parent := vproc.PID(s.ppid)
+		rec, ours := i.table.Lookup(vproc.PID(n))
+		if ours && s.ppid == int(i.pid) {
+			parent = rec.Parent
 		}
-		out = append(out, fabric.Process{
-			PID: int32(vproc.Global(i.cfg.Index, n)), OSlet: i.cfg.Index, Parent: int32(parent),
+		p := fabric.Process{
+			PID: int32(n), OSlet: i.cfg.Index, Parent: int32(parent),
 			UID: s.uidReal, User: vproc.UserName(s.uidReal), State: s.state,
 			CPUTime: float64(s.ticks) / clockTicks, Command: cmdline(n, s.comm),
-		})
+		}
+		if ours {
+			p.Policy = string(rec.Policy)
+		}
+		out = append(out, p)
 	}
 	return out
 }
 
 func (i *Init) localStatus() fabric.OSletStatus {
 	waiting, active := i.queue.Depth()
-	procs := len(listPIDs())
+	procs := len(i.cg.PIDs())
 	return fabric.OSletStatus{
 		Index: i.cfg.Index, Up: true, CPUs: i.self.CPUs.String(),
 		MemoryLimit: i.self.Memory, MemoryUsed: i.cg.MemoryUsed(),
-		Processes: procs, Load: float64(runnable()) / float64(len(i.self.CPUs)),
+		Processes: procs, Load: float64(i.runnable()) / float64(len(i.self.CPUs)),
 		Queue: waiting, Active: active, Protocol: fmt.Sprintf("%d.%d", fabric.Major, fabric.Minor),
-		Address: i.cfg.Address,
+		Address: i.cfg.Address, InitPID: int(i.pid),
 	}
 }
 

@@ -8,10 +8,10 @@ import (
 	"github.com/smpc-cluster/smpc/internal/device"
 )
 
-// setupNamespaces makes the init's new namespaces into an OSlet. It runs as
-// PID 1 before anything else, in this order: mounts go private first so that
-// nothing leaks to the host; /proc is mounted fresh so it shows this PID
-// namespace; then the private /tmp (the seed's local /tmp), the shared
+// setupNamespaces makes the init's new namespaces into an OSlet. It runs
+// before anything else, in this order: mounts go private first so that
+// nothing leaks to the host; /proc is mounted fresh so it shows the
+// cluster's PID namespace; then the private /tmp (the seed's local /tmp), the shared
 // /gtmp (its global one); its own /dev, with its devices and the shared
 // /dev/shm (its memory filesystem for shared memory: shm_open works across
 // OSlets), after /rdev, where every OSlet's devices are; the cluster's /etc/hosts,
@@ -71,8 +71,13 @@ func loopbackUp() error {
 	return unix.IoctlIfreq(fd, unix.SIOCSIFFLAGS, ifr)
 }
 
-// killAll ends every other process of the OSlet: kill(-1) from PID 1 reaches
-// every process in its PID namespace but itself.
-func killAll() {
-	unix.Kill(-1, unix.SIGKILL)
+// killAll ends every other process of the OSlet: those in its cgroup. The
+// init is not PID 1 of a namespace of its own, so kill(-1) would reach the
+// whole cluster.
+func (i *Init) killAll() {
+	for _, pid := range i.cg.PIDs() {
+		if pid != int(i.pid) {
+			unix.Kill(pid, unix.SIGKILL)
+		}
+	}
 }

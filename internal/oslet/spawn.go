@@ -62,20 +62,20 @@ func (i *Init) spawn(who *caller, r *fabric.Request, req *fabric.SpawnRequest) (
 		}
 		pid := vproc.PID(reply.PID)
 		if !req.Detach {
-			i.attach(who.conn, pid)
+			i.attach(who.conn, target, pid)
 		}
 		return pid, nil
 	}
 	pid, err := i.startLocal(r.Files, req, cred, policy, origin)
 	if err == nil && !req.Detach && who.role != fabric.RolePeer {
-		i.attach(who.conn, pid)
+		i.attach(who.conn, i.cfg.Index, pid)
 	}
 	return pid, err
 }
 
-func (i *Init) attach(conn *fabric.Conn, pid vproc.PID) {
+func (i *Init) attach(conn *fabric.Conn, k int, pid vproc.PID) {
 	i.mu.Lock()
-	i.attached[conn] = append(i.attached[conn], pid)
+	i.attached[conn] = append(i.attached[conn], attachedProc{oslet: k, pid: pid})
 	i.mu.Unlock()
 }
 
@@ -87,8 +87,14 @@ func (i *Init) inheritedPolicy(who *caller) vproc.Policy {
 		return vproc.PolicyLocal
 	}
 	for pid, hops := who.local, 0; pid > 1 && hops < 1024; hops++ {
-		if pol, ok := i.table.Policy(pid); ok {
+		if pol, ok := i.table.Policy(vproc.PID(pid)); ok {
 			return pol
+		}
+		i.mu.Lock()
+		pl, placed := i.placements[vproc.PID(pid)]
+		i.mu.Unlock()
+		if placed {
+			return vproc.Policy(pl.Policy)
 		}
 		s, err := readProc(pid)
 		if err != nil {
@@ -113,7 +119,7 @@ func (i *Init) place(policy vproc.Policy) int {
 		return up[int((i.rr.Add(1)-1)%uint64(len(up)))]
 	case vproc.PolicyLeastLoaded:
 		cpus := float64(len(i.self.CPUs))
-		best, bestLoad := i.cfg.Index, float64(runnable()+int(i.placedHere.Load()))/cpus
+		best, bestLoad := i.cfg.Index, float64(i.runnable()+int(i.placedHere.Load()))/cpus
 		var chosen *peer
 		for k, p := range i.peers {
 			if load, up := p.currentLoad(); up && (load < bestLoad || load == bestLoad && k < best) {
@@ -153,54 +159,88 @@ func (i *Init) startLocal(files []*os.File, req *fabric.SpawnRequest, cred fabri
 	if f := fileAt(req.DirFile); f != nil {
 		dir = fmt.Sprintf("/proc/self/fd/%d", f.Fd())
 	}
-	path, err := lookPath(name, req.Env, dir)
+	env := withEnv(req.Env, EnvOSlet, strconv.Itoa(i.cfg.Index))
+	if i.cfg.Bin != "" {
+		env = withSmpcOnPath(env, i.cfg.Bin, dir)
+	}
+	path, err := lookPath(name, env, dir)
 	if errors.Is(err, errNoExec) {
 		return fail(fabric.CodeNoExec, err)
 	} else if err != nil {
 		return fail(fabric.CodeNotFound, err)
 	}
-	var fds [3]uintptr
-	for n, idx := range req.Stdio {
-		f := fileAt(idx)
-		if f == nil {
-			null, err := os.OpenFile(os.DevNull, os.O_RDWR, 0)
-			if err != nil {
-				return fail(fabric.CodeInternal, err)
-			}
-			defer null.Close()
-			f = null
-		} else if origin != i.cfg.Index && !req.AllowSockets {
+	// The process gets every descriptor its caller handed over, at the
+	// same numbers, as a local exec would; 0, 1 and 2 default to
+	// /dev/null, and every other number is closed.
+	inherit := []uintptr{^uintptr(0), ^uintptr(0), ^uintptr(0)}
+	for _, fd := range req.Fds {
+		f := fileAt(fd.File)
+		if f == nil || fd.Num < 0 || fd.Num >= maxInheritedFd {
+			return fail(fabric.CodeInvalid, fmt.Errorf("descriptor %d: bad hand-over", fd.Num))
+		}
+		if origin != i.cfg.Index && !req.AllowSockets {
 			// The seed's rule: no process holding a network socket is
 			// created on another OSlet, since its packets arrive at the
 			// caller's network stack.
 			if kind := networkSocket(f); kind != "" {
 				return 0, fabric.Errorf(fabric.CodeRefused,
 					"oslet %d: spawn %q: refused: fd %d is a %s socket, and a process holding a network socket is not created on another OSlet (override with --allow-sockets)",
-					i.cfg.Index, name, n, kind)
+					i.cfg.Index, name, fd.Num, kind)
 			}
 		}
-		fds[n] = f.Fd()
+		for len(inherit) <= fd.Num {
+			inherit = append(inherit, ^uintptr(0))
+		}
+		inherit[fd.Num] = f.Fd()
+	}
+	for n := 0; n < 3; n++ {
+		if inherit[n] == ^uintptr(0) {
+			null, err := os.OpenFile(os.DevNull, os.O_RDWR, 0)
+			if err != nil {
+				return fail(fabric.CodeInternal, err)
+			}
+			defer null.Close()
+			inherit[n] = null.Fd()
+		}
 	}
 	groups := make([]uint32, len(cred.Groups))
 	copy(groups, cred.Groups)
-	exe, argv, inherit := path, req.Argv, fds[:]
-	var stageEnd, stageChild *os.File
+	exe, argv := path, req.Argv
+	var traps []string
 	if req.DirectDevices {
+		traps = append(traps, device.TrapOpens)
+	}
+	if policy.Spreads() {
+		traps = append(traps, device.TrapExecs)
+	}
+	var stageEnd, stageChild *os.File
+	if len(traps) > 0 {
 		// The process starts as smpc's exec stage, which installs the
-		// filter that traps its opens and hands the listener back here.
+		// filter that traps its opens or execs (each new program of a
+		// spreading policy is placed before it runs) and hands the
+		// listener back here.
 		if !device.DirectSupported {
-			return fail(fabric.CodeInvalid, errors.New("direct device opens are not supported on this architecture"))
+			return fail(fabric.CodeInvalid, errors.New("trapped system calls (direct device opens, spreading launch policies) are not supported on this architecture"))
 		}
 		if stageEnd, stageChild, err = device.ListenerPair(); err != nil {
 			return fail(fabric.CodeInternal, err)
 		}
 		defer stageEnd.Close()
-		exe, argv = "/proc/self/exe", append([]string{"smpc", device.ExecStage, path}, req.Argv...)
-		inherit = append(inherit, stageChild.Fd())
+		exe, argv = "/proc/self/exe", append([]string{"smpc", device.ExecStage, strings.Join(traps, ","), path}, req.Argv...)
+		// The stage finds its socket as descriptor 3 and moves it nowhere:
+		// the program it starts never sees it (close-on-exec).
+		stageFd := 3
+		for len(inherit) <= stageFd {
+			inherit = append(inherit, ^uintptr(0))
+		}
+		if inherit[stageFd] != ^uintptr(0) {
+			return fail(fabric.CodeInvalid, errors.New("descriptor 3 is handed over, and a process with direct device opens or a spreading policy needs it for its start-up (close it, or leave the policy local)"))
+		}
+		inherit[stageFd] = stageChild.Fd()
 	}
 	pid, err := syscall.ForkExec(exe, argv, &syscall.ProcAttr{
 		Dir:   dir,
-		Env:   withEnv(req.Env, EnvOSlet, strconv.Itoa(i.cfg.Index)),
+		Env:   env,
 		Files: inherit,
 		Sys: &syscall.SysProcAttr{
 			Credential: &syscall.Credential{Uid: cred.UID, Gid: cred.GID, Groups: groups},
@@ -216,9 +256,13 @@ func (i *Init) startLocal(files []*os.File, req *fabric.SpawnRequest, cred fabri
 		listener, lerr := device.ReceiveListener(stageEnd, 10*time.Second)
 		if lerr != nil {
 			unix.Kill(pid, unix.SIGKILL)
-			return fail(fabric.CodeInternal, fmt.Errorf("direct device opens: %w", lerr))
+			return fail(fabric.CodeInternal, fmt.Errorf("exec stage: %w", lerr))
 		}
-		go i.direct.Serve(listener)
+		trap := device.Trap{Stage: pid}
+		if policy.Spreads() {
+			trap.Policy = string(policy)
+		}
+		go i.direct.Serve(listener, trap)
 	}
 	if err != nil {
 		switch {
@@ -231,13 +275,58 @@ func (i *Init) startLocal(files []*os.File, req *fabric.SpawnRequest, cred fabri
 		}
 		return fail(fabric.CodeInternal, err)
 	}
-	gpid := vproc.Global(i.cfg.Index, pid)
-	rec := vproc.Process{PID: gpid, Parent: vproc.Global(i.cfg.Index, 1), UID: cred.UID, Policy: policy, Argv: req.Argv}
+	rec := vproc.Process{PID: vproc.PID(pid), Parent: i.pid, UID: cred.UID, Policy: policy, Argv: req.Argv}
 	if !req.Detach {
 		rec.Parent, rec.ParentOSlet = vproc.PID(cred.PID), origin
 	}
 	i.table.Add(rec)
-	return gpid, nil
+	return vproc.PID(pid), nil
+}
+
+// maxInheritedFd bounds the descriptor numbers a spawn hands over.
+const maxInheritedFd = 1 << 16
+
+// placeExec places a process whose exec a spreading policy trapped: it moves
+// it into the cgroup of the OSlet the policy picks (its CPUs and memory),
+// before the new program runs. The process keeps what it had: its files,
+// its /tmp and its network, as a migrated process kept its home's I/O in
+// MOSIX; only where it runs changes.
+func (i *Init) placeExec(pid int, policy string) {
+	target := i.place(vproc.Policy(policy))
+	note := ""
+	if cur := vproc.OSletOf(pid); target != cur {
+		files, ok := i.cfg.Cgroups[target]
+		switch {
+		case !ok:
+			note = fmt.Sprintf("oslet %d has no cgroup in the boot table", target)
+		default:
+			if err := files.AddProc(pid); err != nil {
+				note = fmt.Sprintf("not moved to oslet %d: %v", target, err)
+			}
+		}
+		if note != "" {
+			i.log.Warn("place exec", "pid", pid, "policy", policy, "note", note)
+		}
+	}
+	i.mu.Lock()
+	i.placements[vproc.PID(pid)] = fabric.Placement{PID: int32(pid), Policy: policy, Note: note}
+	i.mu.Unlock()
+}
+
+// placementList lists the live processes placed from here, forgetting
+// those that have ended.
+func (i *Init) placementList() []fabric.Placement {
+	i.mu.Lock()
+	defer i.mu.Unlock()
+	var out []fabric.Placement
+	for pid, pl := range i.placements {
+		if !alive(int(pid)) {
+			delete(i.placements, pid)
+			continue
+		}
+		out = append(out, pl)
+	}
+	return out
 }
 
 // networkSocket names the family of f if f is a socket other than a Unix
@@ -307,6 +396,25 @@ func executable(p string) error {
 		return fmt.Errorf("%s: %w", p, errNoExec)
 	}
 	return nil
+}
+
+// withSmpcOnPath adds bin, where the cluster keeps smpc, to the end of
+// PATH when smpc is not found on it already: smpc is then found by name in
+// every OSlet, as on a host where it is installed.
+func withSmpcOnPath(env []string, bin, dir string) []string {
+	if _, err := lookPath("smpc", env, dir); err == nil {
+		return env
+	}
+	pathVar := defaultPath
+	for _, kv := range env {
+		if v, ok := strings.CutPrefix(kv, "PATH="); ok {
+			pathVar = v
+		}
+	}
+	if pathVar != "" {
+		pathVar += ":"
+	}
+	return withEnv(env, "PATH", pathVar+bin)
 }
 
 func withEnv(env []string, key, value string) []string {

@@ -17,6 +17,7 @@ import (
 	"github.com/containerd/cgroups/v3/cgroup1"
 	"github.com/containerd/cgroups/v3/cgroup2"
 	specs "github.com/opencontainers/runtime-spec/specs-go"
+	"golang.org/x/sys/unix"
 
 	"github.com/smpc-cluster/smpc/internal/plan"
 )
@@ -31,12 +32,78 @@ type Cgroup struct {
 	Stats StatFiles
 }
 
-// StatFiles names the files that hold a cgroup's statistics, so that an init
-// (which sees the cgroup from inside) can read them without the library.
+// StatFiles names a cgroup's files by their host paths, so that an init
+// (which sees the cgroup from inside) can read its use and move processes
+// into it without the library.
 type StatFiles struct {
 	Memory string `json:"memory"` // bytes in use
 	Tasks  string `json:"pids"`   // tasks
+	// Procs are its cgroup.procs files, one per hierarchy it is in (one on
+	// v2): writing a PID to each moves that process into the cgroup.
+	Procs []string `json:"procs"`
 }
+
+// AddProc moves process pid (a PID in the writer's PID namespace) into the
+// cgroup. Each write moves the whole process, every thread of it.
+func (s StatFiles) AddProc(pid int) error {
+	for _, f := range s.Procs {
+		if err := os.WriteFile(f, []byte(strconv.Itoa(pid)), 0); err != nil {
+			return fmt.Errorf("move pid %d into %s: %w", pid, filepath.Dir(f), err)
+		}
+	}
+	return nil
+}
+
+// PIDs lists the processes in the cgroup, as PIDs of the reader's PID
+// namespace.
+func (s StatFiles) PIDs() []int {
+	if len(s.Procs) == 0 {
+		return nil
+	}
+	b, err := os.ReadFile(s.Procs[0])
+	if err != nil {
+		return nil
+	}
+	var pids []int
+	for _, f := range strings.Fields(string(b)) {
+		if n, err := strconv.Atoi(f); err == nil {
+			pids = append(pids, n)
+		}
+	}
+	return pids
+}
+
+// FilesOf names the files of the OSlet cgroup group (as given to Create),
+// from the host.
+func FilesOf(group string) (StatFiles, error) {
+	if Unified() {
+		path, err := v2Path(group)
+		if err != nil {
+			return StatFiles{}, err
+		}
+		dir := filepath.Join("/sys/fs/cgroup", path)
+		return StatFiles{Memory: filepath.Join(dir, "memory.current"), Tasks: filepath.Join(dir, "pids.current"),
+			Procs: []string{filepath.Join(dir, "cgroup.procs")}}, nil
+	}
+	paths, err := cgroup1.ParseCgroupFile("/proc/self/cgroup")
+	if err != nil {
+		return StatFiles{}, fmt.Errorf("find own cgroup: %w", err)
+	}
+	dir := func(subsystem string) string {
+		return filepath.Join("/sys/fs/cgroup", subsystem, paths[subsystem], group)
+	}
+	s := StatFiles{Memory: filepath.Join(dir("memory"), "memory.usage_in_bytes"), Tasks: filepath.Join(dir("pids"), "pids.current")}
+	// The pids hierarchy first: PIDs reads it.
+	for _, sub := range v1Names {
+		if _, err := os.Stat(filepath.Join("/sys/fs/cgroup", sub)); err == nil && paths[sub] != "" {
+			s.Procs = append(s.Procs, filepath.Join(dir(sub), "cgroup.procs"))
+		}
+	}
+	return s, nil
+}
+
+// v1Names are the v1 hierarchies smpc makes its cgroups in, pids first.
+var v1Names = []string{"pids", "cpuset", "memory", "cpuacct", "devices", "freezer"}
 
 // MemoryUsed returns the memory the cgroup uses now, in bytes.
 func (s StatFiles) MemoryUsed() int64 { return readInt(s.Memory) }
@@ -57,7 +124,7 @@ func v1Hierarchy() ([]cgroup1.Subsystem, error) {
 	var keep []cgroup1.Subsystem
 	for _, s := range all {
 		switch s.Name() {
-		case cgroup1.Cpuset, cgroup1.Memory, cgroup1.Pids, cgroup1.Cpuacct, cgroup1.Devices:
+		case cgroup1.Cpuset, cgroup1.Memory, cgroup1.Pids, cgroup1.Cpuacct, cgroup1.Devices, cgroup1.Freezer:
 			keep = append(keep, s)
 		}
 	}
@@ -84,9 +151,11 @@ func Create(group string, o plan.OSlet, devices []specs.LinuxDeviceCgroup) (*Cgr
 		if err != nil {
 			return nil, fmt.Errorf("create cgroup %s (v2): %w", path, err)
 		}
-		return &Cgroup{Group: path, v2: m, Stats: StatFiles{
-			Memory: filepath.Join("/sys/fs/cgroup", path, "memory.current"),
-			Tasks:  filepath.Join("/sys/fs/cgroup", path, "pids.current")}}, nil
+		files, err := FilesOf(group)
+		if err != nil {
+			return nil, err
+		}
+		return &Cgroup{Group: path, v2: m, Stats: files}, nil
 	}
 	cg, err := cgroup1.New(cgroup1.NestedPath(group), &specs.LinuxResources{
 		CPU:     &specs.LinuxCPU{Cpus: cpus, Mems: mems},
@@ -97,10 +166,11 @@ func Create(group string, o plan.OSlet, devices []specs.LinuxDeviceCgroup) (*Cgr
 	if err != nil {
 		return nil, fmt.Errorf("create cgroup %s (v1): %w", group, err)
 	}
-	c := &Cgroup{Group: group, v1: cg}
-	c.Stats.Memory, _ = v1File(group, "memory", "memory.usage_in_bytes")
-	c.Stats.Tasks, _ = v1File(group, "pids", "pids.current")
-	return c, nil
+	files, err := FilesOf(group)
+	if err != nil {
+		return nil, err
+	}
+	return &Cgroup{Group: group, v1: cg, Stats: files}, nil
 }
 
 // Load re-opens an OSlet's cgroup from the host side, so that a later boot
@@ -115,18 +185,21 @@ func Load(group string) (*Cgroup, error) {
 		if err != nil {
 			return nil, fmt.Errorf("load cgroup %s: %w", path, err)
 		}
-		return &Cgroup{Group: path, v2: m, Stats: StatFiles{
-			Memory: filepath.Join("/sys/fs/cgroup", path, "memory.current"),
-			Tasks:  filepath.Join("/sys/fs/cgroup", path, "pids.current")}}, nil
+		files, err := FilesOf(group)
+		if err != nil {
+			return nil, err
+		}
+		return &Cgroup{Group: path, v2: m, Stats: files}, nil
 	}
 	cg, err := cgroup1.Load(cgroup1.NestedPath(group), cgroup1.WithHierarchy(v1Hierarchy), allowMissing)
 	if err != nil {
 		return nil, fmt.Errorf("load cgroup %s: %w", group, err)
 	}
-	c := &Cgroup{Group: group, v1: cg}
-	c.Stats.Memory, _ = v1File(group, "memory", "memory.usage_in_bytes")
-	c.Stats.Tasks, _ = v1File(group, "pids", "pids.current")
-	return c, nil
+	files, err := FilesOf(group)
+	if err != nil {
+		return nil, err
+	}
+	return &Cgroup{Group: group, v1: cg, Stats: files}, nil
 }
 
 // allowMissing lets a v1 cgroup be made without the devices controller,
@@ -143,15 +216,6 @@ func v2Path(group string) (string, error) {
 		return "", fmt.Errorf("find own cgroup: %w", err)
 	}
 	return p, nil
-}
-
-// v1File finds a statistics file of group in hierarchy subsystem.
-func v1File(group, subsystem, file string) (string, error) {
-	paths, err := cgroup1.ParseCgroupFile("/proc/self/cgroup")
-	if err != nil {
-		return "", err
-	}
-	return filepath.Join("/sys/fs/cgroup", subsystem, paths[subsystem], group, file), nil
 }
 
 // AddProc moves process pid (a host PID) into the cgroup.
@@ -175,6 +239,30 @@ func readInt(path string) int64 {
 	}
 	n, _ := strconv.ParseInt(strings.TrimSpace(string(b)), 10, 64)
 	return n
+}
+
+// Kill ends every process in the cgroup at once: cgroup.kill on v2; on v1
+// the cgroup is frozen first, so that nothing in it forks while it is
+// killed, then thawed so that the kills land.
+func (c *Cgroup) Kill() error {
+	if c.v2 != nil {
+		if err := c.v2.Kill(); err != nil {
+			return fmt.Errorf("kill cgroup %s: %w", c.Group, err)
+		}
+		return nil
+	}
+	frozen := c.v1.Freeze() == nil
+	procs, err := c.v1.Processes(cgroup1.Pids, true)
+	for _, p := range procs {
+		unix.Kill(p.Pid, unix.SIGKILL)
+	}
+	if frozen {
+		c.v1.Thaw()
+	}
+	if err != nil {
+		return fmt.Errorf("kill cgroup %s: %w", c.Group, err)
+	}
+	return nil
 }
 
 // Destroy kills whatever is left in the cgroup and removes it.
@@ -208,7 +296,7 @@ func RemoveParents(group, top string) {
 			roots = []string{filepath.Join("/sys/fs/cgroup", p)}
 		}
 	} else if paths, err := cgroup1.ParseCgroupFile("/proc/self/cgroup"); err == nil {
-		for _, s := range []string{"cpuset", "memory", "pids", "cpuacct", "devices"} {
+		for _, s := range v1Names {
 			if p, ok := paths[s]; ok {
 				roots = append(roots, filepath.Join("/sys/fs/cgroup", s, p))
 			}

@@ -91,7 +91,7 @@ func Make(m *topology.Machine, opt Options) (*Plan, error) {
 		groups = splitDefault(cores)
 	}
 	if len(groups) > vproc.MaxOSlet {
-		return nil, fmt.Errorf("plan: %d OSlets is more than the %d that global PIDs can number", len(groups), vproc.MaxOSlet)
+		return nil, fmt.Errorf("plan: %d OSlets is more than the %d a cluster may have", len(groups), vproc.MaxOSlet)
 	}
 	p := &Plan{Version: Version}
 	for i, g := range groups {

@@ -1,7 +1,5 @@
 package plan
 
-import "github.com/smpc-cluster/smpc/internal/vproc"
-
 // Table is the boot table every OSlet reads: it answers "which OSlet owns
 // this?" in constant time, for CPUs, devices and processes.
 type Table struct {
@@ -47,9 +45,6 @@ func (t *Table) OwnerOfDevice(name string) int {
 	}
 	return t.devOwner[""]
 }
-
-// OwnerOfPID returns the OSlet that owns a global PID: one shift.
-func (t *Table) OwnerOfPID(pid vproc.PID) int { return pid.OSlet() }
 
 // OSlets returns the OSlet indexes in plan order.
 func (t *Table) OSlets() []int { return t.oslets }

@@ -26,3 +26,6 @@ func ParsePolicy(s string) (Policy, error) {
 	}
 	return "", fmt.Errorf("unknown launch policy %q: want local, round-robin or least-loaded", s)
 }
+
+// Spreads reports whether the policy places new programs on other OSlets.
+func (p Policy) Spreads() bool { return p == PolicyRoundRobin || p == PolicyLeastLoaded }

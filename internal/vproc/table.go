@@ -14,7 +14,7 @@ var ErrNoProcess = errors.New("no such process")
 
 // Process is what an OSlet's init records about a process it started.
 type Process struct {
-	PID    PID      // global PID
+	PID    PID      // its PID in the cluster
 	Parent PID      // remote parent while attached, else the init
 	UID    uint32   // real user ID it runs as
 	Policy Policy   // inherited launch policy for its descendants
@@ -29,16 +29,15 @@ type Process struct {
 // late wait still finds them). Locking is one mutex: the seed's "simple
 // locking inside an OSlet".
 type Table struct {
-	oslet     int
 	init      PID
 	retention time.Duration
 	maxExited int
 
 	mu      sync.Mutex
-	live    map[int]*Process   // by local PID; guarded by mu
+	live    map[PID]*Process   // guarded by mu
 	exited  map[PID]exitRecord // guarded by mu
 	order   []exitedAt         // exited, oldest first; guarded by mu
-	early   map[int]earlyExit  // reaped before Add; guarded by mu
+	early   map[PID]earlyExit  // reaped before Add; guarded by mu
 	waiters map[PID][]chan ExitStatus
 }
 
@@ -61,16 +60,15 @@ type exitRecord struct {
 	at     time.Time
 }
 
-// NewTable returns the process table of OSlet oslet.
-func NewTable(oslet int) *Table {
+// NewTable returns the process table of the OSlet whose init is init.
+func NewTable(init PID) *Table {
 	return &Table{
-		oslet:     oslet,
-		init:      Global(oslet, 1),
+		init:      init,
 		retention: 10 * time.Minute,
 		maxExited: 4096,
-		live:      map[int]*Process{},
+		live:      map[PID]*Process{},
 		exited:    map[PID]exitRecord{},
-		early:     map[int]earlyExit{},
+		early:     map[PID]earlyExit{},
 		waiters:   map[PID][]chan ExitStatus{},
 	}
 }
@@ -80,25 +78,24 @@ func NewTable(oslet int) *Table {
 func (t *Table) Add(p Process) {
 	t.mu.Lock()
 	defer t.mu.Unlock()
-	local := p.PID.Local()
-	if e, ok := t.early[local]; ok {
-		delete(t.early, local)
+	if e, ok := t.early[p.PID]; ok {
+		delete(t.early, p.PID)
 		t.finishLocked(p.PID, StatusFromWait(e.ws))
 		return
 	}
 	cp := p
-	t.live[local] = &cp
+	t.live[p.PID] = &cp
 }
 
-// Reaped records that the init reaped local PID local with status ws. A child
-// the table does not know is either an orphan re-parented to the init, or one
-// the init started whose Add has not run yet; it is kept both ways.
-func (t *Table) Reaped(local int, ws unix.WaitStatus) {
+// Reaped records that the init reaped pid with status ws. A child the table
+// does not know is either an orphan re-parented to the init, or one the init
+// started whose Add has not run yet; it is kept both ways.
+func (t *Table) Reaped(pid PID, ws unix.WaitStatus) {
 	t.mu.Lock()
 	defer t.mu.Unlock()
-	if _, ok := t.live[local]; ok {
-		delete(t.live, local)
-		t.finishLocked(Global(t.oslet, local), StatusFromWait(ws))
+	if _, ok := t.live[pid]; ok {
+		delete(t.live, pid)
+		t.finishLocked(pid, StatusFromWait(ws))
 		return
 	}
 	now := time.Now()
@@ -107,8 +104,8 @@ func (t *Table) Reaped(local int, ws unix.WaitStatus) {
 			delete(t.early, pid)
 		}
 	}
-	t.early[local] = earlyExit{ws, now}
-	t.finishLocked(Global(t.oslet, local), StatusFromWait(ws))
+	t.early[pid] = earlyExit{ws, now}
+	t.finishLocked(pid, StatusFromWait(ws))
 }
 
 func (t *Table) finishLocked(pid PID, st ExitStatus) {
@@ -133,10 +130,10 @@ func (t *Table) finishLocked(pid PID, st ExitStatus) {
 }
 
 // Lookup returns the record of a running process started through smpc.
-func (t *Table) Lookup(local int) (Process, bool) {
+func (t *Table) Lookup(pid PID) (Process, bool) {
 	t.mu.Lock()
 	defer t.mu.Unlock()
-	p, ok := t.live[local]
+	p, ok := t.live[pid]
 	if !ok {
 		return Process{}, false
 	}
@@ -160,7 +157,7 @@ func (t *Table) Wait(ctx context.Context, pid PID, running func() bool) (ExitSta
 		t.mu.Unlock()
 		return rec.status, nil
 	}
-	_, known := t.live[pid.Local()]
+	_, known := t.live[pid]
 	if !known && !running() {
 		t.mu.Unlock()
 		return ExitStatus{}, ErrNoProcess
@@ -208,7 +205,7 @@ func (t *Table) Orphan(pids []PID) {
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	for _, pid := range pids {
-		if p, ok := t.live[pid.Local()]; ok && pid.OSlet() == t.oslet {
+		if p, ok := t.live[pid]; ok {
 			p.Parent, p.ParentOSlet = t.init, 0
 		}
 	}
@@ -226,11 +223,11 @@ func (t *Table) OrphanFrom(oslet int) {
 	}
 }
 
-// Policy returns the launch policy recorded for local PID local, if any.
-func (t *Table) Policy(local int) (Policy, bool) {
+// Policy returns the launch policy recorded for pid, if any.
+func (t *Table) Policy(pid PID) (Policy, bool) {
 	t.mu.Lock()
 	defer t.mu.Unlock()
-	if p, ok := t.live[local]; ok && p.Policy != "" {
+	if p, ok := t.live[pid]; ok && p.Policy != "" {
 		return p.Policy, true
 	}
 	return "", false
@@ -241,4 +238,11 @@ func (t *Table) Len() int {
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	return len(t.live)
+}
+
+// waiting counts the waiters blocked on pid.
+func (t *Table) waiting(pid PID) int {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	return len(t.waiters[pid])
 }

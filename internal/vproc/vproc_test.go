@@ -9,19 +9,13 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-func TestGlobalPID(t *testing.T) {
-	tests := []struct{ oslet, local int }{{1, 1}, {2, 4242}, {MaxOSlet, 1<<LocalBits - 1}}
-	for _, tt := range tests {
-		p := Global(tt.oslet, tt.local)
-		if p <= 0 || p.OSlet() != tt.oslet || p.Local() != tt.local {
-			t.Errorf("Global(%d, %d) = %d: OSlet %d, Local %d", tt.oslet, tt.local, p, p.OSlet(), p.Local())
-		}
-		q, err := ParsePID(p.String())
-		if err != nil || q != p {
-			t.Errorf("ParsePID(%q) = %d, %v", p.String(), q, err)
+func TestParsePID(t *testing.T) {
+	for _, good := range []string{"1", "4242", "4194303"} {
+		if p, err := ParsePID(good); err != nil || p.String() != good {
+			t.Errorf("ParsePID(%q) = %d, %v", good, p, err)
 		}
 	}
-	for _, bad := range []string{"", "x", "-5", "0", "1234", "8388608"} {
+	for _, bad := range []string{"", "x", "-5", "0", "99999999999"} {
 		if _, err := ParsePID(bad); err == nil {
 			t.Errorf("ParsePID(%q) succeeded", bad)
 		}
@@ -56,39 +50,63 @@ func TestShellCode(t *testing.T) {
 }
 
 func TestTableWaitAndEarlyExit(t *testing.T) {
-	tab := NewTable(2)
-	pid := Global(2, 100)
+	tab := NewTable(50)
+	pid := PID(100)
 	// The reaper sees the exit before Add: the status must not be lost.
-	tab.Reaped(100, unix.WaitStatus(3<<8))
+	tab.Reaped(pid, unix.WaitStatus(3<<8))
 	tab.Add(Process{PID: pid})
 	st, err := tab.Wait(context.Background(), pid, func() bool { return false })
 	if err != nil || st.Code != 3 {
 		t.Fatalf("wait after early exit: %v, %v", st, err)
 	}
 
-	pid2 := Global(2, 101)
+	pid2 := PID(101)
 	tab.Add(Process{PID: pid2})
 	done := make(chan ExitStatus)
 	go func() {
 		st, _ := tab.Wait(context.Background(), pid2, func() bool { return true })
 		done <- st
 	}()
-	time.Sleep(10 * time.Millisecond)
-	tab.Reaped(101, unix.WaitStatus(unix.SIGTERM))
+	for deadline := time.Now().Add(5 * time.Second); tab.waiting(pid2) == 0; time.Sleep(time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatal("the waiter never blocked")
+		}
+	}
+	tab.Reaped(pid2, unix.WaitStatus(unix.SIGTERM))
 	if st := <-done; st.Signal != int(unix.SIGTERM) || st.ShellCode() != 143 {
 		t.Fatalf("waiter got %+v", st)
 	}
-	if _, err := tab.Wait(context.Background(), Global(2, 999), func() bool { return false }); !errors.Is(err, ErrNoProcess) {
+	if _, err := tab.Wait(context.Background(), PID(999), func() bool { return false }); !errors.Is(err, ErrNoProcess) {
 		t.Fatalf("wait for unknown pid: %v", err)
 	}
 }
 
 func TestTableOrphan(t *testing.T) {
-	tab := NewTable(3)
-	pid := Global(3, 7)
-	tab.Add(Process{PID: pid, Parent: Global(1, 50), ParentOSlet: 1})
+	tab := NewTable(30)
+	pid := PID(7)
+	tab.Add(Process{PID: pid, Parent: 50, ParentOSlet: 1})
 	tab.OrphanFrom(1)
-	if p, _ := tab.Lookup(7); p.Parent != Global(3, 1) {
+	if p, _ := tab.Lookup(pid); p.Parent != 30 {
 		t.Fatalf("parent after orphaning = %d, want the init", p.Parent)
+	}
+}
+
+func TestOSletOfCgroupFile(t *testing.T) {
+	tests := []struct {
+		text string
+		want int
+	}{
+		{"0::/smpc/run-1234abcd/oslet-2\n", 2},
+		{"12:pids:/smpc/x/oslet-17\n11:cpuset:/smpc/x/oslet-17\n0::/\n", 17},
+		{"4:memory:/process_api/e6/smpc/x-1/oslet-3\n", 3},
+		{"0::/user.slice/user-0.slice/session-1.scope\n", 0},
+		{"0::/smpc/x/oslet-\n", 0},
+		{"0::/elsewhere/oslet-2\n", 0},
+		{"", 0},
+	}
+	for _, tt := range tests {
+		if got := OSletOfCgroupFile(tt.text); got != tt.want {
+			t.Errorf("OSletOfCgroupFile(%q) = %d, want %d", tt.text, got, tt.want)
+		}
 	}
 }
