@@ -132,6 +132,38 @@ type proc struct {
 	Parent int32  `json:"ppid"`
 	State  string `json:"state"`
 	Cmd    string `json:"command"`
+	Policy string `json:"policy"`
+}
+
+// find returns the process pid as ps shows it.
+func (c *cluster) find(pid string) (proc, bool) {
+	c.t.Helper()
+	for _, p := range c.ps() {
+		if strconv.Itoa(int(p.PID)) == pid {
+			return p, true
+		}
+	}
+	return proc{}, false
+}
+
+// initPID returns OSlet k's init's PID in the cluster.
+func (c *cluster) initPID(k int) int32 {
+	c.t.Helper()
+	out := c.must("status", "--json")
+	var st []struct {
+		Index   int   `json:"index"`
+		InitPID int32 `json:"init_pid"`
+	}
+	if err := json.Unmarshal([]byte(out), &st); err != nil {
+		c.t.Fatalf("status --json: %v: %s", err, out)
+	}
+	for _, o := range st {
+		if o.Index == k {
+			return o.InitPID
+		}
+	}
+	c.t.Fatalf("status --json has no OSlet %d: %s", k, out)
+	return 0
 }
 
 func (c *cluster) ps() []proc {
@@ -223,11 +255,8 @@ func TestProcessesAcrossOSlets(t *testing.T) {
 
 	// Detach, ps, kill, wait.
 	pid := strings.TrimSpace(c.must("run", "--detach", "--on", "2", "--", "sleep", "60"))
-	if n, _ := strconv.Atoi(pid); n>>22 != 2 {
-		t.Fatalf("global PID %q is not OSlet 2's", pid)
-	}
-	if !strings.Contains(c.must("ps"), pid) {
-		t.Errorf("ps does not list %s", pid)
+	if p, ok := c.find(pid); !ok || p.OSlet != 2 || p.Cmd != "sleep 60" {
+		t.Fatalf("ps shows %s as %+v, %v; want sleep 60 on OSlet 2", pid, p, ok)
 	}
 	if out, code := c.smpc("kill", "-NOSUCH", pid); code == 0 || !strings.Contains(out, "unknown signal") {
 		t.Errorf("bad signal: %d %s", code, out)
@@ -310,7 +339,7 @@ func TestOrphanIsReaped(t *testing.T) {
 	waitFor(t, "re-parenting to the init", func() bool {
 		for _, p := range c.ps() {
 			if p.PID == child.PID {
-				return p.Parent == 2<<22|1
+				return p.Parent == c.initPID(2)
 			}
 		}
 		return false
@@ -359,9 +388,12 @@ func TestOSletDeath(t *testing.T) {
 	}
 	for _, args := range [][]string{{"run", "--on", "2", "--", "true"}, {"kill", pid}, {"wait", pid}, {"ps"}} {
 		out, code := c.smpc(args...)
-		if code == 0 || !strings.Contains(out, "oslet 2 is down") {
+		if code == 0 || !strings.Contains(out, "oslet 2") || !strings.Contains(out, "down") {
 			t.Errorf("smpc %v with OSlet 2 down: %d %s", args, code, out)
 		}
+	}
+	if out, _ := c.smpc("ps"); !strings.Contains(out, "sleep 60") {
+		t.Errorf("ps with OSlet 2 down does not show OSlet 1's processes:\n%s", out)
 	}
 	if _, code := c.smpc("wait", pid); code != 137 {
 		t.Errorf("wait on the dead OSlet's process: exit %d", code)

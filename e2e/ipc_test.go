@@ -22,21 +22,11 @@ import (
 	"github.com/smpc-cluster/smpc/internal/ipc"
 )
 
-// keyHomedOn returns a key, from start up, whose home is OSlet k in a
-// cluster of the given OSlets.
-func keyHomedOn(k int, oslets []int, start int32) int32 {
-	for key := start; ; key++ {
-		if ipc.HomeOfKey(key, oslets) == k {
-			return key
-		}
-	}
-}
-
 type ipcObject struct {
 	Kind   string `json:"kind"`
 	ID     int32  `json:"id"`
 	Key    int32  `json:"key"`
-	Home   int    `json:"home"`
+	OSlet  int    `json:"oslet"`
 	QNum   int    `json:"qnum"`
 	CBytes int    `json:"cbytes"`
 }
@@ -97,7 +87,7 @@ func TestMessageQueues(t *testing.T) {
 		}
 	}
 	objs := c.ipcs()
-	if len(objs) != 1 || objs[0].Kind != "msg" || objs[0].Key != 0x1234 || objs[0].QNum != 4 || objs[0].Home != ipc.HomeOfKey(0x1234, []int{1, 2}) {
+	if len(objs) != 1 || objs[0].Kind != "msg" || objs[0].Key != 0x1234 || objs[0].QNum != 4 {
 		t.Fatalf("ipcs after four sends: %+v", objs)
 	}
 	for _, rcv := range []struct{ args, want string }{
@@ -347,36 +337,31 @@ func TestIPCPermissions(t *testing.T) {
 	}
 }
 
-// TestIPCHomeDown checks that an object whose home OSlet dies answers with
-// a clear error, including to processes blocked on it, while objects homed
-// on the surviving OSlet carry on.
-func TestIPCHomeDown(t *testing.T) {
+// TestIPCOutlivesOSletDeath checks that the cluster's objects are the
+// kernel's and belong to no OSlet: when an OSlet dies, its processes blocked
+// on an object die with it, and the object carries on for the others.
+func TestIPCOutlivesOSletDeath(t *testing.T) {
 	c := boot(t)
-	on2 := keyHomedOn(2, []int{1, 2}, 0x1000)
-	on1 := keyHomedOn(1, []int{1, 2}, 0x1000)
-	k2, k1 := strconv.Itoa(int(on2)), strconv.Itoa(int(on1))
-	c.must("sem", "create", k2, "1")
-	c.must("sem", "create", k1, "1")
-	inside, insideDone := c.background("run", "--on", "1", "--", smpcBin, "sem", "op", k2, "0:-1")
-	host, hostDone := c.background("sem", "op", k2, "0:-1")
-	stillRunning(t, inside, "a waiter inside OSlet 1")
-	stillRunning(t, host, "a waiter on the host")
+	c.must("sem", "create", "0x1000", "1")
+	blocked, blockedDone := c.background("run", "--on", "2", "--", smpcBin, "sem", "op", "0x1000", "0:-1")
+	waitFor(t, "the waiter on OSlet 2 to block", func() bool {
+		return strings.Contains(c.must("sem", "get", "0x1000", "--json"), `"ncnt":1`)
+	})
 	if err := exec.Command("kill", "-9", strconv.Itoa(c.state().Inits["2"])).Run(); err != nil {
 		t.Fatal(err)
 	}
-	for name, done := range map[string]func() (string, int){"inside oslet 1": insideDone, "on the host": hostDone} {
-		if out, code := done(); code != 1 || !strings.Contains(out, "home oslet 2 is down") {
-			t.Errorf("waiter %s when the home died: %d %s", name, code, out)
-		}
+	if out, code := blockedDone(); code != 137 {
+		t.Errorf("a waiter lost with its OSlet: %d %s", code, out)
 	}
-	if out, code := c.inside(1, "sem", "get", k2); code != 1 || !strings.Contains(out, "oslet 2 is down") {
-		t.Errorf("get on a dead home: %d %s", code, out)
+	_ = blocked
+	waitFor(t, "the lost waiter to leave the set", func() bool {
+		return strings.Contains(c.must("sem", "get", "0x1000", "--json"), `"ncnt":0`)
+	})
+	c.must("run", "--on", "1", "--", smpcBin, "sem", "op", "0x1000", "0:1")
+	if out := c.must("sem", "get", "0x1000", "--json"); !strings.Contains(out, `"value":1`) {
+		t.Errorf("the set after OSlet 2 died: %s", out)
 	}
-	if out, code := c.smpc("ipcs"); code != 1 || !strings.Contains(out, "oslet 2 is down") || !strings.Contains(out, ipc.FormatKey(on1)) {
-		t.Errorf("ipcs with a dead home: %d %s", code, out)
-	}
-	c.must("run", "--on", "1", "--", smpcBin, "sem", "op", k1, "0:1")
-	if out := c.must("sem", "get", k1, "--json"); !strings.Contains(out, `"value":1`) {
-		t.Errorf("the surviving home's set: %s", out)
+	if out := c.must("ipcs"); !strings.Contains(out, "0x00001000") {
+		t.Errorf("ipcs after OSlet 2 died: %s", out)
 	}
 }

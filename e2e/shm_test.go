@@ -317,8 +317,9 @@ func TestSysVShmHelper(t *testing.T) {
 
 // TestSysVSharedMemory checks System V shared memory across OSlets: a
 // segment made on one OSlet and attached on another shares its pages, is
-// listed by ipcs with its size and home, refuses a size past the home's
-// memory, and is removed by ipcrm -m and -M.
+// listed by ipcs with its size, refuses a size past the machine's memory,
+// and is removed by ipcrm -m and -M, also through the Go package from the
+// host.
 func TestSysVSharedMemory(t *testing.T) {
 	c := boot(t)
 	helper := testBinary(t)
@@ -335,7 +336,7 @@ func TestSysVSharedMemory(t *testing.T) {
 	}
 	var objs []smpc.IPCInfo
 	json.Unmarshal([]byte(c.must("ipcs", "-m", "--json")), &objs)
-	if len(objs) != 1 || objs[0].Kind != smpc.KindShm || objs[0].Key != 0x5e6 || objs[0].Size != 4096 || objs[0].Home != smpc.IPCHomeOfKey(0x5e6, []int{1, 2}) {
+	if len(objs) != 1 || objs[0].Kind != smpc.KindShm || objs[0].Key != 0x5e6 || objs[0].Size != 4096 {
 		t.Fatalf("ipcs -m: %+v", objs)
 	}
 	if out := c.must("ipcs"); !strings.Contains(out, "Shared Memory Segments") || !strings.Contains(out, "0x000005e6") {
@@ -349,8 +350,8 @@ func TestSysVSharedMemory(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer client.Close()
-	if _, err := client.ShmGet(context.Background(), 0x5e7, 1<<40, smpc.IPCCreate|0o600); !errors.Is(err, syscall.ENOMEM) {
-		t.Errorf("a segment past the home's memory: %v, want ENOMEM", err)
+	if _, err := client.ShmGet(context.Background(), 0x5e7, 1<<40, smpc.IPCCreate|0o600); !errors.Is(err, syscall.ENOMEM) && !errors.Is(err, syscall.ENOSPC) {
+		t.Errorf("a segment past the machine's memory: %v, want ENOMEM or ENOSPC", err)
 	}
 	seg, err := client.ShmGet(context.Background(), 0x5e7, 1<<20, smpc.IPCCreate|0o600)
 	if err != nil {

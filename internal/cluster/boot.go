@@ -27,6 +27,7 @@ import (
 	"github.com/smpc-cluster/smpc/internal/partition"
 	"github.com/smpc-cluster/smpc/internal/plan"
 	"github.com/smpc-cluster/smpc/internal/topology"
+	"github.com/smpc-cluster/smpc/internal/vproc"
 )
 
 // Options are what Boot needs; Boot checks them all before it changes
@@ -374,8 +375,16 @@ func (c *Cluster) startInit(o plan.OSlet, opts *Options) (*syncChannel, error) {
 		if !stopping {
 			// An OSlet that fails ends exactly its own processes, as a
 			// failed board would: the rest of the cluster carries on.
-			killErr := cg.Kill()
-			c.log.Warn("oslet died", "oslet", o.Index, "err", err, "kill", killErr)
+			var lost []vproc.PID
+			killErr := cg.Kill(func(host int) {
+				if pid := vproc.ClusterPID(host); pid > 0 {
+					lost = append(lost, vproc.PID(pid))
+				}
+			})
+			if err := vproc.RecordLost(vproc.LostFile(c.state.StateDir), o.Index, lost); err != nil {
+				c.log.Warn("record lost processes", "oslet", o.Index, "err", err)
+			}
+			c.log.Warn("oslet died", "oslet", o.Index, "err", err, "lost", len(lost), "kill", killErr)
 			os.Remove(oslet.HostAddr(c.state.StateDir, o.Index))
 			c.exited <- o.Index
 		}
@@ -505,7 +514,7 @@ func (c *Cluster) teardown() error {
 		}
 	}
 	for _, cg := range c.cgroups {
-		if err := cg.Kill(); err != nil {
+		if err := cg.Kill(nil); err != nil {
 			errs = append(errs, err)
 		}
 	}
@@ -542,7 +551,7 @@ func removeStateFiles(s *State) {
 	}
 	os.RemoveAll(filepath.Join(s.StateDir, "bin"))
 	for _, pattern := range []string{"oslet-*.sock", "oslet-*.log", "boot.log", "reaper.log", stateFile, stateFile + ".new", "lock",
-		"hosts", PortsFile, PortsFile + ".new"} {
+		"hosts", PortsFile, PortsFile + ".new", "lost.json", "lost.json.new"} {
 		matches, _ := filepath.Glob(filepath.Join(s.StateDir, pattern))
 		for _, m := range matches {
 			os.Remove(m)

@@ -238,6 +238,9 @@ func (i *Init) signal(who *caller, req *fabric.SignalRequest) error {
 	if !req.Group {
 		s, err := readProc(target)
 		if err != nil || s.state == "Z" {
+			if k, lost := vproc.WasLost(vproc.LostFile(i.cfg.StateDir), vproc.PID(target)); lost {
+				return fabric.Errorf(fabric.CodeNoProcess, "kill %d: no such process (it was lost with oslet %d, which is down)", target, k)
+			}
 			return fabric.Errorf(fabric.CodeNoProcess, "kill %d: no such process", target)
 		}
 		if i.isInit(target) {
@@ -330,6 +333,9 @@ func (i *Init) wait(who *caller, req *fabric.WaitRequest) (vproc.ExitStatus, err
 	}
 	st, err := i.table.Wait(who.ctx, pid, func() bool { return alive(int(pid)) })
 	if err == vproc.ErrNoProcess {
+		if k, lost := vproc.WasLost(vproc.LostFile(i.cfg.StateDir), pid); lost {
+			return vproc.LostStatus(), fabric.DownError(k)
+		}
 		return st, fabric.Errorf(fabric.CodeNoProcess, "wait %d: no such process", pid)
 	}
 	if err != nil {

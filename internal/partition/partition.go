@@ -243,9 +243,17 @@ func readInt(path string) int64 {
 
 // Kill ends every process in the cgroup at once: cgroup.kill on v2; on v1
 // the cgroup is frozen first, so that nothing in it forks while it is
-// killed, then thawed so that the kills land.
-func (c *Cgroup) Kill() error {
+// killed, then thawed so that the kills land. before, if not nil, sees each
+// process's host PID while the process still exists.
+func (c *Cgroup) Kill(before func(hostPID int)) error {
 	if c.v2 != nil {
+		if before != nil {
+			if procs, err := c.v2.Procs(false); err == nil {
+				for _, p := range procs {
+					before(int(p))
+				}
+			}
+		}
 		if err := c.v2.Kill(); err != nil {
 			return fmt.Errorf("kill cgroup %s: %w", c.Group, err)
 		}
@@ -254,6 +262,9 @@ func (c *Cgroup) Kill() error {
 	frozen := c.v1.Freeze() == nil
 	procs, err := c.v1.Processes(cgroup1.Pids, true)
 	for _, p := range procs {
+		if before != nil {
+			before(p.Pid)
+		}
 		unix.Kill(p.Pid, unix.SIGKILL)
 	}
 	if frozen {

@@ -110,3 +110,24 @@ func TestOSletOfCgroupFile(t *testing.T) {
 		}
 	}
 }
+
+func TestLostRecord(t *testing.T) {
+	path := LostFile(t.TempDir())
+	if _, ok := WasLost(path, 5); ok {
+		t.Fatal("a missing record names pid 5")
+	}
+	if err := RecordLost(path, 2, []PID{5, 6}); err != nil {
+		t.Fatal(err)
+	}
+	if err := RecordLost(path, 3, []PID{7}); err != nil {
+		t.Fatal(err)
+	}
+	for pid, want := range map[PID]int{5: 2, 6: 2, 7: 3} {
+		if k, ok := WasLost(path, pid); !ok || k != want {
+			t.Errorf("WasLost(%d) = %d, %v; want %d", pid, k, ok, want)
+		}
+	}
+	if _, ok := WasLost(path, 8); ok {
+		t.Error("pid 8 was never lost")
+	}
+}

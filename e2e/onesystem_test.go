@@ -1,0 +1,270 @@
+package e2e
+
+import (
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"strconv"
+	"strings"
+	"sync"
+	"testing"
+)
+
+// These tests use only unmodified programs inside the OSlets (bash, procps,
+// util-linux, python3, make): the cluster must look like one machine to
+// them, with nothing of smpc's in between.
+
+// TestOneProcessSpace checks that every OSlet sees and signals every
+// OSlet's processes by the same PIDs that smpc prints on the host.
+func TestOneProcessSpace(t *testing.T) {
+	c := boot(t, "--oslets", "2")
+	start := func(k int, args ...string) string {
+		pid := strings.TrimSpace(c.must(append([]string{"run", "--detach", "--on", strconv.Itoa(k), "--"}, args...)...))
+		if p, ok := c.find(pid); !ok || p.OSlet != k {
+			t.Fatalf("ps shows %s as %+v, %v; want it on OSlet %d", pid, p, ok, k)
+		}
+		return pid
+	}
+	on1 := func(script string) (string, int) {
+		return c.smpc("run", "--on", "1", "--", "bash", "-c", script)
+	}
+
+	// ps, pgrep and /proc inside OSlet 1 list OSlet 2's process.
+	sleeper := start(2, "sleep", "1001")
+	if out, code := on1("ps -e -o pid=,args= | grep -w 'sleep 1001' | grep -v grep"); code != 0 || !strings.HasPrefix(strings.TrimSpace(out), sleeper+" ") {
+		t.Errorf("ps -e on OSlet 1 for OSlet 2's sleep (PID %s): %d %q", sleeper, code, out)
+	}
+	if out, code := on1("pgrep -f 'sleep 1001'"); code != 0 || strings.TrimSpace(out) != sleeper {
+		t.Errorf("pgrep on OSlet 1: %d %q, want %s", code, out, sleeper)
+	}
+	if out, code := on1("cat /proc/" + sleeper + "/cmdline | tr '\\0' ' '"); code != 0 || strings.TrimSpace(out) != "sleep 1001" {
+		t.Errorf("/proc/%s on OSlet 1: %d %q", sleeper, code, out)
+	}
+
+	// Every way a program signals, from OSlet 1 to OSlet 2; smpc wait on the
+	// host sees the signal by the same number.
+	for n, way := range []struct {
+		name, sig string
+		script    func(pid, arg string) string
+	}{
+		{"bash's kill builtin", "SIGUSR1", func(pid, _ string) string { return "kill -USR1 " + pid }},
+		{"/bin/kill", "SIGUSR2", func(pid, _ string) string { return "/bin/kill -USR2 " + pid }},
+		{"python's os.kill", "SIGTERM", func(pid, _ string) string {
+			return "python3 -c 'import os, signal; os.kill(" + pid + ", signal.SIGTERM)'"
+		}},
+		{"pkill -f", "SIGHUP", func(_, arg string) string { return "pkill -HUP -f '^sleep " + arg + "$'" }},
+	} {
+		arg := strconv.Itoa(1002 + n)
+		pid := start(2, "sleep", arg)
+		if out, code := on1(way.script(pid, arg)); code != 0 {
+			t.Errorf("%s from OSlet 1: %d %s", way.name, code, out)
+			continue
+		}
+		if out, _ := c.smpc("wait", pid); !strings.Contains(out, way.sig) {
+			t.Errorf("%s: smpc wait %s says %q, want %s", way.name, pid, out, way.sig)
+		}
+	}
+
+	// kill -0 of a PID that nobody has fails as on Linux; smpc says so too.
+	if out, code := on1("kill -0 4000000"); code != 1 || !strings.Contains(out, "No such process") {
+		t.Errorf("kill -0 of no process: %d %q", code, out)
+	}
+	if out, code := c.smpc("kill", "4000000"); code == 0 || !strings.Contains(out, "no such process") {
+		t.Errorf("smpc kill of no process: %d %q", code, out)
+	}
+
+	// A PID lock file names a daemon on OSlet 1; a second copy on OSlet 2
+	// finds it alive and backs off, as on one machine.
+	lock := filepath.Join(c.dir, "gtmp", "daemon.pid")
+	daemon := "if [ -f /gtmp/daemon.pid ] && kill -0 $(cat /gtmp/daemon.pid) 2>/dev/null; then echo held by $(cat /gtmp/daemon.pid); exit 1; fi; echo $$ > /gtmp/daemon.pid; exec sleep 1010"
+	holder := start(1, "bash", "-c", daemon)
+	waitFor(t, "the daemon's lock file", func() bool {
+		b, _ := os.ReadFile(lock)
+		return strings.TrimSpace(string(b)) == holder
+	})
+	if out, code := c.smpc("run", "--on", "2", "--", "bash", "-c", daemon); code != 1 || strings.TrimSpace(out) != "held by "+holder {
+		t.Errorf("a second daemon on OSlet 2: %d %q, want it to see the lock held by %s", code, out, holder)
+	}
+	c.must("kill", holder)
+	c.must("kill", sleeper)
+
+	// wait(2) for one's own children still works, wherever they are.
+	if out, code := on1("sleep 0.1 & wait $!; echo $?"); code != 0 || strings.TrimSpace(out) != "0" {
+		t.Errorf("a shell's wait on OSlet 1: %d %q", code, out)
+	}
+	// smpc itself is found by name inside every OSlet, though the host's
+	// PATH does not hold it.
+	if out, code := c.smpc("run", "--on", "1", "--", "smpc", "run", "--on", "2", "--", "sh", "-c", "echo $SMPC_OSLET"); code != 0 || strings.TrimSpace(out) != "2" {
+		t.Errorf("smpc by name inside OSlet 1: %d %q", code, out)
+	}
+}
+
+// TestSysVFromUnmodifiedPrograms checks that a queue, a semaphore set and a
+// shared memory segment made through libc on OSlet 1 are the ones libc
+// finds on OSlet 2, that util-linux ipcs lists them there, and that smpc
+// ipcs on the host names their creator's OSlet.
+func TestSysVFromUnmodifiedPrograms(t *testing.T) {
+	c := boot(t, "--oslets", "2")
+	script, err := os.ReadFile("testdata/sysv.py")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(c.dir, "gtmp", "sysv.py"), script, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	py := func(k int, args ...string) (string, int) {
+		return c.smpc(append([]string{"run", "--on", strconv.Itoa(k), "--", "python3", "/gtmp/sysv.py"}, args...)...)
+	}
+	creator := strings.TrimSpace(c.must("run", "--detach", "--on", "1", "--", "python3", "/gtmp/sysv.py", "create", "0x5a5a"))
+	waitFor(t, "the objects to exist", func() bool { return len(c.ipcs()) == 3 })
+
+	if out, code := c.smpc("run", "--on", "2", "--", "ipcs"); code != 0 || strings.Count(out, "0x00005a5a") != 3 {
+		t.Errorf("util-linux ipcs on OSlet 2: %d\n%s", code, out)
+	}
+	for _, o := range c.ipcs() {
+		if o.Kind == "shm" && o.OSlet != 1 {
+			t.Errorf("smpc ipcs names OSlet %d for the segment made on OSlet 1: %+v", o.OSlet, o)
+		}
+	}
+	if out := c.must("ipcs", "-m"); !regexp.MustCompile(`0x00005a5a\s+\d+\s+root\s+600\s+4096\s+1\s+1\n`).MatchString(out) {
+		t.Errorf("smpc ipcs -m does not show the segment attached once, on OSlet 1:\n%s", out)
+	}
+	if out, code := py(2, "recv", "0x5a5a"); code != 0 || strings.TrimSpace(out) != "made on oslet 1" {
+		t.Errorf("the message, read on OSlet 2: %d %q", code, out)
+	}
+
+	// The semaphore as a mutex around the segment's counter, from both
+	// OSlets at once: no update may be lost.
+	const rounds = 3000
+	var wg sync.WaitGroup
+	for _, k := range []int{1, 2, 2} {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			if out, code := py(k, "count", "0x5a5a", strconv.Itoa(rounds)); code != 0 || !strings.Contains(out, "counted") {
+				t.Errorf("counter on OSlet %d: %d %s", k, code, out)
+			}
+		}()
+	}
+	wg.Wait()
+	if out, code := py(1, "read", "0x5a5a"); code != 0 || strings.TrimSpace(out) != strconv.Itoa(3*rounds) {
+		t.Errorf("counter after 3 x %d rounds: %d %q", rounds, code, out)
+	}
+	c.must("kill", creator)
+	c.must("ipcrm", "-Q", "0x5a5a", "-S", "0x5a5a", "-M", "0x5a5a")
+	if objs := c.ipcs(); len(objs) != 0 {
+		t.Errorf("ipcs after ipcrm: %+v", objs)
+	}
+}
+
+// spreadMakefile has n independent recipes that each record the cgroup they
+// ran in; nothing in it knows of smpc.
+func spreadMakefile(t *testing.T, dir string, n int) {
+	t.Helper()
+	var b strings.Builder
+	b.WriteString("N := $(shell seq 1 " + strconv.Itoa(n) + ")\nall: $(addprefix out/,$(N))\nout/%:\n")
+	b.WriteString("\t@mkdir -p out; i=0; while [ $$i -lt 200000 ]; do i=$$((i+1)); done; grep -m1 oslet /proc/self/cgroup > $@\n")
+	if err := os.WriteFile(filepath.Join(dir, "Makefile"), []byte(b.String()), 0o644); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// recipeOSlets reads where the recipes ran.
+func recipeOSlets(t *testing.T, dir string) map[string]int {
+	t.Helper()
+	files, _ := filepath.Glob(filepath.Join(dir, "out", "*"))
+	seen := map[string]int{}
+	for _, f := range files {
+		b, _ := os.ReadFile(f)
+		if m := regexp.MustCompile(`oslet-(\d+)`).FindStringSubmatch(string(b)); m != nil {
+			seen[m[1]]++
+		}
+	}
+	return seen
+}
+
+// TestMakeSpreads checks the seed's inherited launch attribute: under a
+// spreading policy an unmodified make's recipes run on every OSlet; with the
+// default policy, all on one.
+func TestMakeSpreads(t *testing.T) {
+	c := boot(t, "--oslets", "2")
+	dir := t.TempDir()
+	spreadMakefile(t, dir, 16)
+	make := func(args ...string) (string, int) {
+		cmd := exec.Command(smpcBin, append([]string{"--state-dir", c.dir, "run"}, args...)...)
+		cmd.Dir = dir
+		os.RemoveAll(filepath.Join(dir, "out"))
+		return run(cmd)
+	}
+	if out, code := make("--policy", "least-loaded", "--", "make", "-j4"); code != 0 {
+		t.Fatalf("make under least-loaded: %d %s", code, out)
+	}
+	if seen := recipeOSlets(t, dir); len(seen) != 2 || seen["1"]+seen["2"] != 16 {
+		t.Errorf("16 recipes under least-loaded ran on %v, want both OSlets", seen)
+	}
+	if out, code := make("--on", "2", "--", "make", "-j4"); code != 0 {
+		t.Fatalf("make with the default policy: %d %s", code, out)
+	}
+	if seen := recipeOSlets(t, dir); len(seen) != 1 || seen["2"] != 16 {
+		t.Errorf("16 recipes with the default policy ran on %v, want all on OSlet 2", seen)
+	}
+	if out, code := make("--policy", "round-robin", "--", "make", "-j4"); code != 0 {
+		t.Fatalf("make under round-robin: %d %s", code, out)
+	}
+	if seen := recipeOSlets(t, dir); len(seen) != 2 {
+		t.Errorf("16 recipes under round-robin ran on %v, want both OSlets", seen)
+	}
+
+	// ps names the policy of the processes it placed.
+	sleeper := strings.TrimSpace(c.must("run", "--detach", "--policy", "round-robin", "--", "sh", "-c", "sleep 1020; true"))
+	waitFor(t, "the spread sleep", func() bool {
+		for _, p := range c.ps() {
+			if p.Cmd == "sleep 1020" && p.Policy == "round-robin" {
+				return true
+			}
+		}
+		return false
+	})
+	c.must("kill", "--", "-"+sleeper)
+
+	// A failing Makefile fails the same way; a bad policy is refused.
+	os.WriteFile(filepath.Join(dir, "Makefile"), []byte("all:\n\t@false\n"), 0o644)
+	if out, code := make("--policy", "least-loaded", "--", "make"); code != 2 || !strings.Contains(out, "Error 1") {
+		t.Errorf("a failing make under least-loaded: %d %s", code, out)
+	}
+	if out, code := make("--policy", "nearest", "--", "make"); code == 0 || !strings.Contains(out, "unknown launch policy") {
+		t.Errorf("an unknown policy: %d %s", code, out)
+	}
+}
+
+// TestJobserverAcrossOSlets checks that a make's jobserver pipe reaches a
+// sub-make on another OSlet: every descriptor the caller leaves open across
+// exec is handed over at its own number.
+func TestJobserverAcrossOSlets(t *testing.T) {
+	c := boot(t, "--oslets", "2")
+	dir := t.TempDir()
+	sub := filepath.Join(dir, "sub")
+	os.MkdirAll(sub, 0o755)
+	spreadMakefile(t, sub, 4)
+	top := fmt.Sprintf("all:\n\t+@%s --state-dir %s run --on 2 -- $(MAKE) -C sub\n", smpcBin, c.dir)
+	os.WriteFile(filepath.Join(dir, "Makefile"), []byte(top), 0o644)
+	cmd := exec.Command("make", "-j4")
+	cmd.Dir = dir
+	out, code := run(cmd)
+	if code != 0 || strings.Contains(out, "jobserver unavailable") {
+		t.Errorf("a sub-make on OSlet 2 under make -j4: %d %s", code, out)
+	}
+	if seen := recipeOSlets(t, sub); seen["2"] != 4 {
+		t.Errorf("the sub-make's recipes ran on %v", seen)
+	}
+	// And the descriptors themselves: a process on another OSlet holds
+	// what a local exec in the same place would.
+	sh := exec.Command("bash", "-c", fmt.Sprintf("exec 7</dev/null 9>/dev/null; ls /proc/self/fd; echo --; %s --state-dir %s run --on 2 -- ls /proc/self/fd", smpcBin, c.dir))
+	out, code = run(sh)
+	local, remote, _ := strings.Cut(out, "--\n")
+	if code != 0 || strings.Join(strings.Fields(local), " ") != strings.Join(strings.Fields(remote), " ") || !strings.Contains(remote, "7\n9\n") {
+		t.Errorf("descriptors of a process on OSlet 2: %d\n%s\nwant those of a local exec, 7 and 9 among them", code, out)
+	}
+}
