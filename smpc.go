@@ -90,8 +90,8 @@ func Connect(stateDir string) (*Client, error) {
 	c := &Client{stateDir: dir, conns: map[int]*fabric.Caller{}}
 	// The cluster's PID 1 holds its IPC namespace; SysV calls from the host
 	// run on threads that enter it.
-	if ns, err := os.Open(fmt.Sprintf("/proc/%d/ns/ipc", st.Reaper)); err == nil {
-		c.ipcNS = &ipc.Namespace{File: ns}
+	if ns, err := ipc.OpenNamespace(st.Reaper); err == nil {
+		c.ipcNS = ns
 	}
 	for _, o := range st.Plan.OSlets {
 		c.oslets = append(c.oslets, o.Index)
@@ -105,9 +105,7 @@ func (c *Client) Close() error {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	c.closed = true
-	if c.ipcNS != nil {
-		c.ipcNS.File.Close()
-	}
+	c.ipcNS.Close()
 	for k, cc := range c.conns {
 		cc.Close()
 		delete(c.conns, k)

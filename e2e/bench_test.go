@@ -3,7 +3,9 @@ package e2e
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"runtime"
 	"testing"
@@ -82,13 +84,41 @@ func BenchmarkSignalWait(b *testing.B) { runBench(b, (*bench.Runner).SignalWait)
 // host processes on the same CPUs.
 func BenchmarkMsgPingPong(b *testing.B) { runBench(b, (*bench.Runner).MsgPingPong) }
 
-// BenchmarkSemOp: an uncontended semop inside an OSlet on a set homed on
-// another vs the kernel's semop on the same CPUs. b.N is in milliseconds of
-// looping.
+// BenchmarkSemOp: an uncontended semop inside an OSlet on a set of the
+// cluster's vs on a set of the host's, on the same CPUs. b.N is in
+// milliseconds of looping.
 func BenchmarkSemOp(b *testing.B) {
 	r := benchRunner(b)
 	b.ResetTimer()
 	res, err := r.SemOp(context.Background(), time.Duration(b.N)*time.Millisecond)
+	if err != nil {
+		b.Fatal(err)
+	}
+	reportResult(b, "", res)
+}
+
+// BenchmarkExecPlaced: fork, exec and wait of /bin/true under round-robin,
+// each exec placed by the init, vs with the default policy. b.N is in
+// milliseconds of looping.
+func BenchmarkExecPlaced(b *testing.B) {
+	r := benchRunner(b)
+	b.ResetTimer()
+	res, err := r.ExecPlaced(context.Background(), time.Duration(b.N)*time.Millisecond)
+	if err != nil {
+		b.Fatal(err)
+	}
+	reportResult(b, "", res)
+}
+
+// BenchmarkBuild: an unmodified make -jN of b.N C files under least-loaded
+// over every OSlet vs on the host on the same CPUs (builds per second).
+func BenchmarkBuild(b *testing.B) {
+	r := benchRunner(b)
+	b.ResetTimer()
+	res, err := r.Build(context.Background(), max(b.N, 8))
+	if errors.Is(err, bench.ErrNoCompiler) {
+		b.Skip(err)
+	}
 	if err != nil {
 		b.Fatal(err)
 	}
@@ -179,7 +209,7 @@ func BenchmarkScaling(b *testing.B) {
 // would, and checks that every figure is there and sane.
 func TestBenchCommand(t *testing.T) {
 	c := boot(t)
-	out, code := c.smpc("bench", "--json", "-n", "100", "--bytes", "16M", "--loop-time", "50ms", "--scaling", "--round-time", "200ms")
+	out, code := c.smpc("bench", "--json", "-n", "100", "--bytes", "16M", "--loop-time", "50ms", "--build-files", "8", "--scaling", "--round-time", "200ms")
 	if code != 0 {
 		t.Fatalf("smpc bench: exit %d: %s", code, out)
 	}
@@ -195,7 +225,10 @@ func TestBenchCommand(t *testing.T) {
 		}
 	}
 	want := []string{"null-call", "spawn", "run-command", "signal-wait", "pipe", "pipe-same-cpus",
-		"cpu-loop", "syscall-loop", "boot-1", "scale-spawn-1"}
+		"msg-pingpong", "semop", "exec-placed", "cpu-loop", "syscall-loop", "boot-1", "scale-spawn-1"}
+	if _, err := exec.LookPath("gcc"); err == nil {
+		want = append(want, "build")
+	}
 	if runtime.NumCPU() >= 2 {
 		want = append(want, "boot-2", "scale-spawn-2", "scale-null-call-2")
 	}

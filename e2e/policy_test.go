@@ -147,11 +147,12 @@ func TestSocketRule(t *testing.T) {
 func TestLaunchPolicy(t *testing.T) {
 	c := boot(t)
 	oslet := func(out string) int {
-		pid, err := strconv.Atoi(strings.TrimSpace(out))
-		if err != nil {
-			t.Fatalf("not a PID: %q", out)
+		pid := strings.TrimSpace(out)
+		p, ok := c.find(pid)
+		if !ok {
+			t.Fatalf("ps does not list %q", out)
 		}
-		return pid >> 22
+		return p.OSlet
 	}
 	killSleeps := func() {
 		for _, p := range c.ps() {

@@ -39,6 +39,7 @@ func Helper(args []string) int {
 		"signal-wait":  signalWait,
 		"spawn-loop":   spawnLoop,
 		"fork-loop":    forkLoop,
+		"run-cmd":      runCmd,
 		"msg-pingpong": msgPingPong,
 		"sem-loop":     semLoop,
 		"tcp-sink":     tcpSink,

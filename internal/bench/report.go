@@ -14,7 +14,13 @@ type Sizes struct {
 	Calls     int           // null calls, spawns, kills: each side
 	PipeBytes int64         // bytes through each pipe
 	LoopTime  time.Duration // each run of a loop
+	// BuildFiles is how many C files the build benchmark compiles; 0
+	// leaves the build out.
+	BuildFiles int
 }
+
+// DefaultBuildFiles is the size of the build benchmark's tree.
+const DefaultBuildFiles = 200
 
 // All runs every benchmark of a booted cluster in turn and hands each result
 // to done as it comes.
@@ -32,6 +38,17 @@ func (r *Runner) All(ctx context.Context, sz Sizes, done func(Result)) ([]Result
 		one(func() (Result, error) { return r.SignalWait(ctx, sz.Calls/4) }),
 		one(func() (Result, error) { return r.MsgPingPong(ctx, sz.Calls) }),
 		one(func() (Result, error) { return r.SemOp(ctx, sz.LoopTime) }),
+		one(func() (Result, error) { return r.ExecPlaced(ctx, sz.LoopTime) }),
+		func() ([]Result, error) {
+			if sz.BuildFiles <= 0 {
+				return nil, nil
+			}
+			res, err := r.Build(ctx, sz.BuildFiles)
+			if errors.Is(err, ErrNoCompiler) {
+				return nil, nil // nothing to build with
+			}
+			return []Result{res}, err
+		},
 		func() ([]Result, error) { return r.Pipe(ctx, sz.PipeBytes) },
 		func() ([]Result, error) { return r.Network(ctx, sz.PipeBytes/4, sz.LoopTime) },
 		func() ([]Result, error) {

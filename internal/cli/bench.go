@@ -39,10 +39,18 @@ ratio and the design's target:
   run-command   the whole 'smpc run --on K -- /bin/true' / /bin/true
   signal-wait   kill and wait for a process on another OSlet / on the same
   pipe          pipe throughput between two OSlets / within one
-  msg-pingpong  a System V message round trip between two OSlets / two
-                host processes on the same CPUs
-  semop         a semaphore operation on a set homed on another OSlet /
-                the kernel's semop on the same CPUs
+  msg-pingpong  a System V message round trip between two OSlets (the
+                cluster's IPC namespace) / two host processes on the same
+                CPUs (the host's)
+  semop         a semaphore operation on a set of the cluster's, in an
+                OSlet / on a set of the host's, on the same CPUs
+  exec-placed   fork, exec and wait of /bin/true under a spreading policy,
+                each exec placed by the OSlet's init / with the default
+                policy (target: at most 50 µs more)
+  build         an unmodified make -jN of 200 C files (gcc) under
+                least-loaded over every OSlet / the same make on the host
+                on the same CPUs, as builds per second (when gcc and make
+                are installed; --build-files 0 leaves it out)
   net-throughput, net-connect
                 a transfer and new connections through the cluster's port
                 to a server on OSlet 2 / to the same server on the host
@@ -119,6 +127,7 @@ goal of linear scalability.`,
 	cmd.Flags().IntVarP(&sz.Calls, "calls", "n", bench.DefaultCalls, "null calls per side; spawns and kills are a quarter of it")
 	cmd.Flags().StringVar(&bytes, "bytes", "1G", "bytes through each pipe (K, M and G suffixes)")
 	cmd.Flags().DurationVar(&sz.LoopTime, "loop-time", bench.DefaultLoopTime, "how long each run of a loop lasts")
+	cmd.Flags().IntVar(&sz.BuildFiles, "build-files", bench.DefaultBuildFiles, "C files in the build benchmark's tree (0: no build benchmark)")
 	cmd.Flags().BoolVar(&scaling, "scaling", false, "also boot clusters of 1, 2, 4 and 8 OSlets and measure how rates scale")
 	cmd.Flags().DurationVar(&roundTime, "round-time", time.Second, "how long each scaling round lasts")
 	return cmd

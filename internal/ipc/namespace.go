@@ -1,37 +1,103 @@
 package ipc
 
 import (
+	"errors"
 	"fmt"
 	"os"
 	"runtime"
+	"sync"
 
 	"golang.org/x/sys/unix"
 )
 
 // Namespace runs System V calls in the cluster's IPC namespace. Inside an
-// OSlet every process is already there and File is nil; on the host File
-// is the namespace, and each call runs on a thread that enters it.
+// OSlet every process is already there, and a nil Namespace calls directly.
+// On the host, the calls run on one thread of the Namespace's own that
+// setns(2) moved into the cluster's namespace: an IPC namespace belongs to a
+// thread, so the rest of the process stays the host's.
+//
+// One thread, kept, and not one per call: entering an IPC namespace detaches
+// the thread from its process's SEM_UNDO list, so a thread's semops with
+// SEM_UNDO keep their adjustments in a list of that thread's own, which the
+// kernel applies when the thread exits. The Namespace's thread exits on
+// Close (or with the process), which is when a host program's undo
+// adjustments apply. Its calls run one at a time; a program that blocks in
+// one call while making another uses a Namespace for each.
 type Namespace struct {
-	File *os.File
+	file *os.File
+
+	once  sync.Once
+	calls chan func()
+	err   error // from entering the namespace
+
+	closeOnce sync.Once
+	quit      chan struct{}
 }
 
-// Do runs f in the namespace. On the host it runs f on a thread of its own
-// that setns(2) moved into the namespace (IPC namespaces are per thread, so
-// the rest of the process stays where it is); the thread is thrown away
-// afterwards, never handed back to other goroutines. A mapping that f makes
-// (shmat) stays valid for the whole process.
+// OpenNamespace opens the IPC namespace of host process pid (the cluster's
+// PID 1).
+func OpenNamespace(pid int) (*Namespace, error) {
+	f, err := os.Open(fmt.Sprintf("/proc/%d/ns/ipc", pid))
+	if err != nil {
+		return nil, fmt.Errorf("open the cluster's IPC namespace: %w", err)
+	}
+	return &Namespace{file: f, calls: make(chan func()), quit: make(chan struct{})}, nil
+}
+
+// errClosed says the Namespace was closed.
+var errClosed = errors.New("the cluster's IPC namespace is closed")
+
+// Do runs f in the namespace and returns its error.
 func (n *Namespace) Do(f func() error) error {
-	if n == nil || n.File == nil {
+	if n == nil {
 		return f()
 	}
+	n.once.Do(n.start)
+	if n.err != nil {
+		return n.err
+	}
 	done := make(chan error, 1)
+	select {
+	case n.calls <- func() { done <- f() }:
+	case <-n.quit:
+		return errClosed
+	}
+	return <-done
+}
+
+// start enters the namespace on a thread of its own, which then runs the
+// calls until Close.
+func (n *Namespace) start() {
+	entered := make(chan error, 1)
 	go func() {
 		runtime.LockOSThread() // never unlocked: the thread ends with this goroutine
-		if err := unix.Setns(int(n.File.Fd()), unix.CLONE_NEWIPC); err != nil {
-			done <- fmt.Errorf("enter the cluster's IPC namespace: %w", err)
+		if err := unix.Setns(int(n.file.Fd()), unix.CLONE_NEWIPC); err != nil {
+			entered <- fmt.Errorf("enter the cluster's IPC namespace: %w", err)
 			return
 		}
-		done <- f()
+		entered <- nil
+		for {
+			select {
+			case call := <-n.calls:
+				call()
+			case <-n.quit:
+				return
+			}
+		}
 	}()
-	return <-done
+	n.err = <-entered
+}
+
+// Close ends the Namespace's thread once its call in progress returns,
+// which applies its SEM_UNDO adjustments, and closes the namespace.
+func (n *Namespace) Close() error {
+	if n == nil {
+		return nil
+	}
+	var err error
+	n.closeOnce.Do(func() {
+		close(n.quit)
+		err = n.file.Close()
+	})
+	return err
 }

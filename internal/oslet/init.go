@@ -37,7 +37,11 @@ type Init struct {
 	// with direct device opens or a spreading launch policy.
 	direct *device.Supervisor
 	peers  map[int]*peer // fixed at start; each peer guards itself
-	rr     atomic.Uint64 // round-robin cursor for launches from here
+	rr     atomic.Uint64 // round-robin cursor for spawns from here
+	// rrExec is the round-robin cursor for the execs placed from here: a
+	// nested 'smpc run' is an exec and then a spawn, and one cursor for
+	// both would send every such spawn to the same OSlet.
+	rrExec atomic.Uint64
 	// placedHere counts least-loaded launches placed on this OSlet since the
 	// last heartbeat, as peer.load counts those placed on a peer, so that a
 	// burst spreads before the processes show in the run queue.

@@ -309,13 +309,17 @@ func (i *Init) wait(who *caller, req *fabric.WaitRequest) (vproc.ExitStatus, err
 	}
 	_, known := i.table.Lookup(pid)
 	if _, ended := i.table.Exited(pid); !known && !ended && who.role != fabric.RolePeer {
-		if alive(int(pid)) {
-			if k := vproc.OSletOf(int(pid)); k != i.cfg.Index {
-				if p := i.peers[k]; p != nil {
-					return forward(p)
-				}
+		// The init that is pid's parent (it started it, or the process was
+		// orphaned to it) reaps it and knows its status. A zombie still
+		// names its parent; a process already reaped is asked of every
+		// peer.
+		owner, gone := i.parentInit(pid)
+		switch {
+		case owner != 0 && owner != i.cfg.Index:
+			if p := i.peers[owner]; p != nil {
+				return forward(p)
 			}
-		} else {
+		case gone:
 			for _, p := range i.peers {
 				if st, err := forward(p); !errors.Is(err, fabric.ErrNoProcess) && !errors.Is(err, fabric.ErrDown) {
 					return st, err
@@ -327,7 +331,9 @@ func (i *Init) wait(who *caller, req *fabric.WaitRequest) (vproc.ExitStatus, err
 		if !mayControl(cred, s) {
 			return vproc.ExitStatus{}, fabric.Errorf(fabric.CodePermission, "oslet %d: wait %d: operation not permitted", i.cfg.Index, pid)
 		}
-		if !known && !i.isInit(s.ppid) {
+		if !known && s.ppid != int(i.pid) {
+			// Not this init's child: its status goes to its own parent,
+			// and its end is all this init can see.
 			i.watchForeign(pid)
 		}
 	}
@@ -342,6 +348,24 @@ func (i *Init) wait(who *caller, req *fabric.WaitRequest) (vproc.ExitStatus, err
 		return st, fabric.Errorf(fabric.CodeInternal, "oslet %d: wait %d: %v", i.cfg.Index, pid, err)
 	}
 	return st, nil
+}
+
+// parentInit returns the OSlet whose init is pid's parent, 0 when its parent
+// is no init; gone says that pid no longer exists at all.
+func (i *Init) parentInit(pid vproc.PID) (oslet int, gone bool) {
+	s, err := readProc(int(pid))
+	if err != nil {
+		return 0, true
+	}
+	if s.ppid == int(i.pid) {
+		return i.cfg.Index, false
+	}
+	for k, p := range i.peers {
+		if p.initPID() == s.ppid {
+			return k, false
+		}
+	}
+	return 0, false
 }
 
 // watchForeign notices the end of a process the init did not start and is

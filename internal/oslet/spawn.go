@@ -8,6 +8,7 @@ import (
 	"sort"
 	"strconv"
 	"strings"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -43,7 +44,7 @@ func (i *Init) spawn(who *caller, r *fabric.Request, req *fabric.SpawnRequest) (
 			policy = i.inheritedPolicy(who)
 		}
 		if target == 0 {
-			target = i.place(policy)
+			target = i.place(policy, &i.rr)
 		}
 	}
 	if target == 0 {
@@ -105,8 +106,9 @@ func (i *Init) inheritedPolicy(who *caller) vproc.Policy {
 	return vproc.PolicyLocal
 }
 
-// place picks the OSlet for a launch from here under policy.
-func (i *Init) place(policy vproc.Policy) int {
+// place picks the OSlet for a launch from here under policy; rr is the
+// round-robin cursor of this kind of launch.
+func (i *Init) place(policy vproc.Policy, rr *atomic.Uint64) int {
 	switch policy {
 	case vproc.PolicyRoundRobin:
 		up := []int{i.cfg.Index}
@@ -116,7 +118,7 @@ func (i *Init) place(policy vproc.Policy) int {
 			}
 		}
 		sort.Ints(up)
-		return up[int((i.rr.Add(1)-1)%uint64(len(up)))]
+		return up[int((rr.Add(1)-1)%uint64(len(up)))]
 	case vproc.PolicyLeastLoaded:
 		cpus := float64(len(i.self.CPUs))
 		best, bestLoad := i.cfg.Index, float64(i.runnable()+int(i.placedHere.Load()))/cpus
@@ -292,7 +294,7 @@ const maxInheritedFd = 1 << 16
 // its /tmp and its network, as a migrated process kept its home's I/O in
 // MOSIX; only where it runs changes.
 func (i *Init) placeExec(pid int, policy string) {
-	target := i.place(vproc.Policy(policy))
+	target := i.place(vproc.Policy(policy), &i.rrExec)
 	note := ""
 	if cur := vproc.OSletOf(pid); target != cur {
 		files, ok := i.cfg.Cgroups[target]
