@@ -39,6 +39,7 @@ func Helper(args []string) int {
 		"signal-wait":  signalWait,
 		"spawn-loop":   spawnLoop,
 		"fork-loop":    forkLoop,
+		"exec-loop":    execLoop,
 		"run-cmd":      runCmd,
 		"msg-pingpong": msgPingPong,
 		"sem-loop":     semLoop,
@@ -296,6 +297,32 @@ func spawnLoop(fs *flag.FlagSet, args []string) error {
 
 // forkLoop is spawnLoop's native counterpart: fork, exec and wait for
 // /bin/true here, again and again for a while.
+// execLoop starts /bin/true again and again for a while, and reports the
+// time of the starts alone: fork and execve up to the new program's image
+// in place (os/exec waits for the exec through a close-on-exec pipe), not
+// its run, exit or wait, which a placed program spends elsewhere.
+func execLoop(fs *flag.FlagSet, args []string) error {
+	d := fs.Duration("for", time.Second, "how long")
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	var count int64
+	var starting time.Duration
+	for begin := time.Now(); time.Since(begin) < *d; count++ {
+		cmd := exec.Command("/bin/true")
+		start := time.Now()
+		if err := cmd.Start(); err != nil {
+			return err
+		}
+		starting += time.Since(start)
+		if err := cmd.Wait(); err != nil {
+			return err
+		}
+	}
+	report(count, starting)
+	return nil
+}
+
 func forkLoop(fs *flag.FlagSet, args []string) error {
 	d := fs.Duration("for", time.Second, "how long")
 	if err := fs.Parse(args); err != nil {

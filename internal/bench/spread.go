@@ -13,17 +13,19 @@ import (
 	"time"
 )
 
-// ExecPlaced times fork, exec and wait of /bin/true from a process under a
-// spreading launch policy, whose every exec its OSlet's init traps and
-// places on an OSlet before the program runs, beside the same from a
-// process of the default policy on the same OSlet: what the seed's
-// inherited attribute costs an exec.
+// ExecPlaced times starting /bin/true (fork, and execve until the new image
+// is in place) from a process under a spreading launch policy, whose every
+// exec its OSlet's init traps and places on an OSlet before the program
+// runs, beside the same from a process of the default policy on the same
+// OSlet: what the seed's inherited attribute costs an exec. The program's
+// run, exit and wait are left out: a placed program spends them on another
+// OSlet's CPU, which is the point of placing it.
 func (r *Runner) ExecPlaced(ctx context.Context, d time.Duration) (Result, error) {
 	a, _, err := r.pair()
 	if err != nil {
 		return Result{}, err
 	}
-	loop := []string{"fork-loop", "--for", d.String()}
+	loop := []string{"exec-loop", "--for", d.String()}
 	run := func(policy string) (float64, error) {
 		cmd := r.Client.Command(r.Binary, append([]string{"bench-helper"}, loop...)...)
 		cmd.OSlet, cmd.Policy = a, policy
@@ -50,8 +52,8 @@ func (r *Runner) ExecPlaced(ctx context.Context, d time.Duration) (Result, error
 		placed, plain = minPositive(placed, p), minPositive(plain, q)
 	}
 	return compareExtra("exec-placed",
-		Measure{fmt.Sprintf("fork+exec+wait /bin/true under round-robin, from oslet %d", a), placed, "ns/op"},
-		Measure{fmt.Sprintf("fork+exec+wait /bin/true, local policy, oslet %d", a), plain, "ns/op"}, 50*time.Microsecond), nil
+		Measure{fmt.Sprintf("fork+exec of /bin/true under round-robin, from oslet %d", a), placed, "ns/op"},
+		Measure{fmt.Sprintf("fork+exec of /bin/true, local policy, oslet %d", a), plain, "ns/op"}, 50*time.Microsecond), nil
 }
 
 // compareExtra is compare for a cost whose target is an added time rather

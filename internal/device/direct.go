@@ -272,7 +272,18 @@ func (s *Supervisor) Serve(listener *os.File, t Trap) {
 	// of a goroutine adds to it (an open cost 13 to 17 µs through the
 	// netpoller here, 13 on a thread of its own).
 	runtime.LockOSThread()
-	defer runtime.UnlockOSThread()
+	// Not unlocked: the thread's priority is raised below, and must not go
+	// on to serve other goroutines; it ends with this one.
+	//
+	// A trapped call stands for work the kernel would do in the caller's
+	// own time, so its answer must not wait behind the CPU hogs of the
+	// init's OSlet (a build's compilers): on an OSlet of one busy CPU, at
+	// the default priority, a placement waited for the scheduler's
+	// next slice, milliseconds. The answer takes microseconds, so the
+	// highest nice value costs the others nothing they would notice.
+	if err := unix.Setpriority(unix.PRIO_PROCESS, unix.Gettid(), -20); err != nil {
+		s.Log.Warn("trapped calls: raise the answering thread's priority", "err", err)
+	}
 	buf := make([]byte, pageSize) // for the paths, one at a time
 	rc.Control(func(fd uintptr) {
 		// The kernel then switches straight to this thread and back.
@@ -307,7 +318,7 @@ func (s *Supervisor) Serve(listener *os.File, t Trap) {
 			continue
 		}
 		if slices.Contains(execCalls, uint32(n.Data.Nr)) {
-			s.answerExec(rc, &n, &t)
+			s.answerExec(rc, &n, &t, buf)
 			continue
 		}
 		s.answer(rc, &n, buf)
@@ -372,20 +383,61 @@ func (s *Supervisor) answer(rc syscall.RawConn, n *seccompNotif, buf []byte) {
 }
 
 // answerExec places the process before its new program runs, then lets the
-// exec go on. The stage's own first exec was placed by its spawn.
-func (s *Supervisor) answerExec(rc syscall.RawConn, n *seccompNotif, t *Trap) {
+// exec go on. The stage's own first exec was placed by its spawn. An exec
+// that will fail is not placed: a shell, make or gcc looking a program up
+// tries one directory of PATH after another, and each miss is an execve.
+func (s *Supervisor) answerExec(rc syscall.RawConn, n *seccompNotif, t *Trap, buf []byte) {
 	pid := tgidOf(int(n.PID))
 	switch {
 	case pid == t.Stage:
 		t.Stage = 0
-	case pid > 0 && t.Policy != "" && s.Place != nil && s.notifValid(rc, n.ID) == nil:
+	case pid > 0 && t.Policy != "" && s.Place != nil && execWouldStart(int(n.PID), n, buf) && s.notifValid(rc, n.ID) == nil:
 		s.Place(pid, t.Policy)
 	}
 	s.reply(rc, seccompNotifResp{ID: n.ID, Flags: unix.SECCOMP_USER_NOTIF_FLAG_CONTINUE})
 }
 
-// tgidOf returns the process (thread group) of thread tid, or 0.
+// execWouldStart says whether the file a trapped execve or execveat names
+// exists as an executable file, seen from the process (its root, its
+// working directory or directory descriptor). It reads the path from the
+// process's memory; any doubt says yes, and the exec decides.
+func execWouldStart(tid int, n *seccompNotif, buf []byte) bool {
+	// execve(path, argv, envp); execveat(dirfd, path, argv, envp, flags)
+	dirfd, pathAddr, flags := int32(unix.AT_FDCWD), n.Data.Args[0], 0
+	if n.Data.Nr == int32(unix.SYS_EXECVEAT) {
+		dirfd, pathAddr, flags = int32(n.Data.Args[0]), n.Data.Args[1], int(n.Data.Args[4])
+	}
+	path, err := readString(tid, pathAddr, buf)
+	if err != nil {
+		return true
+	}
+	var full string
+	switch {
+	case path == "" && flags&unix.AT_EMPTY_PATH != 0:
+		return true // the descriptor itself is the program
+	case strings.HasPrefix(path, "/"):
+		full = fmt.Sprintf("/proc/%d/root%s", tid, path)
+	case dirfd == unix.AT_FDCWD:
+		full = fmt.Sprintf("/proc/%d/cwd/%s", tid, path)
+	default:
+		full = fmt.Sprintf("/proc/%d/fd/%d/%s", tid, dirfd, path)
+	}
+	var st unix.Stat_t
+	if err := unix.Stat(full, &st); err != nil {
+		return !errors.Is(err, unix.ENOENT) && !errors.Is(err, unix.ENOTDIR)
+	}
+	return st.Mode&unix.S_IFMT == unix.S_IFREG && st.Mode&0o111 != 0
+}
+
+// tgidOf returns the process (thread group) of thread tid, or 0. A
+// thread that calls execve is nearly always its process's only one, whose
+// TID is the PID: pidfd_open(2) answers that in one system call, and only a
+// thread that is not its group's leader costs a read of /proc.
 func tgidOf(tid int) int {
+	if fd, err := unix.PidfdOpen(tid, 0); err == nil {
+		unix.Close(fd)
+		return tid
+	}
 	data, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", tid))
 	if err != nil {
 		return 0

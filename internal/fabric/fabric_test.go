@@ -128,27 +128,31 @@ func TestConcurrentCalls(t *testing.T) {
 
 func TestHandshakeRefusals(t *testing.T) {
 	addr := serve(t, ServeConfig{})
-	conn, err := Dial(addr, true)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer conn.Close()
-	f, _ := NewFrame(OpHello, 1, 0, Hello{Role: RolePeer}, nil)
-	f.Major, f.Minor = 2, 3
-	if err := conn.Send(f); err != nil {
-		t.Fatal(err)
-	}
-	reply, err := conn.Recv()
-	if err != nil {
-		t.Fatal(err)
-	}
-	err = reply.Decode(&HelloReply{})
-	ours := fmt.Sprintf("%d.%d", Major, Minor)
-	if !errors.Is(err, ErrVersion) || !strings.Contains(err.Error(), "2.3") || !strings.Contains(err.Error(), ours) {
-		t.Fatalf("refusal = %v; want one naming 2.3 and %s", err, ours)
-	}
-	if _, err := conn.Recv(); err != io.EOF {
-		t.Fatalf("channel not closed after refusal: %v", err)
+	// A 1.x OSlet (a PID namespace each, smpc's own SysV objects) and a
+	// newer major version are both refused, with both versions named.
+	for _, v := range [][2]uint8{{1, 3}, {Major + 1, 0}} {
+		conn, err := Dial(addr, true)
+		if err != nil {
+			t.Fatal(err)
+		}
+		f, _ := NewFrame(OpHello, 1, 0, Hello{Role: RolePeer}, nil)
+		f.Major, f.Minor = v[0], v[1]
+		if err := conn.Send(f); err != nil {
+			t.Fatal(err)
+		}
+		reply, err := conn.Recv()
+		if err != nil {
+			t.Fatal(err)
+		}
+		err = reply.Decode(&HelloReply{})
+		theirs, ours := fmt.Sprintf("%d.%d", v[0], v[1]), fmt.Sprintf("%d.%d", Major, Minor)
+		if !errors.Is(err, ErrVersion) || !strings.Contains(err.Error(), theirs) || !strings.Contains(err.Error(), ours) {
+			t.Fatalf("refusal = %v; want one naming %s and %s", err, theirs, ours)
+		}
+		if _, err := conn.Recv(); err != io.EOF {
+			t.Fatalf("channel not closed after refusal of %s: %v", theirs, err)
+		}
+		conn.Close()
 	}
 
 	conn2, _ := Dial(addr, true)

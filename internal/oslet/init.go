@@ -42,16 +42,15 @@ type Init struct {
 	// nested 'smpc run' is an exec and then a spawn, and one cursor for
 	// both would send every such spawn to the same OSlet.
 	rrExec atomic.Uint64
-	// placedHere counts least-loaded launches placed on this OSlet since the
-	// last heartbeat, as peer.load counts those placed on a peer, so that a
-	// burst spreads before the processes show in the run queue.
-	placedHere atomic.Int64
+	// loads is what least-loaded placement reads.
+	loads *loadBoard
 
 	mu       sync.Mutex
 	attached map[*fabric.Conn][]attachedProc // spawns whose parent is a channel; guarded by mu
 	// placements are the processes a spreading policy placed from here, by
 	// PID; guarded by mu, pruned as they end.
-	placements map[vproc.PID]fabric.Placement
+	placements    map[vproc.PID]fabric.Placement
+	placementsCap int // prune placements when it reaches this size; guarded by mu
 }
 
 // attachedProc is a process whose parent is a channel of this init.
@@ -153,14 +152,19 @@ func newInit(cfg *Config) (*Init, error) {
 		queue:      fabric.NewQueue(cfg.PeerSlots),
 		peers:      map[int]*peer{},
 		attached:   map[*fabric.Conn][]attachedProc{},
-		placements: map[vproc.PID]fabric.Placement{},
-		shm:        shm.NewTable(cfg.Index, shm.Dir),
+		placements: map[vproc.PID]fabric.Placement{}, placementsCap: minPlacementsCap,
+		shm: shm.NewTable(cfg.Index, shm.Dir),
 	}
 	for _, o := range cfg.Plan.OSlets {
 		if o.Index != cfg.Index {
 			i.peers[o.Index] = &peer{index: o.Index, addr: HostAddr(cfg.StateDir, o.Index), cpus: len(o.CPUs)}
 		}
 	}
+	cpus := map[int]int{}
+	for _, o := range cfg.Plan.OSlets {
+		cpus[o.Index] = len(o.CPUs)
+	}
+	i.loads = newLoadBoard(cfg.Cgroups, cpus)
 	i.direct = &device.Supervisor{Devices: cfg.Devices, Open: i.openDevice, Log: i.log, Timeout: time.Minute, Place: i.placeExec}
 	return i, nil
 }

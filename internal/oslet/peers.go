@@ -12,7 +12,7 @@ import (
 
 // heartbeat is how often an init checks each outbound proxy channel. A peer
 // that dies closes its sockets, which the inbound channel sees at once; the
-// heartbeat also catches the outbound side and refreshes the peer's load.
+// heartbeat also catches the outbound side.
 const heartbeat = 250 * time.Millisecond
 
 // peer is this init's proxy channel to another OSlet.
@@ -23,7 +23,6 @@ type peer struct {
 
 	mu   sync.Mutex
 	c    *fabric.Caller // nil while the peer is down; guarded by mu
-	load float64        // processes per CPU, from the last heartbeat; guarded by mu
 	init int            // the peer init's PID in the cluster, from its hello; guarded by mu
 }
 
@@ -65,12 +64,6 @@ func (p *peer) down(cause error) {
 
 func (p *peer) up() bool { return p.caller() != nil }
 
-func (p *peer) currentLoad() (float64, bool) {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	return p.load, p.c != nil
-}
-
 // dial opens the proxy channel from OSlet self to p.
 func (p *peer) dial(self int) error {
 	conn, err := fabric.Dial(p.addr, true)
@@ -105,13 +98,6 @@ func (i *Init) connectPeers() error {
 			return fmt.Errorf("oslet %d: connect to oslet %d: %w", i.cfg.Index, p.index, err)
 		}
 	}
-	go func() {
-		// Launches counted since the last heartbeat show in the run
-		// queue, or have ended, by the next one.
-		for range time.Tick(heartbeat) {
-			i.placedHere.Store(0)
-		}
-	}()
 	for _, p := range i.peers {
 		go i.keep(p)
 	}
@@ -134,14 +120,8 @@ func (i *Init) keep(p *peer) {
 			i.log.Info("peer up", "peer", p.index)
 		}
 		wasUp = true
-		var r fabric.StatusReply
 		ctx, cancel := context.WithTimeout(context.Background(), time.Second)
-		_, err := p.call(ctx, fabric.OpStatus, fabric.StatusRequest{}, nil, &r)
+		p.call(ctx, fabric.OpPing, fabric.Empty{}, nil, &fabric.Empty{})
 		cancel()
-		if err == nil && len(r.OSlets) > 0 {
-			p.mu.Lock()
-			p.load = r.OSlets[0].Load
-			p.mu.Unlock()
-		}
 	}
 }

@@ -78,20 +78,6 @@ func listPIDs() []int {
 	return pids
 }
 
-// runnable counts the OSlet's processes that run or are ready to run, the
-// init aside: the OSlet's share of the kernel's load. Processes that only
-// wait (a make waiting for its recipes, the smpc run that stands for a remote
-// job) do not count, so least-loaded placement follows demand for CPU.
-func (i *Init) runnable() int {
-	n := 0
-	for _, pid := range i.cg.PIDs() {
-		if s, err := readProc(pid); err == nil && s.state == "R" && pid != int(i.pid) {
-			n++
-		}
-	}
-	return n
-}
-
 func alive(pid int) bool {
 	s, err := readProc(pid)
 	return err == nil && s.state != "Z" && s.state != "X"

@@ -478,7 +478,7 @@ func (i *Init) localStatus() fabric.OSletStatus {
 	return fabric.OSletStatus{
 		Index: i.cfg.Index, Up: true, CPUs: i.self.CPUs.String(),
 		MemoryLimit: i.self.Memory, MemoryUsed: i.cg.MemoryUsed(),
-		Processes: procs, Load: float64(i.runnable()) / float64(len(i.self.CPUs)),
+		Processes: procs, Load: i.loads.load(i.cfg.Index, int(i.pid)),
 		Queue: waiting, Active: active, Protocol: fmt.Sprintf("%d.%d", fabric.Major, fabric.Minor),
 		Address: i.cfg.Address, InitPID: int(i.pid),
 	}

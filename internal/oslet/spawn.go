@@ -44,7 +44,7 @@ func (i *Init) spawn(who *caller, r *fabric.Request, req *fabric.SpawnRequest) (
 			policy = i.inheritedPolicy(who)
 		}
 		if target == 0 {
-			target = i.place(policy, &i.rr)
+			target = i.place(policy, &i.rr, 0)
 		}
 	}
 	if target == 0 {
@@ -107,39 +107,29 @@ func (i *Init) inheritedPolicy(who *caller) vproc.Policy {
 }
 
 // place picks the OSlet for a launch from here under policy; rr is the
-// round-robin cursor of this kind of launch.
-func (i *Init) place(policy vproc.Policy, rr *atomic.Uint64) int {
+// round-robin cursor of this kind of launch, stay the OSlet the process
+// is on (0 for a new one), which least-loaded keeps on a tie.
+func (i *Init) place(policy vproc.Policy, rr *atomic.Uint64, stay int) int {
 	switch policy {
 	case vproc.PolicyRoundRobin:
-		up := []int{i.cfg.Index}
-		for k, p := range i.peers {
-			if p.up() {
-				up = append(up, k)
-			}
-		}
-		sort.Ints(up)
+		up := i.upOSlets()
 		return up[int((rr.Add(1)-1)%uint64(len(up)))]
 	case vproc.PolicyLeastLoaded:
-		cpus := float64(len(i.self.CPUs))
-		best, bestLoad := i.cfg.Index, float64(i.runnable()+int(i.placedHere.Load()))/cpus
-		var chosen *peer
-		for k, p := range i.peers {
-			if load, up := p.currentLoad(); up && (load < bestLoad || load == bestLoad && k < best) {
-				best, bestLoad, chosen = k, load, p
-			}
-		}
-		if chosen != nil {
-			// Count the launch now, so that a burst spreads before the
-			// next heartbeat brings the real figure.
-			chosen.mu.Lock()
-			chosen.load += 1 / float64(chosen.cpus)
-			chosen.mu.Unlock()
-		} else {
-			i.placedHere.Add(1)
-		}
-		return best
+		return i.loads.pick(i.upOSlets(), stay, int(i.pid))
 	}
 	return i.cfg.Index
+}
+
+// upOSlets lists this OSlet and the peers that are up, in order.
+func (i *Init) upOSlets() []int {
+	up := []int{i.cfg.Index}
+	for k, p := range i.peers {
+		if p.up() {
+			up = append(up, k)
+		}
+	}
+	sort.Ints(up)
+	return up
 }
 
 // startLocal starts a process in this OSlet, as its caller, with the
@@ -170,6 +160,12 @@ func (i *Init) startLocal(files []*os.File, req *fabric.SpawnRequest, cred fabri
 		return fail(fabric.CodeNoExec, err)
 	} else if err != nil {
 		return fail(fabric.CodeNotFound, err)
+	}
+	// The new process starts in dir, and the descriptor that dir names
+	// is gone once its own descriptors are in place: a program found
+	// there is run by its path from there.
+	if rest, ok := strings.CutPrefix(path, dir+"/"); ok && dir != req.Dir {
+		path = "./" + rest
 	}
 	// The process gets every descriptor its caller handed over, at the
 	// same numbers, as a local exec would; 0, 1 and 2 default to
@@ -294,15 +290,16 @@ const maxInheritedFd = 1 << 16
 // its /tmp and its network, as a migrated process kept its home's I/O in
 // MOSIX; only where it runs changes.
 func (i *Init) placeExec(pid int, policy string) {
-	target := i.place(vproc.Policy(policy), &i.rrExec)
+	cur := vproc.OSletOf(pid)
+	target := i.place(vproc.Policy(policy), &i.rrExec, cur)
 	note := ""
-	if cur := vproc.OSletOf(pid); target != cur {
+	if target != cur {
 		files, ok := i.cfg.Cgroups[target]
 		switch {
 		case !ok:
 			note = fmt.Sprintf("oslet %d has no cgroup in the boot table", target)
 		default:
-			if err := files.AddProc(pid); err != nil {
+			if err := files.Place(pid); err != nil {
 				note = fmt.Sprintf("not moved to oslet %d: %v", target, err)
 			}
 		}
@@ -312,7 +309,26 @@ func (i *Init) placeExec(pid int, policy string) {
 	}
 	i.mu.Lock()
 	i.placements[vproc.PID(pid)] = fabric.Placement{PID: int32(pid), Policy: policy, Note: note}
+	if len(i.placements) >= i.placementsCap {
+		// A build places thousands of short-lived programs: forget the
+		// ended ones now and then, so that the record stays the size of
+		// what runs.
+		i.pruneLocked()
+		i.placementsCap = max(2*len(i.placements), minPlacementsCap)
+	}
 	i.mu.Unlock()
+}
+
+// minPlacementsCap is the size the placement record is first pruned at.
+const minPlacementsCap = 1024
+
+// pruneLocked forgets the placements of processes that have ended.
+func (i *Init) pruneLocked() {
+	for pid := range i.placements {
+		if unix.Kill(int(pid), 0) == unix.ESRCH {
+			delete(i.placements, pid)
+		}
+	}
 }
 
 // placementList lists the live processes placed from here, forgetting
@@ -320,12 +336,9 @@ func (i *Init) placeExec(pid int, policy string) {
 func (i *Init) placementList() []fabric.Placement {
 	i.mu.Lock()
 	defer i.mu.Unlock()
-	var out []fabric.Placement
-	for pid, pl := range i.placements {
-		if !alive(int(pid)) {
-			delete(i.placements, pid)
-			continue
-		}
+	i.pruneLocked()
+	out := make([]fabric.Placement, 0, len(i.placements))
+	for _, pl := range i.placements {
 		out = append(out, pl)
 	}
 	return out

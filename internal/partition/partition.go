@@ -41,6 +41,24 @@ type StatFiles struct {
 	// Procs are its cgroup.procs files, one per hierarchy it is in (one on
 	// v2): writing a PID to each moves that process into the cgroup.
 	Procs []string `json:"procs"`
+	// PlaceProcs are those of Procs that a launch policy moves a process
+	// through: on v1 the hierarchies that say where it runs and what it
+	// uses (pids, which lists the OSlet's processes; cpuset; memory), so
+	// that a move costs three writes, not six. On v2 the one file.
+	PlaceProcs []string `json:"place_procs"`
+}
+
+// Place moves process pid into the cgroup's placement hierarchies: where
+// a launch policy puts a program, it runs on the OSlet's CPUs and memory
+// and is listed among its processes. Its devices rules stay its parent's,
+// as its /dev does.
+func (s StatFiles) Place(pid int) error {
+	for _, f := range s.PlaceProcs {
+		if err := os.WriteFile(f, []byte(strconv.Itoa(pid)), 0); err != nil {
+			return fmt.Errorf("move pid %d into %s: %w", pid, filepath.Dir(f), err)
+		}
+	}
+	return nil
 }
 
 // AddProc moves process pid (a PID in the writer's PID namespace) into the
@@ -82,8 +100,9 @@ func FilesOf(group string) (StatFiles, error) {
 			return StatFiles{}, err
 		}
 		dir := filepath.Join("/sys/fs/cgroup", path)
+		procs := []string{filepath.Join(dir, "cgroup.procs")}
 		return StatFiles{Memory: filepath.Join(dir, "memory.current"), Tasks: filepath.Join(dir, "pids.current"),
-			Procs: []string{filepath.Join(dir, "cgroup.procs")}}, nil
+			Procs: procs, PlaceProcs: procs}, nil
 	}
 	paths, err := cgroup1.ParseCgroupFile("/proc/self/cgroup")
 	if err != nil {
@@ -97,6 +116,9 @@ func FilesOf(group string) (StatFiles, error) {
 	for _, sub := range v1Names {
 		if _, err := os.Stat(filepath.Join("/sys/fs/cgroup", sub)); err == nil && paths[sub] != "" {
 			s.Procs = append(s.Procs, filepath.Join(dir(sub), "cgroup.procs"))
+			if sub == "pids" || sub == "cpuset" || sub == "memory" {
+				s.PlaceProcs = append(s.PlaceProcs, filepath.Join(dir(sub), "cgroup.procs"))
+			}
 		}
 	}
 	return s, nil
