@@ -84,7 +84,12 @@ func boot(t *testing.T, args ...string) *cluster {
 // output and exit status.
 func (c *cluster) smpc(args ...string) (string, int) {
 	c.t.Helper()
-	return run(exec.Command(smpcBin, append([]string{"--state-dir", c.dir}, args...)...))
+	cmd := exec.Command(smpcBin, append([]string{"--state-dir", c.dir}, args...)...)
+	// A directory every OSlet sees: the test's own may lie under the
+	// host's /tmp, and programs that read $PWD (a pyenv shim) would not
+	// find it. Tests of the working directory set their own.
+	cmd.Dir = "/"
+	return run(cmd)
 }
 
 func run(cmd *exec.Cmd) (string, int) {

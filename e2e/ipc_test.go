@@ -45,6 +45,7 @@ func (c *cluster) ipcs() []ipcObject {
 func (c *cluster) background(args ...string) (*exec.Cmd, func() (string, int)) {
 	c.t.Helper()
 	cmd := exec.Command(smpcBin, append([]string{"--state-dir", c.dir}, args...)...)
+	cmd.Dir = "/" // seen by every OSlet, as in smpc
 	var out bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &out, &out
 	if err := cmd.Start(); err != nil {

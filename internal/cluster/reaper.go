@@ -10,6 +10,8 @@ import (
 	"syscall"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/smpc-cluster/smpc/internal/vproc"
 )
 
 // ReaperCommand is the hidden smpc command that runs as the cluster's PID 1.
@@ -36,21 +38,8 @@ func ReaperMain() error {
 	// SIGTERM from the host must not end the cluster either (shutdown kills
 	// it with SIGKILL once every OSlet has stopped).
 	signal.Ignore(unix.SIGTERM, unix.SIGINT, unix.SIGHUP, unix.SIGPIPE)
-	sigchld := make(chan os.Signal, 1)
-	signal.Notify(sigchld, unix.SIGCHLD)
-	for {
-		for {
-			var ws unix.WaitStatus
-			pid, err := unix.Wait4(-1, &ws, unix.WNOHANG, nil)
-			if errors.Is(err, unix.EINTR) {
-				continue
-			}
-			if pid <= 0 {
-				break
-			}
-		}
-		<-sigchld
-	}
+	vproc.ReapForever(nil)
+	return nil
 }
 
 // startReaper starts the cluster's PID 1 in new PID and IPC namespaces.

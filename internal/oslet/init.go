@@ -3,7 +3,6 @@ package oslet
 import (
 	"bufio"
 	"encoding/json"
-	"errors"
 	"fmt"
 	"log/slog"
 	"os"
@@ -190,25 +189,7 @@ func (i *Init) listen() (host, client *fabric.Listener, err error) {
 // startReaper reaps every child of the init, its own and the orphans that
 // the kernel re-parents to it, so that no zombie is ever left.
 func (i *Init) startReaper() {
-	sigchld := make(chan os.Signal, 16)
-	signal.Notify(sigchld, unix.SIGCHLD)
-	go func() {
-		for range sigchld {
-			for {
-				var ws unix.WaitStatus
-				pid, err := unix.Wait4(-1, &ws, unix.WNOHANG, nil)
-				if errors.Is(err, unix.EINTR) {
-					continue
-				}
-				if pid <= 0 {
-					break
-				}
-				if ws.Exited() || ws.Signaled() {
-					i.table.Reaped(vproc.PID(pid), ws)
-				}
-			}
-		}
-	}()
+	go vproc.ReapForever(i.table.Reaped)
 }
 
 func (i *Init) acceptLoop(l *fabric.Listener, clients bool) {
