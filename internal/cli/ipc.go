@@ -292,7 +292,7 @@ func semGetCmd() *cobra.Command {
 		Use:   "get KEY",
 		Short: "Print each semaphore of the set with KEY: value, waiters and last PID",
 		Long: `Print each semaphore of the set with KEY: its value, the processes waiting
-for it to grow (GETNCNT) and to be zero (GETZCNT), and the global PID of the
+for it to grow (GETNCNT) and to be zero (GETZCNT), and the PID of the
 last process that operated on it (GETPID). ` + keyHelp,
 		Args: cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {

@@ -16,10 +16,11 @@ import (
 
 func killCmd() *cobra.Command {
 	return &cobra.Command{
-		Use:   "kill [-SIGNAL | -s SIGNAL] [--] GPID... | -l",
+		Use:   "kill [-SIGNAL | -s SIGNAL] [--] PID... | -l",
 		Short: "Send a signal to processes (or, as -GPGID, process groups) on any OSlet",
-		Long: `Send SIGNAL (default TERM) to each global PID, on whatever OSlet owns it. A
-negative PID after -- names a process group: 'smpc kill -TERM -- -GPGID'.
+		Long: `Send SIGNAL (default TERM) to each PID, on whatever OSlet it runs. PIDs are
+the cluster's, the same that ps and kill show inside every OSlet. A
+negative PID after -- names a process group: 'smpc kill -TERM -- -PGID'.
 Signals are taken as kill(1) takes them: 9, KILL, SIGKILL, RTMIN+1. 'smpc kill -l'
 lists them. A signal reaches a process only where Linux would allow it: the
 caller is root or has the process's uid.`,
@@ -67,7 +68,7 @@ func parseKillArgs(args []string) (sig unix.Signal, targets []string, list bool,
 		a := args[i]
 		switch {
 		case a == "-h" || a == "--help":
-			return 0, nil, false, errors.New("usage: smpc kill [-SIGNAL | -s SIGNAL] [--] GPID... (or -l)")
+			return 0, nil, false, errors.New("usage: smpc kill [-SIGNAL | -s SIGNAL] [--] PID... (or -l)")
 		case a == "-l" || a == "--list":
 			return 0, nil, true, nil
 		case a == "--":
@@ -97,19 +98,21 @@ func parseKillArgs(args []string) (sig unix.Signal, targets []string, list bool,
 		}
 	}
 	if len(targets) == 0 {
-		return 0, nil, false, errors.New("kill: no process named (usage: smpc kill [-SIGNAL] GPID...)")
+		return 0, nil, false, errors.New("kill: no process named (usage: smpc kill [-SIGNAL] PID...)")
 	}
 	return sig, targets, false, nil
 }
 
 func waitCmd() *cobra.Command {
 	return &cobra.Command{
-		Use:   "wait GPID...",
+		Use:   "wait PID...",
 		Short: "Wait for processes on any OSlet to end, and exit like the shell's wait",
 		Long: `Block until each process ends and print its exit status. The exit status is
 the last process's, as the shell's wait gives it (128+N when killed by signal
 N). A process that ended shortly before is still found. A process whose OSlet
-is down was lost with it: its status is 137.`,
+is down was lost with it: its status is 137. A process that smpc did not
+start reports its status to its own parent, as on Linux: smpc wait then
+says only that it ended.`,
 		Args: cobra.MinimumNArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			var pids []smpc.PID

@@ -15,7 +15,7 @@ func portsCmd() *cobra.Command {
 		Use:   "ports",
 		Short: "List the cluster's port map: which OSlet's process holds each TCP and UDP port",
 		Long: `List every TCP and UDP port a process of an OSlet listens on: protocol, port,
-OSlet, global PID, command, and what the cluster does with it.
+OSlet, PID, command, and what the cluster does with it.
 
 Ports are one namespace across the cluster. The first process to listen on a
 port holds it: connections to that port on any of the host's addresses
