@@ -47,6 +47,8 @@ type Cmd struct {
 	// PID is the process's PID in the cluster once Start has returned.
 	PID PID
 
+	oslet int // where it started: its init holds its status
+
 	c *Client
 }
 
@@ -97,7 +99,7 @@ func (cmd *Cmd) Start(ctx context.Context) error {
 	if _, err := cmd.c.call(ctx, cmd.OSlet, fabric.OpSpawn, req, files, &reply); err != nil {
 		return err
 	}
-	cmd.PID = PID(reply.PID)
+	cmd.PID, cmd.oslet = PID(reply.PID), reply.OSlet
 	return nil
 }
 
@@ -106,7 +108,7 @@ func (cmd *Cmd) Wait(ctx context.Context) (ExitStatus, error) {
 	if cmd.PID == 0 {
 		return ExitStatus{}, errors.New("smpc: not started")
 	}
-	return cmd.c.Wait(ctx, cmd.PID)
+	return cmd.c.wait(ctx, cmd.oslet, cmd.PID)
 }
 
 // Run starts the process and waits for it.

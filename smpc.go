@@ -207,8 +207,21 @@ func (c *Client) SignalGroup(ctx context.Context, pgid PID, sig syscall.Signal) 
 // goes down ended with it: Wait returns a lost status (SIGKILL, 137) and an
 // error matching ErrDown.
 func (c *Client) Wait(ctx context.Context, pid PID) (ExitStatus, error) {
+	return c.wait(ctx, 0, pid)
+}
+
+// wait is Wait for a process that OSlet k started (0: not known). From the
+// host the request goes straight to k's init, which holds the status;
+// inside, the own init forwards it there.
+func (c *Client) wait(ctx context.Context, k int, pid PID) (ExitStatus, error) {
 	var reply fabric.WaitReply
-	_, err := c.anyCall(ctx, fabric.OpWait, fabric.WaitRequest{PID: int32(pid)}, nil, &reply)
+	req := fabric.WaitRequest{PID: int32(pid), On: k}
+	var err error
+	if k != 0 && !c.inside {
+		_, err = c.call(ctx, k, fabric.OpWait, req, nil, &reply)
+	} else {
+		_, err = c.anyCall(ctx, fabric.OpWait, req, nil, &reply)
+	}
 	if errors.Is(err, ErrDown) {
 		return vproc.LostStatus(), err
 	}

@@ -77,9 +77,10 @@ type FD struct {
 	File int `json:"file"`
 }
 
-// SpawnReply names the new process.
+// SpawnReply names the new process and the OSlet it started on.
 type SpawnReply struct {
-	PID int32 `json:"pid"`
+	PID   int32 `json:"pid"`
+	OSlet int   `json:"oslet,omitempty"`
 }
 
 // SignalRequest delivers a signal to a process or, with Group, to a process
@@ -93,7 +94,10 @@ type SignalRequest struct {
 
 // WaitRequest waits for a process to end.
 type WaitRequest struct {
-	PID  int32 `json:"pid"`
+	PID int32 `json:"pid"`
+	// On is the OSlet that started the process, when the caller knows it
+	// (a Cmd does): the wait goes there at once.
+	On   int   `json:"on,omitempty"`
 	Cred *Cred `json:"cred,omitempty"`
 }
 

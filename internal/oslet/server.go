@@ -123,8 +123,8 @@ func (i *Init) handle(who *caller, r *fabric.Request) (any, []*os.File, error) {
 		if err := r.Decode(&req); err != nil {
 			return nil, nil, fabric.Errorf(fabric.CodeInvalid, "oslet %d: %v", i.cfg.Index, err)
 		}
-		pid, err := i.spawn(who, r, &req)
-		return fabric.SpawnReply{PID: int32(pid)}, nil, err
+		pid, k, err := i.spawn(who, r, &req)
+		return fabric.SpawnReply{PID: int32(pid), OSlet: k}, nil, err
 	case fabric.OpSignal:
 		var req fabric.SignalRequest
 		if err := r.Decode(&req); err != nil {
@@ -313,7 +313,10 @@ func (i *Init) wait(who *caller, req *fabric.WaitRequest) (vproc.ExitStatus, err
 		// orphaned to it) reaps it and knows its status. A zombie still
 		// names its parent; a process already reaped is asked of every
 		// peer.
-		owner, gone := i.parentInit(pid)
+		owner, gone := req.On, false
+		if owner == 0 || owner == i.cfg.Index {
+			owner, gone = i.parentInit(pid)
+		}
 		switch {
 		case owner != 0 && owner != i.cfg.Index:
 			if p := i.peers[owner]; p != nil {

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"slices"
 	"sort"
 	"strconv"
 	"strings"
@@ -23,17 +24,18 @@ import (
 // scripts that want to know where they run. smpc itself never reads it.
 const EnvOSlet = "SMPC_OSLET"
 
-func (i *Init) spawn(who *caller, r *fabric.Request, req *fabric.SpawnRequest) (vproc.PID, error) {
+// spawn starts a process and returns its PID and the OSlet it started on.
+func (i *Init) spawn(who *caller, r *fabric.Request, req *fabric.SpawnRequest) (vproc.PID, int, error) {
 	if len(req.Argv) == 0 || req.Argv[0] == "" {
-		return 0, fabric.Errorf(fabric.CodeInvalid, "oslet %d: spawn: empty command", i.cfg.Index)
+		return 0, 0, fabric.Errorf(fabric.CodeInvalid, "oslet %d: spawn: empty command", i.cfg.Index)
 	}
 	cred, err := credOf(who, req.Cred)
 	if err != nil {
-		return 0, err
+		return 0, 0, err
 	}
 	policy, err := vproc.ParsePolicy(req.Policy)
 	if err != nil {
-		return 0, fabric.Errorf(fabric.CodeInvalid, "oslet %d: %v", i.cfg.Index, err)
+		return 0, 0, fabric.Errorf(fabric.CodeInvalid, "oslet %d: %v", i.cfg.Index, err)
 	}
 	target, origin := req.On, req.Origin
 	if who.role != fabric.RolePeer {
@@ -52,26 +54,26 @@ func (i *Init) spawn(who *caller, r *fabric.Request, req *fabric.SpawnRequest) (
 	}
 	p, err := i.forwardTo(who, target)
 	if err != nil {
-		return 0, err
+		return 0, 0, err
 	}
 	if p != nil {
 		fwd := *req
 		fwd.On, fwd.Policy, fwd.Cred, fwd.Origin = target, string(policy), &cred, origin
 		var reply fabric.SpawnReply
 		if _, err := p.call(who.ctx, fabric.OpSpawn, fwd, r.Files, &reply); err != nil {
-			return 0, err
+			return 0, 0, err
 		}
 		pid := vproc.PID(reply.PID)
 		if !req.Detach {
 			i.attach(who.conn, target, pid)
 		}
-		return pid, nil
+		return pid, target, nil
 	}
 	pid, err := i.startLocal(r.Files, req, cred, policy, origin)
 	if err == nil && !req.Detach && who.role != fabric.RolePeer {
 		i.attach(who.conn, i.cfg.Index, pid)
 	}
-	return pid, err
+	return pid, i.cfg.Index, err
 }
 
 func (i *Init) attach(conn *fabric.Conn, k int, pid vproc.PID) {
@@ -153,7 +155,7 @@ func (i *Init) startLocal(files []*os.File, req *fabric.SpawnRequest, cred fabri
 	}
 	env := withEnv(req.Env, EnvOSlet, strconv.Itoa(i.cfg.Index))
 	if i.cfg.Bin != "" {
-		env = withSmpcOnPath(env, i.cfg.Bin, dir)
+		env = withSmpcOnPath(env, i.cfg.Bin)
 	}
 	path, err := lookPath(name, env, dir)
 	if errors.Is(err, errNoExec) {
@@ -414,17 +416,18 @@ func executable(p string) error {
 }
 
 // withSmpcOnPath adds bin, where the cluster keeps smpc, to the end of
-// PATH when smpc is not found on it already: smpc is then found by name in
-// every OSlet, as on a host where it is installed.
-func withSmpcOnPath(env []string, bin, dir string) []string {
-	if _, err := lookPath("smpc", env, dir); err == nil {
-		return env
-	}
+// PATH, so that smpc is found by name in every OSlet, as on a host where it
+// is installed; an smpc earlier on PATH still comes first. Appending, not
+// looking smpc up, keeps a spawn free of a stat per PATH directory.
+func withSmpcOnPath(env []string, bin string) []string {
 	pathVar := defaultPath
 	for _, kv := range env {
 		if v, ok := strings.CutPrefix(kv, "PATH="); ok {
 			pathVar = v
 		}
+	}
+	if slices.Contains(filepath.SplitList(pathVar), bin) {
+		return env
 	}
 	if pathVar != "" {
 		pathVar += ":"
