@@ -435,9 +435,10 @@ func (c *Cluster) startReaper(exe string) error {
 }
 
 // installCommand makes the smpc binary available by name to every process
-// of the cluster: the inits add the directory it returns to the PATH of the
-// processes they start when smpc is not on it already. A copy, not a link:
-// the binary may sit where the OSlets cannot see it (under /tmp).
+// of the cluster: the inits add the directory it returns to the end of the
+// PATH of the processes they start. A symbolic link where the OSlets see
+// the binary's path; a copy where they do not (under /tmp, which each
+// OSlet has its own of).
 func installCommand(stateDir, exe string) (string, error) {
 	dir := filepath.Join(stateDir, "bin")
 	if err := os.MkdirAll(dir, 0o755); err != nil {
@@ -445,6 +446,12 @@ func installCommand(stateDir, exe string) (string, error) {
 	}
 	dst := filepath.Join(dir, "smpc")
 	os.Remove(dst)
+	if !strings.HasPrefix(exe, "/tmp/") {
+		if err := os.Symlink(exe, dst); err != nil {
+			return "", fmt.Errorf("install smpc for the OSlets: %w", err)
+		}
+		return dir, nil
+	}
 	if err := os.Link(exe, dst); err == nil {
 		return dir, nil
 	}
