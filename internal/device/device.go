@@ -31,6 +31,7 @@ import (
 
 	"github.com/smpc-cluster/smpc/internal/plan"
 	"github.com/smpc-cluster/smpc/internal/topology"
+	"github.com/smpc-cluster/smpc/internal/vproc"
 )
 
 // Dir is where every OSlet sees the cluster's devices: Dir/K/NAME.
@@ -181,10 +182,7 @@ func CgroupRules(k int, devs []Device) []specs.LinuxDeviceCgroup {
 }
 
 // Cred is who opens a device.
-type Cred struct {
-	UID, GID uint32
-	Groups   []uint32
-}
+type Cred = vproc.Cred
 
 // The accesses check weighs, as the mode bits name them.
 const (
@@ -213,19 +211,8 @@ func check(devs []Device, k int, name string, cred Cred, want uint32) error {
 	return nil
 }
 
-func allows(d Device, c Cred, want uint32) bool {
-	if c.UID == 0 {
-		return true
-	}
-	mode := d.Mode
-	switch {
-	case c.UID == d.UID:
-		mode >>= 6
-	case c.GID == d.GID || slices.Contains(c.Groups, d.GID):
-		mode >>= 3
-	}
-	return mode&want == want
-}
+// allows applies the device node's owner and mode, as open(2) would.
+func allows(d Device, c Cred, want uint32) bool { return c.Allows(d.UID, d.GID, d.Mode, want) }
 
 // OpenFlags are the open(2) flags besides the access mode that the owner
 // opens a device with for its caller: an exclusive claim of a block device

@@ -20,6 +20,8 @@ import (
 
 	"golang.org/x/net/bpf"
 	"golang.org/x/sys/unix"
+
+	"github.com/smpc-cluster/smpc/internal/vproc"
 )
 
 // Direct opens give a process the owner's own descriptor when it opens
@@ -438,17 +440,11 @@ func tgidOf(tid int) int {
 		unix.Close(fd)
 		return tid
 	}
-	data, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", tid))
+	s, err := vproc.ReadStatus(tid)
 	if err != nil {
 		return 0
 	}
-	for _, line := range strings.Split(string(data), "\n") {
-		if rest, ok := strings.CutPrefix(line, "Tgid:"); ok {
-			n, _ := strconv.Atoi(strings.TrimSpace(rest))
-			return n
-		}
-	}
-	return 0
+	return s.Tgid
 }
 
 // target says whether an open of path (relative to dirfd) by pid is one of
@@ -544,40 +540,9 @@ func readString(pid int, addr uint64, buf []byte) (string, error) {
 // credOf reads the credentials a process opens files with (its file-system
 // IDs) and its supplementary groups.
 func credOf(pid int) (Cred, error) {
-	data, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
+	s, err := vproc.ReadStatus(pid)
 	if err != nil {
 		return Cred{}, err
 	}
-	var c Cred
-	var haveUID, haveGID bool
-	for _, line := range strings.Split(string(data), "\n") {
-		key, rest, _ := strings.Cut(line, ":")
-		f := strings.Fields(rest)
-		switch key {
-		case "Uid", "Gid":
-			// real, effective, saved, file system
-			if len(f) != 4 {
-				continue
-			}
-			id, err := strconv.ParseUint(f[3], 10, 32)
-			if err != nil {
-				continue
-			}
-			if key == "Uid" {
-				c.UID, haveUID = uint32(id), true
-			} else {
-				c.GID, haveGID = uint32(id), true
-			}
-		case "Groups":
-			for _, g := range f {
-				if n, err := strconv.ParseUint(g, 10, 32); err == nil {
-					c.Groups = append(c.Groups, uint32(n))
-				}
-			}
-		}
-	}
-	if !haveUID || !haveGID {
-		return Cred{}, fmt.Errorf("/proc/%d/status: no credentials", pid)
-	}
-	return c, nil
+	return s.FileCred(), nil
 }

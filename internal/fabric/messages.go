@@ -36,12 +36,7 @@ type HelloReply struct {
 
 // Cred is who asked: the kernel's word (SO_PEERCRED) taken by the first init
 // the request reached, and trusted from peers only.
-type Cred struct {
-	UID    uint32   `json:"uid"`
-	GID    uint32   `json:"gid"`
-	Groups []uint32 `json:"groups,omitempty"`
-	PID    int32    `json:"pid,omitempty"` // PID in the cluster, or a host PID
-}
+type Cred = vproc.Cred
 
 // NoFile marks an absent descriptor in a file index.
 const NoFile = -1

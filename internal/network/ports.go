@@ -1,8 +1,6 @@
 package network
 
 import (
-	"bufio"
-	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
@@ -15,6 +13,8 @@ import (
 	"strconv"
 	"strings"
 	"time"
+
+	"github.com/smpc-cluster/smpc/internal/vproc"
 )
 
 // Host is the OSlet number the port map gives the host's own stack: its
@@ -305,7 +305,7 @@ func findOwners(k, init int, inodes map[uint32]bool) map[uint32]owner {
 			comm, _ := os.ReadFile(filepath.Join(dir, "comm"))
 			o := owner{pid: int64(pid), command: strings.TrimSpace(string(comm))}
 			if k != Host {
-				o.pid = clusterPID(dir)
+				o.pid = clusterPID(pid)
 			}
 			found[inode] = o
 		}
@@ -318,20 +318,7 @@ func findOwners(k, init int, inodes map[uint32]bool) map[uint32]owner {
 
 // clusterPID reads a host process's PID in the cluster's PID namespace (the
 // last NSpid), the number every OSlet and smpc know it by.
-func clusterPID(procDir string) int64 {
-	b, err := os.ReadFile(filepath.Join(procDir, "status"))
-	if err != nil {
-		return 0
-	}
-	sc := bufio.NewScanner(bytes.NewReader(b))
-	for sc.Scan() {
-		if f := strings.Fields(sc.Text()); len(f) > 1 && f[0] == "NSpid:" {
-			pid, _ := strconv.Atoi(f[len(f)-1])
-			return int64(pid)
-		}
-	}
-	return 0
-}
+func clusterPID(hostPID int) int64 { return int64(vproc.ClusterPID(hostPID)) }
 
 // WritePorts saves the port map where smpc ports reads it, atomically.
 func WritePorts(path string, ports []Port) error {

@@ -34,7 +34,7 @@ func (i *Init) deviceServe(who *caller, req *fabric.DeviceRequest) (any, []*os.F
 		files, err := p.call(who.ctx, fabric.OpDevice, fwd, nil, &reply)
 		return reply, files, err
 	}
-	c := device.Cred{UID: cred.UID, GID: cred.GID, Groups: cred.Groups}
+	c := cred
 	switch req.Cmd {
 	case fabric.DeviceList:
 		return fabric.DeviceReply{Devices: device.Owned(i.cfg.Devices, on)}, nil, nil
@@ -64,7 +64,7 @@ func (i *Init) deviceError(err error) error {
 // descriptor over. The reply's errno becomes the open's (EACCES from the
 // owner's check, say), and an owner that is down gives ENXIO.
 func (i *Init) openDevice(ctx context.Context, k int, name string, flags int, c device.Cred) (*os.File, error) {
-	cred := fabric.Cred{UID: c.UID, GID: c.GID, Groups: c.Groups}
+	cred := c
 	req := fabric.DeviceRequest{Cmd: fabric.DeviceOpen, On: k, Name: name, Cred: &cred,
 		Write: flags&syscall.O_ACCMODE != syscall.O_RDONLY, Flags: flags & (syscall.O_ACCMODE | device.OpenFlags)}
 	who := &caller{role: fabric.RoleClient, cred: cred, ctx: ctx, origin: i.cfg.Index}

@@ -6,6 +6,8 @@ import (
 	"os"
 	"strconv"
 	"strings"
+
+	"github.com/smpc-cluster/smpc/internal/vproc"
 )
 
 // procStat is what /proc/PID/stat and status tell about one process.
@@ -40,21 +42,11 @@ func readProc(pid int) (procStat, error) {
 	ut, _ := strconv.ParseUint(f[11], 10, 64)
 	st, _ := strconv.ParseUint(f[12], 10, 64)
 	s.ticks = ut + st
-	status, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
+	status, err := vproc.ReadStatus(pid)
 	if err != nil {
 		return procStat{}, err
 	}
-	for _, line := range strings.Split(string(status), "\n") {
-		if rest, ok := strings.CutPrefix(line, "Uid:"); ok {
-			u := strings.Fields(rest)
-			if len(u) >= 3 {
-				r, _ := strconv.ParseUint(u[0], 10, 32)
-				sv, _ := strconv.ParseUint(u[2], 10, 32)
-				s.uidReal, s.uidSav = uint32(r), uint32(sv)
-			}
-			break
-		}
-	}
+	s.uidReal, s.uidSav = status.UID[0], status.UID[2]
 	return s, nil
 }
 

@@ -30,7 +30,7 @@ func (i *Init) shmServe(who *caller, req *fabric.ShmRequest) (any, []*os.File, e
 	if err != nil {
 		return nil, nil, err
 	}
-	c := shm.Cred{UID: cred.UID, GID: cred.GID, Groups: cred.Groups}
+	c := cred
 	if req.Cmd == fabric.ShmList {
 		list, err := i.shm.List()
 		return fabric.ShmReply{Objects: list}, nil, i.shmError(err)

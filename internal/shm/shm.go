@@ -19,7 +19,6 @@ import (
 	"hash/fnv"
 	"os"
 	"path/filepath"
-	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -27,6 +26,8 @@ import (
 
 	units "github.com/docker/go-units"
 	"golang.org/x/sys/unix"
+
+	"github.com/smpc-cluster/smpc/internal/vproc"
 )
 
 // Dir is where every OSlet sees the cluster's shared memory.
@@ -51,11 +52,7 @@ type Info struct {
 }
 
 // Cred is who asks: the kernel's word, taken by the first init.
-type Cred struct {
-	UID    uint32
-	GID    uint32
-	Groups []uint32
-}
+type Cred = vproc.Cred
 
 // CheckName refuses names that are not one file name, as shm_open(3) does.
 func CheckName(name string) error {
@@ -167,7 +164,7 @@ func (t *Table) Open(name string, write bool, c Cred) (*os.File, error) {
 	case err != nil:
 	case st.Mode&unix.S_IFMT != unix.S_IFREG:
 		err = fmt.Errorf("not a shared memory object: %w", syscall.EINVAL)
-	case !allows(st.Uid, st.Gid, st.Mode, c, want):
+	case !c.Allows(st.Uid, st.Gid, st.Mode, want):
 		err = syscall.EACCES
 	default:
 		return f, nil
@@ -177,19 +174,6 @@ func (t *Table) Open(name string, write bool, c Cred) (*os.File, error) {
 }
 
 // allows applies a file's owner and mode bits, as open(2) would.
-func allows(uid, gid, mode uint32, c Cred, want uint32) bool {
-	if c.UID == 0 {
-		return true
-	}
-	switch {
-	case c.UID == uid:
-		mode >>= 6
-	case c.GID == gid || slices.Contains(c.Groups, gid):
-		mode >>= 3
-	}
-	return mode&want == want
-}
-
 // Remove unlinks an object and lets go of its locked pages. Only its owner
 // or root may remove it (the sticky /dev/shm's rule). The pages go when the
 // last process unmaps them.

@@ -41,24 +41,16 @@ func OSletOfCgroupFile(text string) int {
 }
 
 // ClusterPID turns a host PID into the process's PID in the innermost PID
-// namespace it lives in (the last field of NSpid): for a process of the
-// cluster, its cluster PID. A host process keeps its number; a process that
-// is gone gives 0.
+// namespace it lives in (the last of NSpid): for a process of the cluster,
+// its cluster PID. A host process keeps its number; a process that is gone
+// gives 0.
 func ClusterPID(hostPID int) int {
-	b, err := os.ReadFile("/proc/" + strconv.Itoa(hostPID) + "/status")
+	s, err := ReadStatus(hostPID)
 	if err != nil {
 		return 0
 	}
-	for _, line := range strings.Split(string(b), "\n") {
-		if rest, ok := strings.CutPrefix(line, "NSpid:"); ok {
-			f := strings.Fields(rest)
-			if len(f) == 0 {
-				break
-			}
-			if n, err := strconv.Atoi(f[len(f)-1]); err == nil {
-				return n
-			}
-		}
+	if len(s.NSpid) == 0 {
+		return hostPID
 	}
-	return hostPID
+	return s.NSpid[len(s.NSpid)-1]
 }

@@ -3,6 +3,7 @@ package vproc
 import (
 	"context"
 	"errors"
+	"os"
 	"testing"
 	"time"
 
@@ -129,5 +130,41 @@ func TestLostRecord(t *testing.T) {
 	}
 	if _, ok := WasLost(path, 8); ok {
 		t.Error("pid 8 was never lost")
+	}
+}
+
+func TestReadStatusAndAllows(t *testing.T) {
+	s, err := ReadStatus(os.Getpid())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if s.Tgid != os.Getpid() || s.PPid != os.Getppid() || s.UID[0] != uint32(os.Getuid()) || len(s.NSpid) == 0 {
+		t.Errorf("ReadStatus(self) = %+v", s)
+	}
+	if c := s.FileCred(); c.UID != uint32(os.Getuid()) || c.GID != uint32(os.Getgid()) {
+		t.Errorf("FileCred = %+v", c)
+	}
+	if _, err := ReadStatus(-1); err == nil {
+		t.Error("ReadStatus(-1) did not fail")
+	}
+	tests := []struct {
+		c    Cred
+		mode uint32
+		want uint32
+		ok   bool
+	}{
+		{Cred{UID: 0}, 0, 6, true},                                       // root
+		{Cred{UID: 1000, GID: 1}, 0o600, 6, true},                        // owner
+		{Cred{UID: 1001, GID: 100}, 0o640, 4, true},                      // group
+		{Cred{UID: 1001, GID: 100}, 0o640, 2, false},                     // group, no write
+		{Cred{UID: 1001, GID: 5, Groups: []uint32{100}}, 0o660, 6, true}, // supplementary group
+		{Cred{UID: 1002, GID: 5}, 0o604, 4, true},                        // others
+		{Cred{UID: 1002, GID: 5}, 0o660, 4, false},
+		{Cred{UID: 1000, GID: 100}, 0o066, 4, false}, // the owner's bits decide for the owner
+	}
+	for _, tt := range tests {
+		if got := tt.c.Allows(1000, 100, tt.mode, tt.want); got != tt.ok {
+			t.Errorf("%+v.Allows(owner 1000:100, %o, %d) = %v, want %v", tt.c, tt.mode, tt.want, got, tt.ok)
+		}
 	}
 }
