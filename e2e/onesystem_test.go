@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"os"
 	"os/exec"
+	"os/user"
 	"path/filepath"
 	"regexp"
 	"strconv"
@@ -266,5 +267,71 @@ func TestJobserverAcrossOSlets(t *testing.T) {
 	local, remote, _ := strings.Cut(out, "--\n")
 	if code != 0 || strings.Join(strings.Fields(local), " ") != strings.Join(strings.Fields(remote), " ") || !strings.Contains(remote, "7\n9\n") {
 		t.Errorf("descriptors of a process on OSlet 2: %d\n%s\nwant those of a local exec, 7 and 9 among them", code, out)
+	}
+}
+
+// postgresBin finds Debian's PostgreSQL server programs.
+func postgresBin(t *testing.T) string {
+	t.Helper()
+	dirs, _ := filepath.Glob("/usr/lib/postgresql/*/bin")
+	for _, d := range dirs {
+		if _, err := os.Stat(filepath.Join(d, "postgres")); err == nil {
+			return d
+		}
+	}
+	t.Skip("PostgreSQL is not installed (.ci/run installs Debian's postgresql)")
+	return ""
+}
+
+// TestPostgresAcrossOSlets runs a real database on OSlet 2 and manages it
+// from OSlet 1 as its own tools do on one machine: pg_ctl reads the PID in
+// postmaster.pid and signals it, a second postmaster sees the lock held,
+// psql connects through a socket in /gtmp, and the server's System V
+// shared memory segment shows under its OSlet.
+func TestPostgresAcrossOSlets(t *testing.T) {
+	bin := postgresBin(t)
+	c := boot(t, "--oslets", "2")
+	if _, err := user.Lookup("postgres"); err != nil {
+		t.Skip("no postgres user (.ci/run installs Debian's postgresql)")
+	}
+	data, err := os.MkdirTemp("/var/tmp", "smpc-e2e-pg-")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(data) })
+	if out, err := exec.Command("chown", "postgres:", data).CombinedOutput(); err != nil {
+		t.Fatalf("chown: %v: %s", err, out)
+	}
+	asPostgres := []string{"setpriv", "--reuid", "postgres", "--regid", "postgres", "--init-groups"}
+	if out, code := run(exec.Command(asPostgres[0], append(asPostgres[1:], filepath.Join(bin, "initdb"), "-D", data)...)); code != 0 {
+		t.Fatalf("initdb: %d %s", code, out)
+	}
+	on := func(k int, args ...string) (string, int) {
+		return c.smpc(append(append([]string{"run", "--on", strconv.Itoa(k), "--"}, asPostgres...), args...)...)
+	}
+	server := []string{filepath.Join(bin, "postgres"), "-D", data, "-k", "/gtmp", "-c", "listen_addresses="}
+	pid := strings.TrimSpace(c.must(append(append([]string{"run", "--detach", "--on", "2", "--"}, asPostgres...), server...)...))
+	t.Cleanup(func() { c.smpc("kill", "-KILL", pid) })
+	waitFor(t, "the server to take connections", func() bool {
+		_, code := on(1, "pg_isready", "-h", "/gtmp")
+		return code == 0
+	})
+	if out, code := on(1, filepath.Join(bin, "pg_ctl"), "-D", data, "status"); code != 0 || !strings.Contains(out, "server is running (PID: "+pid+")") {
+		t.Errorf("pg_ctl status on OSlet 1: %d %s", code, out)
+	}
+	if out, code := on(1, "psql", "-h", "/gtmp", "-d", "postgres", "-Atc", "create table t(x int); insert into t select generate_series(1, 1000); select sum(x) from t"); code != 0 || !strings.Contains(out, "500500") {
+		t.Errorf("psql on OSlet 1: %d %s", code, out)
+	}
+	if out, code := on(1, server...); code == 0 || !strings.Contains(out, "Is another postmaster (PID "+pid+") running") {
+		t.Errorf("a second postmaster on OSlet 1 for the same data: %d %s", code, out)
+	}
+	if out := c.must("ipcs", "-m"); !regexp.MustCompile(`postgres\s+600\s+\d+\s+\d+\s+2\n`).MatchString(out) {
+		t.Errorf("smpc ipcs -m does not show the server's segment on OSlet 2:\n%s", out)
+	}
+	if out, code := on(1, filepath.Join(bin, "pg_ctl"), "-D", data, "stop"); code != 0 || !strings.Contains(out, "server stopped") {
+		t.Errorf("pg_ctl stop on OSlet 1: %d %s", code, out)
+	}
+	if out, _ := c.smpc("wait", pid); !strings.Contains(out, "exited with status 0") {
+		t.Errorf("the server after pg_ctl stop: %s", out)
 	}
 }
