@@ -19,9 +19,9 @@ import (
 // One thread, kept, and not one per call: entering an IPC namespace detaches
 // the thread from its process's SEM_UNDO list, so a thread's semops with
 // SEM_UNDO keep their adjustments in a list of that thread's own, which the
-// kernel applies when the thread exits. The Namespace's thread exits on
-// Close (or with the process), which is when a host program's undo
-// adjustments apply. Its calls run one at a time; a program that blocks in
+// kernel applies when the thread lets go of it. The Namespace's thread lets
+// go on Close (or exits with the process), which is when a host program's
+// undo adjustments apply. Its calls run one at a time; a program that blocks in
 // one call while making another uses a Namespace for each.
 type Namespace struct {
 	file *os.File
@@ -81,6 +81,11 @@ func (n *Namespace) start() {
 			case call := <-n.calls:
 				call()
 			case <-n.quit:
+				// Apply this thread's SEM_UNDO adjustments now: the
+				// kernel applies them when the last user of the undo
+				// list lets go, which a thread that Go keeps (the main
+				// thread is never ended) would never do.
+				unix.Unshare(unix.CLONE_SYSVSEM)
 				return
 			}
 		}

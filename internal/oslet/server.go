@@ -115,72 +115,67 @@ func (i *Init) oslets() []int {
 }
 
 func (i *Init) handle(who *caller, r *fabric.Request) (any, []*os.File, error) {
-	switch r.Op {
-	case fabric.OpPing:
+	h, ok := handlers[r.Op]
+	if !ok {
+		return nil, nil, fabric.Errorf(fabric.CodeInvalid, "oslet %d: %s is not a request", i.cfg.Index, r.Op)
+	}
+	return h(i, who, r)
+}
+
+// handlerFunc serves one kind of request.
+type handlerFunc func(i *Init, who *caller, r *fabric.Request) (any, []*os.File, error)
+
+// handler decodes a request's body into a Req before serve sees it, and
+// answers a body that does not decode as an invalid request.
+func handler[Req any](serve func(i *Init, who *caller, r *fabric.Request, req *Req) (any, []*os.File, error)) handlerFunc {
+	return func(i *Init, who *caller, r *fabric.Request) (any, []*os.File, error) {
+		var req Req
+		if err := r.Decode(&req); err != nil {
+			return nil, nil, fabric.Errorf(fabric.CodeInvalid, "oslet %d: %s: %v", i.cfg.Index, r.Op, err)
+		}
+		return serve(i, who, r, &req)
+	}
+}
+
+// handlers are the requests an init serves, by operation.
+var handlers = map[fabric.Op]handlerFunc{
+	fabric.OpPing: handler(func(i *Init, who *caller, r *fabric.Request, _ *fabric.Empty) (any, []*os.File, error) {
 		return fabric.Empty{}, nil, nil
-	case fabric.OpSpawn:
-		var req fabric.SpawnRequest
-		if err := r.Decode(&req); err != nil {
-			return nil, nil, fabric.Errorf(fabric.CodeInvalid, "oslet %d: %v", i.cfg.Index, err)
-		}
-		pid, k, err := i.spawn(who, r, &req)
+	}),
+	fabric.OpSpawn: handler(func(i *Init, who *caller, r *fabric.Request, req *fabric.SpawnRequest) (any, []*os.File, error) {
+		pid, k, err := i.spawn(who, r, req)
 		return fabric.SpawnReply{PID: int32(pid), OSlet: k}, nil, err
-	case fabric.OpSignal:
-		var req fabric.SignalRequest
-		if err := r.Decode(&req); err != nil {
-			return nil, nil, fabric.Errorf(fabric.CodeInvalid, "oslet %d: %v", i.cfg.Index, err)
-		}
-		return fabric.Empty{}, nil, i.signal(who, &req)
-	case fabric.OpWait:
-		var req fabric.WaitRequest
-		if err := r.Decode(&req); err != nil {
-			return nil, nil, fabric.Errorf(fabric.CodeInvalid, "oslet %d: %v", i.cfg.Index, err)
-		}
+	}),
+	fabric.OpSignal: handler(func(i *Init, who *caller, r *fabric.Request, req *fabric.SignalRequest) (any, []*os.File, error) {
+		return fabric.Empty{}, nil, i.signal(who, req)
+	}),
+	fabric.OpWait: handler(func(i *Init, who *caller, r *fabric.Request, req *fabric.WaitRequest) (any, []*os.File, error) {
 		r.ReleaseSlot() // waiting must not hold a slot of the queued lock
-		st, err := i.wait(who, &req)
+		st, err := i.wait(who, req)
 		return fabric.WaitReply{Status: st}, nil, err
-	case fabric.OpOrphan:
-		var req fabric.OrphanRequest
-		if err := r.Decode(&req); err != nil {
-			return nil, nil, fabric.Errorf(fabric.CodeInvalid, "oslet %d: %v", i.cfg.Index, err)
-		}
+	}),
+	fabric.OpOrphan: handler(func(i *Init, who *caller, r *fabric.Request, req *fabric.OrphanRequest) (any, []*os.File, error) {
 		i.table.Orphan(toPIDs(req.PIDs))
 		return fabric.Empty{}, nil, nil
-	case fabric.OpProcesses:
-		var req fabric.ProcessesRequest
-		if err := r.Decode(&req); err != nil {
-			return nil, nil, fabric.Errorf(fabric.CodeInvalid, "oslet %d: %v", i.cfg.Index, err)
-		}
+	}),
+	fabric.OpProcesses: handler(func(i *Init, who *caller, r *fabric.Request, req *fabric.ProcessesRequest) (any, []*os.File, error) {
 		return i.processes(who, req.Cluster), nil, nil
-	case fabric.OpStatus:
-		var req fabric.StatusRequest
-		if err := r.Decode(&req); err != nil {
-			return nil, nil, fabric.Errorf(fabric.CodeInvalid, "oslet %d: %v", i.cfg.Index, err)
-		}
+	}),
+	fabric.OpStatus: handler(func(i *Init, who *caller, r *fabric.Request, req *fabric.StatusRequest) (any, []*os.File, error) {
 		return i.status(who, req.Cluster), nil, nil
-	case fabric.OpPingPeer:
-		var req fabric.PingPeerRequest
-		if err := r.Decode(&req); err != nil {
-			return nil, nil, fabric.Errorf(fabric.CodeInvalid, "oslet %d: %v", i.cfg.Index, err)
-		}
+	}),
+	fabric.OpPingPeer: handler(func(i *Init, who *caller, r *fabric.Request, req *fabric.PingPeerRequest) (any, []*os.File, error) {
 		if who.role == fabric.RolePeer {
 			return nil, nil, fabric.Errorf(fabric.CodeInvalid, "oslet %d: ping-peer is not served to peers", i.cfg.Index)
 		}
-		return i.pingPeer(&req)
-	case fabric.OpShm:
-		var req fabric.ShmRequest
-		if err := r.Decode(&req); err != nil {
-			return nil, nil, fabric.Errorf(fabric.CodeInvalid, "oslet %d: %v", i.cfg.Index, err)
-		}
-		return i.shmServe(who, &req)
-	case fabric.OpDevice:
-		var req fabric.DeviceRequest
-		if err := r.Decode(&req); err != nil {
-			return nil, nil, fabric.Errorf(fabric.CodeInvalid, "oslet %d: %v", i.cfg.Index, err)
-		}
-		return i.deviceServe(who, &req)
-	}
-	return nil, nil, fabric.Errorf(fabric.CodeInvalid, "oslet %d: %s is not a request", i.cfg.Index, r.Op)
+		return i.pingPeer(req)
+	}),
+	fabric.OpShm: handler(func(i *Init, who *caller, r *fabric.Request, req *fabric.ShmRequest) (any, []*os.File, error) {
+		return i.shmServe(who, req)
+	}),
+	fabric.OpDevice: handler(func(i *Init, who *caller, r *fabric.Request, req *fabric.DeviceRequest) (any, []*os.File, error) {
+		return i.deviceServe(who, req)
+	}),
 }
 
 // forwardTo returns the peer that owns OSlet k for a request that must go
