@@ -268,6 +268,20 @@ func TestJobserverAcrossOSlets(t *testing.T) {
 	if code != 0 || strings.Join(strings.Fields(local), " ") != strings.Join(strings.Fields(remote), " ") || !strings.Contains(remote, "7\n9\n") {
 		t.Errorf("descriptors of a process on OSlet 2: %d\n%s\nwant those of a local exec, 7 and 9 among them", code, out)
 	}
+
+	// The same under a spreading policy, whose start-up needs a socket of
+	// its own: a recursive make with the jobserver's descriptors.
+	os.RemoveAll(filepath.Join(sub, "out"))
+	top = fmt.Sprintf("all:\n\t+@%s --state-dir %s run --policy least-loaded -- $(MAKE) -C sub\n", smpcBin, c.dir)
+	os.WriteFile(filepath.Join(dir, "Makefile"), []byte(top), 0o644)
+	cmd = exec.Command("make", "-j4")
+	cmd.Dir = dir
+	if out, code := run(cmd); code != 0 || strings.Contains(out, "jobserver unavailable") {
+		t.Errorf("a sub-make under least-loaded with the jobserver's descriptors: %d %s", code, out)
+	}
+	if seen := recipeOSlets(t, sub); seen["1"]+seen["2"] != 4 {
+		t.Errorf("the sub-make's recipes under least-loaded: %v", seen)
+	}
 }
 
 // postgresBin finds Debian's PostgreSQL server programs.

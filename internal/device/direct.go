@@ -46,8 +46,9 @@ import (
 // init must answer some of its system calls: its opens (direct device
 // opens), its execs (a spreading launch policy, which places each new
 // program on an OSlet), or both. It installs one filter for them (a process
-// may hold one seccomp listener), hands its listener to the init over
-// descriptor 3, and executes the program.
+// may hold one seccomp listener), hands its listener to the init over the
+// socket whose descriptor it is given, closes that, and executes the
+// program.
 const ExecStage = "exec-stage"
 
 // What the stage traps, its first argument: TrapOpens, TrapExecs, or both
@@ -61,16 +62,23 @@ const (
 const DirectSupported = auditArch != 0
 
 // ExecTrapped is ExecStage: it runs in the new process before the program.
-// args are what to trap, the program's path and then its argv. It returns
-// only on failure, which it also reports over descriptor 3 so that the
-// init's spawn fails with it.
+// args are what to trap, the descriptor of the socket to the init, the
+// program's path and then its argv. It returns only on failure, which it
+// also reports over the socket so that the init's spawn fails with it.
 func ExecTrapped(args []string) error {
-	sock := os.NewFile(3, "listener socket")
-	err := execTrapped(sock, args)
-	if err != nil {
-		sock.Write([]byte(err.Error()))
+	if len(args) < 4 {
+		return errors.New("usage: smpc " + ExecStage + " opens|execs|opens,execs FD PATH ARGV0 [ARGS...]")
 	}
-	return err
+	fd, err := strconv.Atoi(args[1])
+	if err != nil || fd < 3 {
+		return fmt.Errorf("%s: bad socket descriptor %q", ExecStage, args[1])
+	}
+	sock := os.NewFile(uintptr(fd), "listener socket")
+	if err := execTrapped(sock, append(args[:1:1], args[2:]...)); err != nil {
+		sock.Write([]byte(err.Error()))
+		return err
+	}
+	return nil
 }
 
 func execTrapped(sock *os.File, args []string) error {
@@ -160,7 +168,7 @@ func installFilter(prog []unix.SockFilter) (int, error) {
 }
 
 // ListenerPair is the socket pair a spawn hands the stage: the child end
-// becomes its descriptor 3, and Receive waits on the other for the
+// becomes one of its descriptors, and Receive waits on the other for the
 // listener.
 func ListenerPair() (parent, child *os.File, err error) {
 	fds, err := unix.Socketpair(unix.AF_UNIX, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0)

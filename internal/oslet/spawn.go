@@ -226,17 +226,12 @@ func (i *Init) startLocal(files []*os.File, req *fabric.SpawnRequest, cred fabri
 			return fail(fabric.CodeInternal, err)
 		}
 		defer stageEnd.Close()
-		exe, argv = "/proc/self/exe", append([]string{"smpc", device.ExecStage, strings.Join(traps, ","), path}, req.Argv...)
-		// The stage finds its socket as descriptor 3 and moves it nowhere:
-		// the program it starts never sees it (close-on-exec).
-		stageFd := 3
-		for len(inherit) <= stageFd {
-			inherit = append(inherit, ^uintptr(0))
-		}
-		if inherit[stageFd] != ^uintptr(0) {
-			return fail(fabric.CodeInvalid, errors.New("descriptor 3 is handed over, and a process with direct device opens or a spreading policy needs it for its start-up (close it, or leave the policy local)"))
-		}
-		inherit[stageFd] = stageChild.Fd()
+		// The stage's socket takes the first number above the
+		// descriptors handed over (a make's jobserver holds 3 and 4),
+		// and the stage closes it before the program starts.
+		stageFd := len(inherit)
+		inherit = append(inherit, stageChild.Fd())
+		exe, argv = "/proc/self/exe", append([]string{"smpc", device.ExecStage, strings.Join(traps, ","), strconv.Itoa(stageFd), path}, req.Argv...)
 	}
 	pid, err := syscall.ForkExec(exe, argv, &syscall.ProcAttr{
 		Dir:   dir,
