@@ -68,8 +68,11 @@ type ipcObject struct {
 // ID returns the object's identifier, as ipcs(1) shows it.
 func (o *ipcObject) ID() int32 { return o.id }
 
-// Stat describes the object.
-func (o *ipcObject) Stat(ctx context.Context) (info IPCInfo, err error) {
+// Stat describes the object, with the OSlet of its user.
+func (o *ipcObject) Stat(ctx context.Context) (IPCInfo, error) { return o.stat(osletOf) }
+
+// stat describes the object; osletOf, if not nil, names its user's OSlet.
+func (o *ipcObject) stat(osletOf func(pid int) int) (info IPCInfo, err error) {
 	err = o.c.sysv(func() error {
 		info, err = ipc.Stat(o.kind, o.id, osletOf)
 		return err
@@ -108,7 +111,7 @@ func (c *Client) get(kind IPCKind, key int32, get func() (int32, error)) (*ipcOb
 // open finds an existing object by ID.
 func (c *Client) open(ctx context.Context, kind IPCKind, id int32) (*ipcObject, IPCInfo, error) {
 	o := &ipcObject{c: c, kind: kind, id: id}
-	info, err := o.Stat(ctx)
+	info, err := o.stat(nil)
 	if err != nil {
 		return nil, IPCInfo{}, fmt.Errorf("open %s id %d: %w", kind, id, syscall.EINVAL)
 	}
@@ -164,7 +167,7 @@ func (c *Client) SemGet(ctx context.Context, key int32, nsems int, flags int) (*
 	if err != nil {
 		return nil, err
 	}
-	info, err := o.Stat(ctx)
+	info, err := o.stat(nil)
 	if err != nil {
 		return nil, err
 	}
@@ -257,7 +260,7 @@ func (c *Client) ShmGet(ctx context.Context, key int32, size int64, flags int) (
 	if err != nil {
 		return nil, err
 	}
-	info, err := o.Stat(ctx)
+	info, err := o.stat(nil)
 	if err != nil {
 		return nil, err
 	}
@@ -301,19 +304,34 @@ func (c *Client) RemoveIPC(ctx context.Context, kind IPCKind, id int32) error {
 	return nil
 }
 
-// RemoveIPCKey is IPC_RMID on the object of this kind with key.
+// RemoveIPCKey is IPC_RMID on the object of this kind with key, found by
+// its get call with no flags, as ipcrm -Q, -S and -M do.
 func (c *Client) RemoveIPCKey(ctx context.Context, kind IPCKind, key int32) error {
 	if key == ipc.Private {
 		return fmt.Errorf("remove %s key %s: the private key names no object: %w", kind, ipc.FormatKey(key), syscall.EINVAL)
 	}
-	var objects []IPCInfo
-	if err := c.sysv(func() (err error) { objects, err = ipc.List(nil); return err }); err != nil {
-		return err
-	}
-	for _, o := range objects {
-		if o.Kind == kind && o.Key == key {
-			return c.RemoveIPC(ctx, kind, o.ID)
+	err := c.sysv(func() error {
+		var id int32
+		var err error
+		switch kind {
+		case KindMsg:
+			id, err = ipc.MsgGet(key, 0)
+		case KindSem:
+			id, err = ipc.SemGet(key, 0, 0)
+		case KindShm:
+			var n int
+			n, err = unix.SysvShmGet(int(key), 0, 0)
+			id = int32(n)
+		default:
+			err = syscall.EINVAL
 		}
+		if err != nil {
+			return err
+		}
+		return ipc.Remove(kind, id)
+	})
+	if err != nil {
+		return fmt.Errorf("remove %s key %s: %w", kind, ipc.FormatKey(key), err)
 	}
-	return fmt.Errorf("remove %s key %s: %w", kind, ipc.FormatKey(key), syscall.ENOENT)
+	return nil
 }

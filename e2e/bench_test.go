@@ -87,28 +87,20 @@ func BenchmarkMsgPingPong(b *testing.B) { runBench(b, (*bench.Runner).MsgPingPon
 // BenchmarkSemOp: an uncontended semop inside an OSlet on a set of the
 // cluster's vs on a set of the host's, on the same CPUs. b.N is in
 // milliseconds of looping.
-func BenchmarkSemOp(b *testing.B) {
-	r := benchRunner(b)
-	b.ResetTimer()
-	res, err := r.SemOp(context.Background(), time.Duration(b.N)*time.Millisecond)
-	if err != nil {
-		b.Fatal(err)
-	}
-	reportResult(b, "", res)
+func BenchmarkSemOp(b *testing.B) { runLoopBench(b, (*bench.Runner).SemOp) }
+
+// runLoopBench runs a benchmark whose size is a time to loop: b.N
+// milliseconds.
+func runLoopBench(b *testing.B, f func(r *bench.Runner, ctx context.Context, d time.Duration) (bench.Result, error)) {
+	runBench(b, func(r *bench.Runner, ctx context.Context, n int) (bench.Result, error) {
+		return f(r, ctx, time.Duration(n)*time.Millisecond)
+	})
 }
 
-// BenchmarkExecPlaced: fork, exec and wait of /bin/true under round-robin,
-// each exec placed by the init, vs with the default policy. b.N is in
+// BenchmarkExecPlaced: fork and exec of /bin/true under round-robin, each
+// exec placed by the init, vs with the default policy. b.N is in
 // milliseconds of looping.
-func BenchmarkExecPlaced(b *testing.B) {
-	r := benchRunner(b)
-	b.ResetTimer()
-	res, err := r.ExecPlaced(context.Background(), time.Duration(b.N)*time.Millisecond)
-	if err != nil {
-		b.Fatal(err)
-	}
-	reportResult(b, "", res)
-}
+func BenchmarkExecPlaced(b *testing.B) { runLoopBench(b, (*bench.Runner).ExecPlaced) }
 
 // BenchmarkBuild: an unmodified make -jN of b.N C files under least-loaded
 // over every OSlet vs on the host on the same CPUs (builds per second).

@@ -121,7 +121,8 @@ func (c *cluster) inside(k int, args ...string) (string, int) {
 }
 
 func (c *cluster) state() (st struct {
-	Inits map[string]int `json:"inits"`
+	Inits  map[string]int `json:"inits"`
+	Reaper int            `json:"reaper"`
 }) {
 	b, err := os.ReadFile(filepath.Join(c.dir, "cluster.json"))
 	if err != nil {
@@ -425,6 +426,11 @@ func TestShutdownLeavesNothing(t *testing.T) {
 		if _, err := os.Stat(fmt.Sprintf("/proc/%d", pid)); err == nil {
 			t.Errorf("init %d still runs", pid)
 		}
+	}
+	if st.Reaper == 0 {
+		t.Error("the state names no cluster PID 1")
+	} else if _, err := os.Stat(fmt.Sprintf("/proc/%d", st.Reaper)); err == nil {
+		t.Errorf("the cluster's PID 1 (host PID %d) still runs", st.Reaper)
 	}
 	mounts, _ := os.ReadFile("/proc/self/mountinfo")
 	if strings.Contains(string(mounts), c.dir) {

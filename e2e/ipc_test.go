@@ -344,7 +344,7 @@ func TestIPCPermissions(t *testing.T) {
 func TestIPCOutlivesOSletDeath(t *testing.T) {
 	c := boot(t)
 	c.must("sem", "create", "0x1000", "1")
-	blocked, blockedDone := c.background("run", "--on", "2", "--", smpcBin, "sem", "op", "0x1000", "0:-1")
+	_, blockedDone := c.background("run", "--on", "2", "--", smpcBin, "sem", "op", "0x1000", "0:-1")
 	waitFor(t, "the waiter on OSlet 2 to block", func() bool {
 		return strings.Contains(c.must("sem", "get", "0x1000", "--json"), `"ncnt":1`)
 	})
@@ -354,7 +354,6 @@ func TestIPCOutlivesOSletDeath(t *testing.T) {
 	if out, code := blockedDone(); code != 137 {
 		t.Errorf("a waiter lost with its OSlet: %d %s", code, out)
 	}
-	_ = blocked
 	waitFor(t, "the lost waiter to leave the set", func() bool {
 		return strings.Contains(c.must("sem", "get", "0x1000", "--json"), `"ncnt":0`)
 	})

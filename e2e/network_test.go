@@ -420,6 +420,7 @@ func TestNetworkAfterCrash(t *testing.T) {
 	}
 	var st struct {
 		Supervisor int         `json:"supervisor"`
+		Reaper     int         `json:"reaper"`
 		Inits      map[int]int `json:"inits"`
 	}
 	json.Unmarshal(b, &st)
@@ -435,7 +436,14 @@ func TestNetworkAfterCrash(t *testing.T) {
 	if progs := redirectPrograms(t); len(progs) != 0 {
 		t.Errorf("BPF programs left by the crashed boot process: %v", progs)
 	}
+	if syscall.Kill(st.Reaper, 0) != nil {
+		t.Fatal("the crashed cluster's PID 1 is gone already: the test does not test its clean-up")
+	}
 	c.must("boot", "--detach")
+	// The next boot ends what the crash left, the cluster's PID 1 too.
+	waitFor(t, "the crashed cluster's PID 1 to go", func() bool {
+		return syscall.Kill(st.Reaper, 0) != nil || isZombie(st.Reaper)
+	})
 	c.must("shutdown")
 	if links := smpcLinks(t); len(links) != 0 {
 		t.Errorf("links left: %v", links)
@@ -445,4 +453,15 @@ func TestNetworkAfterCrash(t *testing.T) {
 			t.Errorf("nftables table %s left", name)
 		}
 	}
+}
+
+// isZombie says whether host process pid has ended but not been reaped
+// (its parent, a crashed boot process, is gone, and init reaps it soon).
+func isZombie(pid int) bool {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return true
+	}
+	i := strings.LastIndexByte(string(b), ')')
+	return i > 0 && i+2 < len(b) && b[i+2] == 'Z'
 }

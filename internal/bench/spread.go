@@ -11,6 +11,8 @@ import (
 	"strconv"
 	"strings"
 	"time"
+
+	"github.com/smpc-cluster/smpc/internal/plan"
 )
 
 // ExecPlaced times starting /bin/true (fork, and execve until the new image
@@ -91,11 +93,11 @@ func (r *Runner) Build(ctx context.Context, files int) (Result, error) {
 	all := strings.Join(cpus, ",")
 	ncpu := 0
 	for _, c := range cpus {
-		set, err := parseCount(c)
+		set, err := plan.ParseSet(c)
 		if err != nil {
-			return Result{}, err
+			return Result{}, fmt.Errorf("bench build: %w", err)
 		}
-		ncpu += set
+		ncpu += len(set)
 	}
 	// Not under /tmp, which each OSlet has its own of.
 	dir, err := os.MkdirTemp("/var/tmp", "smpc-bench-build-")
@@ -137,26 +139,6 @@ func (r *Runner) Build(ctx context.Context, files int) (Result, error) {
 	return compare("build",
 		Measure{fmt.Sprintf("make -j%d of %d C files under least-loaded, %d oslets", ncpu, files, len(cpus)), 1e9 / spread, "builds/s"},
 		Measure{fmt.Sprintf("make -j%d on the host, CPUs %s", ncpu, all), 1e9 / host, "builds/s"}, 0.9), nil
-}
-
-// parseCount counts the CPUs of a kernel CPU list.
-func parseCount(list string) (int, error) {
-	n := 0
-	for _, part := range strings.Split(list, ",") {
-		lo, hi, isRange := strings.Cut(part, "-")
-		a, err := strconv.Atoi(lo)
-		if err != nil {
-			return 0, fmt.Errorf("bad CPU list %q", list)
-		}
-		b := a
-		if isRange {
-			if b, err = strconv.Atoi(hi); err != nil || b < a {
-				return 0, fmt.Errorf("bad CPU list %q", list)
-			}
-		}
-		n += b - a + 1
-	}
-	return n, nil
 }
 
 // writeBuildTree writes files C sources, each some work for the compiler's

@@ -83,14 +83,23 @@ func SemOps(id int32, ops []SemOp, timeout time.Duration) error {
 	if len(ops) == 0 {
 		return nil
 	}
-	var ts uintptr
-	var spec unix.Timespec
-	if timeout > 0 {
-		spec = unix.NsecToTimespec(timeout.Nanoseconds())
-		ts = uintptr(unsafe.Pointer(&spec))
+	if timeout <= 0 {
+		_, err := call(unix.SYS_SEMTIMEDOP, uintptr(id), uintptr(unsafe.Pointer(&ops[0])), uintptr(len(ops)), 0)
+		return err
 	}
-	_, err := call(unix.SYS_SEMTIMEDOP, uintptr(id), uintptr(unsafe.Pointer(&ops[0])), uintptr(len(ops)), ts)
-	return err
+	// A signal interrupts the wait; the retry waits only for what is left.
+	deadline := time.Now().Add(timeout)
+	for {
+		spec := unix.NsecToTimespec(max(time.Until(deadline), 0).Nanoseconds())
+		_, _, errno := unix.Syscall6(unix.SYS_SEMTIMEDOP, uintptr(id), uintptr(unsafe.Pointer(&ops[0])), uintptr(len(ops)), uintptr(unsafe.Pointer(&spec)), 0, 0)
+		switch errno {
+		case 0:
+			return nil
+		case unix.EINTR:
+			continue
+		}
+		return errno
+	}
 }
 
 func semctl(id int32, num, cmd int, arg uintptr) (int, error) {

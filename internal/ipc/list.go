@@ -19,34 +19,41 @@ func List(osletOf func(pid int) int) ([]Info, error) {
 			return nil, err
 		}
 		for n := range objs {
-			o := &objs[n]
-			switch k {
-			case KindMsg:
-				o.PID = o.LSPID
-			case KindShm:
-				o.PID = o.CPID
-			case KindSem:
-				if pid, err := SemGetPID(o.ID, 0); err == nil {
-					o.PID = int32(pid)
-				}
-			}
-			if o.PID > 0 && osletOf != nil {
-				o.OSlet = osletOf(int(o.PID))
-			}
+			objs[n].findUser(osletOf)
 		}
 		all = append(all, objs...)
 	}
 	return all, nil
 }
 
-// Stat describes the object kind id, from the listing.
+// findUser fills in the process the object names as its user (its
+// creator, last sender or last operator) and, with osletOf, its OSlet.
+func (o *Info) findUser(osletOf func(pid int) int) {
+	switch o.Kind {
+	case KindMsg:
+		o.PID = o.LSPID
+	case KindShm:
+		o.PID = o.CPID
+	case KindSem:
+		if pid, err := SemGetPID(o.ID, 0); err == nil {
+			o.PID = int32(pid)
+		}
+	}
+	if o.PID > 0 && osletOf != nil {
+		o.OSlet = osletOf(int(o.PID))
+	}
+}
+
+// Stat describes the object kind id: one file of /proc/sysvipc read, and
+// only that object's user looked up.
 func Stat(kind Kind, id int32, osletOf func(pid int) int) (Info, error) {
-	objs, err := List(osletOf)
+	objs, err := listKind(kind)
 	if err != nil {
 		return Info{}, err
 	}
 	for _, o := range objs {
-		if o.Kind == kind && o.ID == id {
+		if o.ID == id {
+			o.findUser(osletOf)
 			return o, nil
 		}
 	}

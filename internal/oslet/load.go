@@ -16,17 +16,25 @@ type loadBoard struct {
 	cpus    map[int]int
 
 	mu       sync.Mutex
-	at       time.Time   // when runnable was counted; guarded by mu
-	runnable map[int]int // by OSlet; guarded by mu
-	placed   map[int]int // launches placed on each OSlet since the count; guarded by mu
+	at       time.Time     // when runnable was counted; guarded by mu
+	fresh    time.Duration // how long the count serves; guarded by mu
+	runnable map[int]int   // by OSlet; guarded by mu
+	placed   map[int]int   // launches placed on each OSlet since the count; guarded by mu
 }
 
-// loadFresh is how long a count serves. Counting reads each process of the
-// cluster in /proc (some 25 µs each); within a burst of launches closer
-// than this, the launches placed since the count are added on top, so that
-// the burst still spreads. Longer lived counts misled: a waiting compiler
-// driver, counted as a launch, sent the next compiler onto a busy OSlet.
+// loadFresh is how long a count serves at least. Within a burst of launches
+// closer than this, the launches placed since the count are added on top,
+// so that the burst still spreads. Longer lived counts misled: a waiting
+// compiler driver, counted as a launch, sent the next compiler onto a busy
+// OSlet.
 const loadFresh = time.Millisecond
+
+// countShare bounds the time spent counting: a count reads each process of
+// the cluster in /proc (some 25 µs each on the development VM), so a
+// cluster of many processes keeps each count for countShare times as long
+// as it took, and counting stays a twentieth of the placing init's time
+// however many processes run.
+const countShare = 20
 
 func newLoadBoard(cgroups map[int]partition.StatFiles, cpus map[int]int) *loadBoard {
 	return &loadBoard{cgroups: cgroups, cpus: cpus, runnable: map[int]int{}, placed: map[int]int{}}
@@ -34,14 +42,15 @@ func newLoadBoard(cgroups map[int]partition.StatFiles, cpus map[int]int) *loadBo
 
 // countLocked counts again if the count is stale.
 func (b *loadBoard) countLocked(skip int) {
-	if time.Since(b.at) < loadFresh {
+	if time.Since(b.at) < b.fresh {
 		return
 	}
+	start := time.Now()
 	for k, files := range b.cgroups {
 		n := 0
 		for _, pid := range files.PIDs() {
 			if pid != skip {
-				if s, err := readProc(pid); err == nil && s.state == "R" {
+				if s, err := readStat(pid); err == nil && s.state == "R" {
 					n++
 				}
 			}
@@ -50,6 +59,7 @@ func (b *loadBoard) countLocked(skip int) {
 	}
 	clear(b.placed)
 	b.at = time.Now()
+	b.fresh = max(loadFresh, countShare*b.at.Sub(start))
 }
 
 // load returns OSlet k's runnable processes per CPU, launches placed since

@@ -22,7 +22,23 @@ type procStat struct {
 // clockTicks is USER_HZ, which is 100 on every Linux architecture smpc runs on.
 const clockTicks = 100
 
+// readProc reads a process's stat and its user IDs.
 func readProc(pid int) (procStat, error) {
+	s, err := readStat(pid)
+	if err != nil {
+		return procStat{}, err
+	}
+	status, err := vproc.ReadStatus(pid)
+	if err != nil {
+		return procStat{}, err
+	}
+	s.uidReal, s.uidSav = status.UID[0], status.UID[2]
+	return s, nil
+}
+
+// readStat reads /proc/PID/stat alone: state, parent, group and CPU time,
+// one read where the user IDs are not needed.
+func readStat(pid int) (procStat, error) {
 	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
 	if err != nil {
 		return procStat{}, err
@@ -42,11 +58,6 @@ func readProc(pid int) (procStat, error) {
 	ut, _ := strconv.ParseUint(f[11], 10, 64)
 	st, _ := strconv.ParseUint(f[12], 10, 64)
 	s.ticks = ut + st
-	status, err := vproc.ReadStatus(pid)
-	if err != nil {
-		return procStat{}, err
-	}
-	s.uidReal, s.uidSav = status.UID[0], status.UID[2]
 	return s, nil
 }
 
@@ -71,6 +82,6 @@ func listPIDs() []int {
 }
 
 func alive(pid int) bool {
-	s, err := readProc(pid)
+	s, err := readStat(pid)
 	return err == nil && s.state != "Z" && s.state != "X"
 }

@@ -249,6 +249,18 @@ func (i *Init) signal(who *caller, req *fabric.SignalRequest) error {
 		}
 		return nil
 	}
+	if i.isInit(target) {
+		// kill(-1) would reach every process of the cluster.
+		return fabric.Errorf(fabric.CodePermission, "kill -%d: an OSlet's init leads no process group that may be signalled", target)
+	}
+	if cred.UID == 0 {
+		// root may signal every member: the kernel's own group kill, with
+		// no walk of /proc (smpc run forwards each signal it gets).
+		if err := unix.Kill(-target, sig); err != nil {
+			return fabric.Errorf(fabric.CodeNoProcess, "kill -%d: no such process group", target)
+		}
+		return nil
+	}
 	// A group: like kill(2), succeed if any member could be signalled.
 	found, sent := false, false
 	for _, n := range listPIDs() {
@@ -351,7 +363,7 @@ func (i *Init) wait(who *caller, req *fabric.WaitRequest) (vproc.ExitStatus, err
 // parentInit returns the OSlet whose init is pid's parent, 0 when its parent
 // is no init; gone says that pid no longer exists at all.
 func (i *Init) parentInit(pid vproc.PID) (oslet int, gone bool) {
-	s, err := readProc(int(pid))
+	s, err := readStat(int(pid))
 	if err != nil {
 		return 0, true
 	}
