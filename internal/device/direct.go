@@ -81,10 +81,9 @@ func ExecTrapped(args []string) error {
 	return nil
 }
 
+// execTrapped does the stage's work; args are what to trap, the program's
+// path and its argv.
 func execTrapped(sock *os.File, args []string) error {
-	if len(args) < 3 {
-		return errors.New("usage: smpc " + ExecStage + " opens|execs|opens,execs PATH ARGV0 [ARGS...]")
-	}
 	if !DirectSupported {
 		return fmt.Errorf("trapped system calls: not supported on %s", runtime.GOARCH)
 	}
@@ -115,7 +114,7 @@ func execTrapped(sock *os.File, args []string) error {
 		}
 	}
 	if errors.Is(err, unix.EBUSY) {
-		return errors.New("install seccomp filter: the process already has its system calls answered by a listener (a spreading launch policy and direct device opens are asked for together, or by an ancestor and a descendant)")
+		return errors.New("install seccomp filter: the process already has its system calls answered by a listener of another (a process may have one)")
 	}
 	if err != nil {
 		return fmt.Errorf("install seccomp filter: %w", err)

@@ -39,7 +39,7 @@ type StatFiles struct {
 	Memory string `json:"memory"` // bytes in use
 	Tasks  string `json:"pids"`   // tasks
 	// Procs are its cgroup.procs files, one per hierarchy it is in (one on
-	// v2): writing a PID to each moves that process into the cgroup.
+	// v2), the pids hierarchy's first: PIDs reads it.
 	Procs []string `json:"procs"`
 	// PlaceProcs are those of Procs that a launch policy moves a process
 	// through: on v1 the hierarchies that say where it runs and what it
@@ -51,20 +51,10 @@ type StatFiles struct {
 // Place moves process pid into the cgroup's placement hierarchies: where
 // a launch policy puts a program, it runs on the OSlet's CPUs and memory
 // and is listed among its processes. Its devices rules stay its parent's,
-// as its /dev does.
+// as its /dev does. pid is in the writer's PID namespace; each write moves
+// the whole process, every thread of it.
 func (s StatFiles) Place(pid int) error {
 	for _, f := range s.PlaceProcs {
-		if err := os.WriteFile(f, []byte(strconv.Itoa(pid)), 0); err != nil {
-			return fmt.Errorf("move pid %d into %s: %w", pid, filepath.Dir(f), err)
-		}
-	}
-	return nil
-}
-
-// AddProc moves process pid (a PID in the writer's PID namespace) into the
-// cgroup. Each write moves the whole process, every thread of it.
-func (s StatFiles) AddProc(pid int) error {
-	for _, f := range s.Procs {
 		if err := os.WriteFile(f, []byte(strconv.Itoa(pid)), 0); err != nil {
 			return fmt.Errorf("move pid %d into %s: %w", pid, filepath.Dir(f), err)
 		}
