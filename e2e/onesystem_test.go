@@ -68,6 +68,14 @@ func TestOneProcessSpace(t *testing.T) {
 		}
 	}
 
+	// The kernel's own rule decides who may signal whom, across OSlets too.
+	victim := start(2, "sleep", "1009")
+	nobody := "setpriv --reuid 65534 --regid 65534 --clear-groups "
+	if out, code := on1(nobody + "kill " + victim); code == 0 || !strings.Contains(out, "Operation not permitted") {
+		t.Errorf("nobody on OSlet 1 killing root's process on OSlet 2: %d %q", code, out)
+	}
+	c.must("kill", victim)
+
 	// kill -0 of a PID that nobody has fails as on Linux; smpc says so too.
 	if out, code := on1("kill -0 4000000"); code != 1 || !strings.Contains(out, "No such process") {
 		t.Errorf("kill -0 of no process: %d %q", code, out)
