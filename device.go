@@ -6,13 +6,12 @@ import (
 	"os"
 	"slices"
 
-	"github.com/smpc-cluster/smpc/internal/device"
 	"github.com/smpc-cluster/smpc/internal/fabric"
 )
 
 // Device is a device of an OSlet: its name in the owner's /dev, type,
 // numbers, owner and mode.
-type Device = device.Device
+type Device = fabric.Device
 
 // Devices lists every OSlet's devices, by owner; an OSlet that is down is
 // named in down and left out.

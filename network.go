@@ -2,16 +2,14 @@ package smpc
 
 import (
 	"errors"
-	"path/filepath"
 
-	"github.com/smpc-cluster/smpc/internal/cluster"
-	"github.com/smpc-cluster/smpc/internal/network"
+	"github.com/smpc-cluster/smpc/internal/statedir"
 )
 
 // Port is one listener in the cluster's port map: a TCP or UDP port some
 // process listens on, the OSlet it runs on, and whether the cluster's port
 // leads to it.
-type Port = network.Port
+type Port = statedir.Port
 
 // Ports returns the cluster's port map as its forwarder last saw it (it
 // looks several times a second): every port an OSlet's process listens on,
@@ -22,5 +20,5 @@ func (c *Client) Ports() ([]Port, error) {
 	if c.stateDir == "" {
 		return nil, errors.New("ports: this OSlet's init did not say where the cluster keeps its state (an older smpc)")
 	}
-	return network.ReadPorts(filepath.Join(c.stateDir, cluster.PortsFile))
+	return statedir.ReadPorts(c.stateDir)
 }

@@ -6,13 +6,12 @@ import (
 	"os"
 
 	"github.com/smpc-cluster/smpc/internal/fabric"
-	"github.com/smpc-cluster/smpc/internal/shm"
 )
 
 // ShmInfo describes a named shared memory object: its size, owner, mode
 // and home OSlet (0 for one a program made with shm_open, whose pages are
 // charged to whoever touched each first).
-type ShmInfo = shm.Info
+type ShmInfo = fabric.ShmObject
 
 // ShmOptions shape a shared memory object that ShmCreate makes.
 type ShmOptions struct {

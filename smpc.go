@@ -20,10 +20,9 @@ import (
 	"sync"
 	"syscall"
 
-	"github.com/smpc-cluster/smpc/internal/cluster"
 	"github.com/smpc-cluster/smpc/internal/fabric"
 	"github.com/smpc-cluster/smpc/internal/ipc"
-	"github.com/smpc-cluster/smpc/internal/oslet"
+	"github.com/smpc-cluster/smpc/internal/statedir"
 	"github.com/smpc-cluster/smpc/internal/vproc"
 )
 
@@ -69,7 +68,7 @@ type Client struct {
 // needs nothing else; on the host stateDir names the cluster ("" for
 // $SMPC_STATE_DIR or /run/smpc).
 func Connect(stateDir string) (*Client, error) {
-	if conn, err := fabric.Dial(oslet.ClientAddr, true); err == nil {
+	if conn, err := fabric.Dial(statedir.ClientSocket, true); err == nil {
 		reply, err := fabric.Handshake(conn, fabric.Hello{Role: fabric.RoleClient})
 		if err != nil {
 			conn.Close()
@@ -79,22 +78,19 @@ func Connect(stateDir string) (*Client, error) {
 		c.conns[0] = fabric.NewCaller(conn, func(error) error { return fabric.DownError(reply.OSlet) })
 		return c, nil
 	}
-	dir, err := cluster.ResolveStateDir(stateDir)
+	dir, err := statedir.Resolve(stateDir)
 	if err != nil {
 		return nil, err
 	}
-	st, err := cluster.ReadState(dir)
-	if err != nil {
+	var m statedir.Members
+	if err := statedir.Read(dir, &m); err != nil {
 		return nil, err
 	}
-	c := &Client{stateDir: dir, conns: map[int]*fabric.Caller{}}
+	c := &Client{stateDir: dir, conns: map[int]*fabric.Caller{}, oslets: m.Indexes()}
 	// The cluster's PID 1 holds its IPC namespace; SysV calls from the host
 	// run on threads that enter it.
-	if ns, err := ipc.OpenNamespace(st.Reaper); err == nil {
+	if ns, err := ipc.OpenNamespace(m.Reaper); err == nil {
 		c.ipcNS = ns
-	}
-	for _, o := range st.Plan.OSlets {
-		c.oslets = append(c.oslets, o.Index)
 	}
 	sort.Ints(c.oslets)
 	return c, nil
@@ -142,7 +138,7 @@ func (c *Client) channel(k int) (*fabric.Caller, error) {
 	if !c.known(k) {
 		return nil, fabric.Errorf(fabric.CodeInvalid, "oslet %d does not exist (the cluster has oslets %v)", k, c.oslets)
 	}
-	conn, err := fabric.Dial(oslet.HostAddr(c.stateDir, k), true)
+	conn, err := fabric.Dial(statedir.HostSocket(c.stateDir, k), true)
 	if errors.Is(err, syscall.ENOENT) || errors.Is(err, syscall.ECONNREFUSED) {
 		return nil, fabric.DownError(k)
 	}

@@ -32,11 +32,14 @@ func TestMain(m *testing.M) {
 		os.Exit(1)
 	}
 	os.Chmod(dir, 0o755)
+	// smpc and smpcd, built as the README builds them: static, as smpc
+	// starts faster so.
 	smpcBin = filepath.Join(dir, "smpc")
-	build := exec.Command("go", "build", "-o", smpcBin, "../cmd/smpc")
+	build := exec.Command("go", "build", "-o", dir+"/", "../cmd/smpc", "../cmd/smpcd")
+	build.Env = append(os.Environ(), "CGO_ENABLED=0")
 	build.Stdout, build.Stderr = os.Stderr, os.Stderr
 	if err := build.Run(); err != nil {
-		fmt.Fprintln(os.Stderr, "build smpc:", err)
+		fmt.Fprintln(os.Stderr, "build smpc and smpcd:", err)
 		os.RemoveAll(dir)
 		os.Exit(1)
 	}
@@ -217,6 +220,35 @@ func TestPlanAndBadPlans(t *testing.T) {
 	}
 	if out, code := run(exec.Command(smpcBin, "plan", "--oslets", "99")); code == 0 || !strings.Contains(out, "cannot make 99") {
 		t.Errorf("plan --oslets 99: %d %s", code, out)
+	}
+}
+
+// smpc is the small binary; boot and shutdown execute smpcd, the firmware,
+// which smpc looks for beside itself, then on PATH.
+func TestBootFindsFirmware(t *testing.T) {
+	lone := filepath.Join(t.TempDir(), "smpc")
+	b, err := os.ReadFile(smpcBin)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(lone, b, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	const dir = "/run/smpc-e2e-nofirmware"
+	cmd := exec.Command(lone, "boot", "--oslets", "2", "--state-dir", dir)
+	cmd.Env = append(os.Environ(), "PATH=/usr/bin:/bin")
+	out, code := run(cmd)
+	if code != 1 || !strings.Contains(out, "smpcd, is neither beside "+lone+" nor on PATH") {
+		t.Errorf("boot without smpcd: exit %d: %s", code, out)
+	}
+	if _, err := os.Stat(dir); err == nil {
+		t.Errorf("a boot that found no firmware left its state dir behind")
+	}
+	// On PATH, it is found; its help names the command the user typed.
+	cmd = exec.Command(lone, "boot", "--help")
+	cmd.Env = append(os.Environ(), "PATH="+filepath.Dir(smpcBin)+":/usr/bin:/bin")
+	if out, code := run(cmd); code != 0 || !strings.Contains(out, "smpc boot [flags]") {
+		t.Errorf("boot --help with smpcd on PATH: exit %d: %s", code, out)
 	}
 }
 

@@ -18,6 +18,7 @@ import (
 	"io"
 	"os"
 	"os/exec"
+	"path/filepath"
 	"runtime"
 	"strconv"
 	"strings"
@@ -211,15 +212,10 @@ func (r *Runner) Spawn(ctx context.Context, n int) (Result, error) {
 	if err != nil {
 		return Result{}, err
 	}
-	start := time.Now()
-	for i := 0; i < n; i++ {
-		cmd := r.Client.Command("/bin/true")
-		cmd.OSlet = b
-		if err := succeed(cmd.Run(ctx)); err != nil {
-			return Result{}, fmt.Errorf("bench spawn: oslet %d: /bin/true: %w", b, err)
-		}
+	took, err := r.spawnWait(ctx, b, n)
+	if err != nil {
+		return Result{}, fmt.Errorf("bench spawn: %w", err)
 	}
-	took := perOp(time.Since(start), n)
 	native, err := timeNative(n, "/bin/true")
 	if err != nil {
 		return Result{}, fmt.Errorf("bench spawn: native: %w", err)
@@ -229,8 +225,25 @@ func (r *Runner) Spawn(ctx context.Context, n int) (Result, error) {
 		Measure{"fork/exec/wait /bin/true", native, "ns/op"}, 1.5), nil
 }
 
+// spawnWait times creating /bin/true on OSlet k and waiting for it through
+// the Go package, n times, per operation.
+func (r *Runner) spawnWait(ctx context.Context, k, n int) (float64, error) {
+	start := time.Now()
+	for i := 0; i < n; i++ {
+		cmd := r.Client.Command("/bin/true")
+		cmd.OSlet = k
+		if err := succeed(cmd.Run(ctx)); err != nil {
+			return 0, fmt.Errorf("oslet %d: /bin/true: %w", k, err)
+		}
+	}
+	return perOp(time.Since(start), n), nil
+}
+
 // RunCommand times the whole 'smpc run --on K -- /bin/true' command, as a
-// user or a make recipe pays it, beside running /bin/true.
+// user or a make recipe pays it, beside what it cannot do without: starting
+// a Go program (a static one that only exits) plus one remote spawn and
+// wait through the Go package, both measured in this run. Without a Go
+// toolchain to build that program, the start-up of /bin/true stands in.
 func (r *Runner) RunCommand(ctx context.Context, n int) (Result, error) {
 	_, b, err := r.pair()
 	if err != nil {
@@ -244,13 +257,49 @@ func (r *Runner) RunCommand(ctx context.Context, n int) (Result, error) {
 	if err != nil {
 		return Result{}, fmt.Errorf("bench run-command: smpc %s: %w", strings.Join(args, " "), err)
 	}
-	native, err := timeNative(n, "/bin/true")
+	spawn, err := r.spawnWait(ctx, b, n)
 	if err != nil {
-		return Result{}, fmt.Errorf("bench run-command: native: %w", err)
+		return Result{}, fmt.Errorf("bench run-command: %w", err)
+	}
+	start, startName := "/bin/true", "/bin/true"
+	if exit, err := buildExitProgram(ctx); err == nil {
+		defer os.RemoveAll(filepath.Dir(exit))
+		start, startName = exit, "a static Go program that exits"
+	}
+	started, err := timeNative(n, start)
+	if err != nil {
+		return Result{}, fmt.Errorf("bench run-command: %s: %w", startName, err)
 	}
 	return compare("run-command",
 		Measure{fmt.Sprintf("smpc run --on %d -- /bin/true", b), took, "ns/op"},
-		Measure{"/bin/true", native, "ns/op"}, 0), nil
+		Measure{startName + " + spawn+wait through the Go package", started + spawn, "ns/op"}, 1.2), nil
+}
+
+// buildExitProgram builds a static Go program that only exits, the least a
+// command written in Go costs to start, in a directory of its own.
+func buildExitProgram(ctx context.Context) (string, error) {
+	goTool, err := exec.LookPath("go")
+	if err != nil {
+		return "", err
+	}
+	dir, err := os.MkdirTemp("", "smpc-bench-exit-")
+	if err != nil {
+		return "", err
+	}
+	src := filepath.Join(dir, "main.go")
+	if err := os.WriteFile(src, []byte("package main\n\nfunc main() {}\n"), 0o644); err != nil {
+		os.RemoveAll(dir)
+		return "", err
+	}
+	bin := filepath.Join(dir, "exit")
+	build := exec.CommandContext(ctx, goTool, "build", "-o", bin, src)
+	build.Dir = dir
+	build.Env = append(os.Environ(), "CGO_ENABLED=0", "GOFLAGS=")
+	if out, err := build.CombinedOutput(); err != nil {
+		os.RemoveAll(dir)
+		return "", fmt.Errorf("build a static Go program: %w: %s", err, strings.TrimSpace(string(out)))
+	}
+	return bin, nil
 }
 
 // SignalWait times, from a process on one OSlet, killing a process and

@@ -18,7 +18,7 @@ import (
 
 	"github.com/smpc-cluster/smpc"
 	"github.com/smpc-cluster/smpc/internal/bench"
-	"github.com/smpc-cluster/smpc/internal/cluster"
+	"github.com/smpc-cluster/smpc/internal/statedir"
 )
 
 func benchCmd() *cobra.Command {
@@ -36,7 +36,10 @@ ratio and the design's target:
   null-call     a null call between two OSlets / a Unix-socket ping-pong
   spawn         create /bin/true on another OSlet and wait, through the Go
                 package / fork, exec and wait here
-  run-command   the whole 'smpc run --on K -- /bin/true' / /bin/true
+  run-command   the whole 'smpc run --on K -- /bin/true' / the start of a
+                static Go program that only exits (built with go, when
+                there is one; else /bin/true) plus a spawn+wait through the
+                Go package
   signal-wait   kill and wait for a process on another OSlet / on the same
   pipe          pipe throughput between two OSlets / within one
   msg-pingpong  a System V message round trip between two OSlets (the
@@ -156,7 +159,7 @@ func benchCluster(ctx context.Context, exe string) (c *smpc.Client, dir string, 
 	if err == nil {
 		if err = c.Ping(ctx, c.OSlets()[0]); err == nil {
 			if c.Self() == 0 {
-				dir, _ = cluster.ResolveStateDir(stateDir)
+				dir, _ = statedir.Resolve(stateDir)
 			}
 			return c, dir, func() {}, nil
 		}

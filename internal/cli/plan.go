@@ -12,30 +12,31 @@ import (
 
 	"github.com/spf13/cobra"
 
-	"github.com/smpc-cluster/smpc/internal/network"
 	"github.com/smpc-cluster/smpc/internal/plan"
 	"github.com/smpc-cluster/smpc/internal/topology"
 )
 
-type planFlags struct {
+// PlanFlags are the flags that make a partition plan: plan's, and boot's.
+type PlanFlags struct {
 	oslets, cpusPer int
 	file            string
 	subnet          string
 	devices         []string // K=NAME
 }
 
-func (f *planFlags) add(cmd *cobra.Command, withFile bool) {
+// Add adds the flags to cmd; withFile adds --plan FILE.
+func (f *PlanFlags) Add(cmd *cobra.Command, withFile bool) {
 	cmd.Flags().IntVar(&f.oslets, "oslets", 0, "number of OSlets")
 	cmd.Flags().IntVar(&f.cpusPer, "cpus-per-oslet", 0, "CPUs per OSlet")
 	if withFile {
 		cmd.Flags().StringVar(&f.file, "plan", "", "boot this plan (JSON from 'smpc plan --json')")
 	}
-	cmd.Flags().StringVar(&f.subnet, "subnet", "", "the cluster's IPv4 subnet: the bridge and one address per OSlet (default "+network.DefaultSubnet+")")
+	cmd.Flags().StringVar(&f.subnet, "subnet", "", "the cluster's IPv4 subnet: the bridge and one address per OSlet (default "+plan.DefaultSubnet+")")
 	cmd.Flags().StringArrayVar(&f.devices, "device", nil, "give a device to an OSlet, as K=NAME (a network interface, or a block or character device in /dev); repeatable")
 }
 
-// make returns the plan the flags ask for, checked against this machine.
-func (f *planFlags) make() (*plan.Plan, error) {
+// Make returns the plan the flags ask for, checked against this machine.
+func (f *PlanFlags) Make() (*plan.Plan, error) {
 	m, err := topology.Detect()
 	if err != nil {
 		return nil, err
@@ -78,7 +79,7 @@ func (f *planFlags) make() (*plan.Plan, error) {
 }
 
 func planCmd() *cobra.Command {
-	var f planFlags
+	var f PlanFlags
 	var asJSON bool
 	cmd := &cobra.Command{
 		Use:   "plan",
@@ -97,7 +98,7 @@ cluster's one face to the network unless a plan gives one away.
 Save a plan with --json, edit it, and boot it with 'smpc boot --plan FILE'.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			p, err := f.make()
+			p, err := f.Make()
 			if err != nil {
 				return err
 			}
@@ -106,16 +107,17 @@ Save a plan with --json, edit it, and boot it with 'smpc boot --plan FILE'.`,
 				enc.SetIndent("", "  ")
 				return enc.Encode(p)
 			}
-			printPlan(cmd.OutOrStdout(), p)
+			PrintPlan(cmd.OutOrStdout(), p)
 			return nil
 		},
 	}
-	f.add(cmd, false)
+	f.Add(cmd, false)
 	cmd.Flags().BoolVar(&asJSON, "json", false, "print the plan as JSON")
 	return cmd
 }
 
-func printPlan(w io.Writer, p *plan.Plan) {
+// PrintPlan prints p as a table of its OSlets.
+func PrintPlan(w io.Writer, p *plan.Plan) {
 	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
 	fmt.Fprintln(tw, "OSLET\tCPUS\tMEMS\tMEMORY\tPIDS\tDEVICES")
 	for _, o := range p.OSlets {

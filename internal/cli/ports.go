@@ -6,7 +6,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/smpc-cluster/smpc"
-	"github.com/smpc-cluster/smpc/internal/network"
+	"github.com/smpc-cluster/smpc/internal/statedir"
 )
 
 func portsCmd() *cobra.Command {
@@ -44,7 +44,7 @@ and go away when it stops.`,
 }
 
 func osletName(k int) string {
-	if k == network.Host {
+	if k == statedir.HostListener {
 		return "host"
 	}
 	return fmt.Sprint(k)
@@ -54,7 +54,7 @@ func portState(p smpc.Port) string {
 	switch {
 	case p.Forwarded:
 		return "forwarded"
-	case p.Conflict() && p.Holder == network.Host:
+	case p.Conflict() && p.Holder == statedir.HostListener:
 		return "conflict: held by the host"
 	case p.Conflict():
 		return fmt.Sprintf("conflict: held by oslet %d", p.Holder)

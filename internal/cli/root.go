@@ -1,5 +1,8 @@
 // Package cli is the smpc command line: one file per sub-command, each a thin
-// layer over the smpc package, the plan and the boot firmware.
+// layer over the smpc package and the plan. It links none of the boot
+// firmware, so that a command (a make recipe's smpc run, say) starts about as
+// fast as any small static program: smpcd, the firmware's binary, adds boot
+// and shutdown to this same command line.
 package cli
 
 import (
@@ -14,9 +17,7 @@ import (
 
 	"github.com/smpc-cluster/smpc"
 	"github.com/smpc-cluster/smpc/internal/bench"
-	"github.com/smpc-cluster/smpc/internal/cluster"
-	"github.com/smpc-cluster/smpc/internal/device"
-	"github.com/smpc-cluster/smpc/internal/oslet"
+	"github.com/smpc-cluster/smpc/internal/trap"
 )
 
 // exitError carries an exit status out of a command.
@@ -26,27 +27,19 @@ func (e exitError) Error() string { return fmt.Sprintf("exit status %d", e.code)
 
 var stateDir string
 
-// Run runs the smpc command line and returns its exit status.
-func Run(args []string) int {
-	if len(args) > 0 && args[0] == "oslet-init" {
-		// The boot firmware starts inits this way; it is no user command.
-		if err := oslet.Main(); err != nil {
-			fmt.Fprintln(os.Stderr, "smpc oslet-init:", err)
-			return 1
-		}
-		return 0
-	}
-	if len(args) > 0 && args[0] == cluster.ReaperCommand {
-		// The boot firmware starts the cluster's PID 1 this way.
-		if err := cluster.ReaperMain(); err != nil {
-			fmt.Fprintln(os.Stderr, "smpc "+cluster.ReaperCommand+":", err)
-		}
-		return 1
-	}
-	if len(args) > 0 && args[0] == device.ExecStage {
+// StateDir is the --state-dir flag's value: "" for $SMPC_STATE_DIR or the
+// default.
+func StateDir() string { return stateDir }
+
+// Run runs the smpc command line and returns its exit status. The smpc
+// binary passes no firmware: its boot and shutdown commands execute smpcd,
+// the boot firmware, with the same arguments (see forward.go). smpcd passes
+// its own boot and shutdown, which replace them.
+func Run(args []string, firmware ...*cobra.Command) int {
+	if len(args) > 0 && args[0] == trap.ExecStage {
 		// An init starts a process whose system calls it answers this way.
-		err := device.ExecTrapped(args[1:])
-		fmt.Fprintf(os.Stderr, "smpc %s: %v\n", device.ExecStage, err)
+		err := trap.ExecTrapped(args[1:])
+		fmt.Fprintf(os.Stderr, "smpc %s: %v\n", trap.ExecStage, err)
 		return 1
 	}
 	if len(args) > 0 && args[0] == "bench-helper" {
@@ -69,7 +62,11 @@ cluster on the host. Inside an OSlet, smpc finds its own OSlet with no flag.`,
 		SilenceErrors: true,
 	}
 	root.PersistentFlags().StringVar(&stateDir, "state-dir", "", "the cluster's state dir (default $SMPC_STATE_DIR or /run/smpc)")
-	root.AddCommand(planCmd(), bootCmd(), shutdownCmd(), statusCmd(), psCmd(), runCmd(), killCmd(), waitCmd(), msgCmd(), semCmd(), ipcsCmd(), ipcrmCmd(), shmCmd(), portsCmd(), devicesCmd(), benchCmd())
+	if len(firmware) == 0 {
+		firmware = []*cobra.Command{forwardCmd("boot", BootShort), forwardCmd("shutdown", ShutdownShort)}
+	}
+	root.AddCommand(firmware...)
+	root.AddCommand(planCmd(), statusCmd(), psCmd(), runCmd(), killCmd(), waitCmd(), msgCmd(), semCmd(), ipcsCmd(), ipcrmCmd(), shmCmd(), portsCmd(), devicesCmd(), benchCmd())
 	root.SetArgs(args)
 	err := root.Execute()
 	var ee exitError

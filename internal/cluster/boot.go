@@ -26,6 +26,7 @@ import (
 	"github.com/smpc-cluster/smpc/internal/oslet"
 	"github.com/smpc-cluster/smpc/internal/partition"
 	"github.com/smpc-cluster/smpc/internal/plan"
+	"github.com/smpc-cluster/smpc/internal/statedir"
 	"github.com/smpc-cluster/smpc/internal/topology"
 	"github.com/smpc-cluster/smpc/internal/vproc"
 )
@@ -37,8 +38,12 @@ type Options struct {
 	Plan     *plan.Plan
 	Name     string // the cluster's hostname; the host's by default
 	Owner    uint32 // uid allowed on the host sockets besides root
-	Exe      string // the smpc binary the inits run; this one by default
-	Log      *slog.Logger
+	Exe      string // smpcd, the binary of the inits and the reaper; this one by default
+	// Client is smpc, the binary every process finds on its PATH and the
+	// exec stage runs from; smpc beside Exe by default, else Exe itself
+	// (smpcd takes every command smpc takes).
+	Client string
+	Log    *slog.Logger
 }
 
 // Cluster is a booted cluster, supervised by the process that booted it.
@@ -96,6 +101,12 @@ func Boot(opts Options) (c *Cluster, retErr error) {
 			return nil, fmt.Errorf("boot: find own binary: %w", err)
 		}
 	}
+	if opts.Client == "" {
+		opts.Client = filepath.Join(filepath.Dir(opts.Exe), "smpc")
+		if unix.Access(opts.Client, unix.X_OK) != nil {
+			opts.Client = opts.Exe
+		}
+	}
 	if opts.Name == "" {
 		opts.Name, _ = os.Hostname()
 	}
@@ -107,12 +118,12 @@ func Boot(opts Options) (c *Cluster, retErr error) {
 		lock: lock, log: opts.Log,
 		inits: map[int]*exec.Cmd{}, cgroups: map[int]*partition.Cgroup{},
 		exited: make(chan int, len(opts.Plan.OSlets)), done: map[int]chan struct{}{},
-		state: &State{
+		state: &State{Record: statedir.Record{
 			Name: opts.Name, StateDir: opts.StateDir, Plan: opts.Plan, Supervisor: os.Getpid(),
 			Inits: map[int]int{}, Cgroups: map[int]string{}, Owner: opts.Owner,
 			CgroupTop: "smpc", GTmp: filepath.Join(opts.StateDir, "gtmp"), Shm: filepath.Join(opts.StateDir, "shm"),
 			Protocol: fmt.Sprintf("%d.%d", fabric.Major, fabric.Minor),
-		},
+		}},
 	}
 	defer func() {
 		if retErr != nil {
@@ -130,7 +141,7 @@ func Boot(opts Options) (c *Cluster, retErr error) {
 	if err := c.startReaper(opts.Exe); err != nil {
 		return c, fmt.Errorf("boot: %w", err)
 	}
-	c.state.Bin, err = installCommand(opts.StateDir, opts.Exe)
+	c.state.Bin, err = installCommand(opts.StateDir, opts.Client)
 	if err != nil {
 		return c, fmt.Errorf("boot: %w", err)
 	}
@@ -246,7 +257,7 @@ func netInterfaces(devices []string) []string {
 func (c *Cluster) startForwarder() {
 	ctx, cancel := context.WithCancel(context.Background())
 	c.stopForwarder, c.forwarderDone = cancel, make(chan struct{})
-	path := filepath.Join(c.state.StateDir, PortsFile)
+	path := filepath.Join(c.state.StateDir, statedir.PortsFile)
 	f := &network.Forwarder{
 		Record:  c.state.Network,
 		Inits:   c.liveInits,
@@ -347,7 +358,7 @@ func (c *Cluster) startInit(o plan.OSlet, opts *Options) (*syncChannel, error) {
 		return nil, fmt.Errorf("oslet %d: log: %w", o.Index, err)
 	}
 	defer logf.Close()
-	cmd := exec.Command(opts.Exe, "oslet-init")
+	cmd := exec.Command(opts.Exe, oslet.InitCommand)
 	cmd.Env = []string{"PATH=" + os.Getenv("PATH"), "GOTRACEBACK=crash"}
 	cmd.Dir = "/"
 	cmd.Stdout, cmd.Stderr = logf, logf
@@ -385,7 +396,7 @@ func (c *Cluster) startInit(o plan.OSlet, opts *Options) (*syncChannel, error) {
 				c.log.Warn("record lost processes", "oslet", o.Index, "err", err)
 			}
 			c.log.Warn("oslet died", "oslet", o.Index, "err", err, "lost", len(lost), "kill", killErr)
-			os.Remove(oslet.HostAddr(c.state.StateDir, o.Index))
+			os.Remove(statedir.HostSocket(c.state.StateDir, o.Index))
 			c.exited <- o.Index
 		}
 	}()
@@ -557,8 +568,8 @@ func removeStateFiles(s *State) {
 		}
 	}
 	os.RemoveAll(filepath.Join(s.StateDir, "bin"))
-	for _, pattern := range []string{"oslet-*.sock", "oslet-*.log", "boot.log", "reaper.log", stateFile, stateFile + ".new", "lock",
-		"hosts", PortsFile, PortsFile + ".new", "lost.json", "lost.json.new"} {
+	for _, pattern := range []string{"oslet-*.sock", "oslet-*.log", "boot.log", "reaper.log", statedir.RecordFile, statedir.RecordFile + ".new", "lock",
+		"hosts", statedir.PortsFile, statedir.PortsFile + ".new", "lost.json", "lost.json.new"} {
 		matches, _ := filepath.Glob(filepath.Join(s.StateDir, pattern))
 		for _, m := range matches {
 			os.Remove(m)
@@ -618,7 +629,7 @@ func cleanStale(s *State) {
 	removeStateFiles(s)
 }
 
-func isInit(pid int) bool { return cmdlineHas(pid, "oslet-init") }
+func isInit(pid int) bool { return cmdlineHas(pid, oslet.InitCommand) }
 
 func isReaper(pid int) bool { return cmdlineHas(pid, ReaperCommand) }
 
@@ -676,7 +687,7 @@ func RequestShutdown(stateDir string, timeout time.Duration) error {
 	}
 	deadline := time.Now().Add(timeout)
 	for time.Now().Before(deadline) {
-		if _, err := os.Stat(filepath.Join(stateDir, stateFile)); errors.Is(err, os.ErrNotExist) {
+		if _, err := os.Stat(filepath.Join(stateDir, statedir.RecordFile)); errors.Is(err, os.ErrNotExist) {
 			if unix.Kill(s.Supervisor, 0) != nil {
 				return nil
 			}

@@ -29,26 +29,18 @@ import (
 	specs "github.com/opencontainers/runtime-spec/specs-go"
 	"golang.org/x/sys/unix"
 
+	"github.com/smpc-cluster/smpc/internal/fabric"
 	"github.com/smpc-cluster/smpc/internal/plan"
 	"github.com/smpc-cluster/smpc/internal/topology"
+	"github.com/smpc-cluster/smpc/internal/trap"
 	"github.com/smpc-cluster/smpc/internal/vproc"
 )
 
 // Dir is where every OSlet sees the cluster's devices: Dir/K/NAME.
-const Dir = "/rdev"
+const Dir = trap.RdevDir
 
 // Device is one device node and its owner.
-type Device struct {
-	Name  string `json:"name"` // its name in /dev
-	OSlet int    `json:"oslet"`
-	Type  string `json:"type"` // "block" or "char"
-	Major uint32 `json:"major"`
-	Minor uint32 `json:"minor"`
-	Mode  uint32 `json:"mode"` // permission bits
-	UID   uint32 `json:"uid"`
-	GID   uint32 `json:"gid"`
-	Size  int64  `json:"size,omitempty"` // bytes, for a block device
-}
+type Device = fabric.Device
 
 // Lookup stats /dev/NAME as this process sees it; Inventory adds the size.
 func Lookup(name string) (Device, error) {

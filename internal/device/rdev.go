@@ -2,7 +2,6 @@ package device
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"os"
 	"strconv"
@@ -10,6 +9,8 @@ import (
 
 	"github.com/hanwen/go-fuse/v2/fs"
 	"github.com/hanwen/go-fuse/v2/fuse"
+	"github.com/smpc-cluster/smpc/internal/fabric"
+	"github.com/smpc-cluster/smpc/internal/vproc"
 	"golang.org/x/sys/unix"
 )
 
@@ -98,12 +99,12 @@ func (f *rdevFile) Open(ctx context.Context, flags uint32) (fs.FileHandle, uint3
 	}
 	// The kernel gives the caller's file-system IDs, not its groups.
 	cred := Cred{UID: caller.Uid, GID: caller.Gid}
-	if c, err := credOf(int(caller.Pid)); err == nil {
+	if c, err := vproc.FileCredOf(int(caller.Pid)); err == nil {
 		cred.Groups = c.Groups
 	}
 	file, err := f.open(ctx, f.dev.OSlet, f.dev.Name, int(flags), cred)
 	if err != nil {
-		return nil, 0, errnoOf(err)
+		return nil, 0, fabric.ErrnoOf(err)
 	}
 	// Direct I/O: every read and write reaches the owner's device; the
 	// device's own page cache is the only cache, as for a local open.
@@ -136,13 +137,4 @@ func (h *rdevHandle) Fsync(ctx context.Context, flags uint32) syscall.Errno {
 
 func (h *rdevHandle) Release(ctx context.Context) syscall.Errno {
 	return fs.ToErrno(h.f.Close())
-}
-
-// errnoOf is the errno an open fails with: the one err carries, else EIO.
-func errnoOf(err error) syscall.Errno {
-	var e syscall.Errno
-	if errors.As(err, &e) {
-		return e
-	}
-	return syscall.EIO
 }

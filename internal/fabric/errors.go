@@ -104,6 +104,15 @@ func Errno(err error) (syscall.Errno, bool) {
 	return 0, false
 }
 
+// ErrnoOf is the errno a system call served for a process fails with: the
+// one err stands for (as Errno finds it), else EIO.
+func ErrnoOf(err error) syscall.Errno {
+	if errno, ok := Errno(err); ok {
+		return errno
+	}
+	return syscall.EIO
+}
+
 // errnoByName inverts unix.ErrnoName, which names every errno Linux has
 // below 256.
 var errnoByName = sync.OnceValue(func() map[string]syscall.Errno {

@@ -1,10 +1,16 @@
 package fabric
 
 import (
-	"github.com/smpc-cluster/smpc/internal/device"
-	"github.com/smpc-cluster/smpc/internal/shm"
-	"github.com/smpc-cluster/smpc/internal/vproc"
+	"fmt"
+	"slices"
+	"strconv"
+
+	"golang.org/x/sys/unix"
 )
+
+// The messages own every type they carry, so that this package imports none
+// of the packages that serve them: the command line links the fabric and
+// none of the firmware (the packages that serve requests alias these types).
 
 // Role says who opened a channel.
 type Role string
@@ -34,9 +40,33 @@ type HelloReply struct {
 	InitPID  int32  `json:"init_pid"`            // the answering init's PID in the cluster
 }
 
-// Cred is who asked: the kernel's word (SO_PEERCRED) taken by the first init
-// the request reached, and trusted from peers only.
-type Cred = vproc.Cred
+// Cred is who acts: a process's identity as the kernel gave it (SO_PEERCRED
+// and SO_PEERGROUPS, or /proc), taken by the first init a request reached
+// and trusted from peers only. One type serves every check smpc makes for a
+// caller: signals, waits, shared memory, devices.
+type Cred struct {
+	UID    uint32   `json:"uid"`
+	GID    uint32   `json:"gid"`
+	Groups []uint32 `json:"groups,omitempty"`
+	PID    int32    `json:"pid,omitempty"` // PID in the cluster, or a host PID
+}
+
+// Allows applies the kernel's permission check of mode bits to an object
+// owned by uid and gid: root may do anything; otherwise the owner's, the
+// group's or the others' bits must grant every bit of want (4 read,
+// 2 write).
+func (c Cred) Allows(uid, gid, mode, want uint32) bool {
+	if c.UID == 0 {
+		return true
+	}
+	switch {
+	case c.UID == uid:
+		mode >>= 6
+	case c.GID == gid || slices.Contains(c.Groups, gid):
+		mode >>= 3
+	}
+	return mode&want == want
+}
 
 // NoFile marks an absent descriptor in a file index.
 const NoFile = -1
@@ -98,7 +128,54 @@ type WaitRequest struct {
 
 // WaitReply reports how it ended.
 type WaitReply struct {
-	Status vproc.ExitStatus `json:"status"`
+	Status ExitStatus `json:"status"`
+}
+
+// ExitStatus is how a process ended, as wait(2) reports it.
+type ExitStatus struct {
+	// Code is the exit code when the process exited normally.
+	Code int `json:"code"`
+	// Signal is the signal that killed the process, or 0.
+	Signal int `json:"signal,omitempty"`
+	// CoreDumped reports whether the kill dumped core.
+	CoreDumped bool `json:"core,omitempty"`
+	// Lost reports that the process's OSlet went down: like a failed board,
+	// everything on it was killed (Signal is SIGKILL).
+	Lost bool `json:"lost,omitempty"`
+	// Unknown reports that the process was not a child of its OSlet's init,
+	// so its status went to its own parent and is not known here.
+	Unknown bool `json:"unknown,omitempty"`
+}
+
+// ShellCode is the status a shell would report: the exit code, or 128 plus
+// the number of the signal that killed the process.
+func (s ExitStatus) ShellCode() int {
+	if s.Signal != 0 {
+		return 128 + s.Signal
+	}
+	return s.Code
+}
+
+// String describes the status as a person would read it.
+func (s ExitStatus) String() string {
+	switch {
+	case s.Unknown:
+		return "exited (status went to its parent)"
+	case s.Lost:
+		return "killed by SIGKILL (its oslet went down)"
+	case s.Signal != 0:
+		name := unix.SignalName(unix.Signal(s.Signal))
+		if name == "" {
+			name = strconv.Itoa(s.Signal)
+		}
+		msg := "killed by " + name
+		if s.CoreDumped {
+			msg += " (core dumped)"
+		}
+		return msg
+	default:
+		return fmt.Sprintf("exited with status %d", s.Code)
+	}
 }
 
 // OrphanRequest says that the remote parent of these processes is gone.
@@ -209,7 +286,18 @@ type ShmRequest struct {
 // ShmReply lists the objects, for list; create and open answer with the
 // descriptor alone.
 type ShmReply struct {
-	Objects []shm.Info `json:"objects"`
+	Objects []ShmObject `json:"objects"`
+}
+
+// ShmObject describes one named shared memory object.
+type ShmObject struct {
+	Name   string `json:"name"`
+	Size   int64  `json:"size"`
+	UID    uint32 `json:"uid"`
+	GID    uint32 `json:"gid"`
+	Mode   uint32 `json:"mode"`
+	Home   int    `json:"home"` // 0: made by a program, charged to whoever touched each page
+	Pinned bool   `json:"pinned,omitempty"`
 }
 
 // The device commands.
@@ -233,5 +321,19 @@ type DeviceRequest struct {
 
 // DeviceReply lists devices; open answers with the descriptor alone.
 type DeviceReply struct {
-	Devices []device.Device `json:"devices,omitempty"`
+	Devices []Device `json:"devices,omitempty"`
+}
+
+// Device is a block or character device of the cluster and the OSlet that
+// owns it.
+type Device struct {
+	Name  string `json:"name"` // its name in /dev
+	OSlet int    `json:"oslet"`
+	Type  string `json:"type"` // "block" or "char"
+	Major uint32 `json:"major"`
+	Minor uint32 `json:"minor"`
+	Mode  uint32 `json:"mode"` // permission bits
+	UID   uint32 `json:"uid"`
+	GID   uint32 `json:"gid"`
+	Size  int64  `json:"size,omitempty"` // bytes, for a block device
 }

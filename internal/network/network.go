@@ -30,14 +30,14 @@ import (
 	"slices"
 	"strings"
 
+	"github.com/smpc-cluster/smpc/internal/plan"
 	"github.com/vishvananda/netlink"
 	"github.com/vishvananda/netns"
 )
 
 // DefaultSubnet is the cluster's subnet unless the plan or boot names
-// another. It lies in the private range, away from the ranges Docker and
-// libvirt take first.
-const DefaultSubnet = "10.77.0.0/24"
+// another (plan.DefaultSubnet).
+const DefaultSubnet = plan.DefaultSubnet
 
 // ClusterHost is the name that resolves, inside every OSlet, to the
 // cluster's face: the host side of the bridge.

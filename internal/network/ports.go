@@ -14,31 +14,15 @@ import (
 	"strings"
 	"time"
 
+	"github.com/smpc-cluster/smpc/internal/statedir"
 	"github.com/smpc-cluster/smpc/internal/vproc"
 )
 
-// Host is the OSlet number the port map gives the host's own stack: its
-// listeners hold cluster ports too (a forward must never steal a port the
-// host serves), but nothing is forwarded to them.
-const Host = 0
+// Host is the OSlet number the port map gives the host's own stack.
+const Host = statedir.HostListener
 
 // Port is one listener in the cluster's port map.
-type Port struct {
-	Proto   string `json:"proto"` // tcp or udp
-	Port    uint16 `json:"port"`
-	OSlet   int    `json:"oslet"`   // the listener's OSlet; 0 for the host
-	PID     int64  `json:"pid"`     // its global PID (a host PID for the host); 0 if it is gone
-	Command string `json:"command"` // its command name
-	// Holder is who holds the cluster's port: the first to listen on it. A
-	// listener whose OSlet is not the holder has the port in its own stack
-	// only: a conflict.
-	Holder int `json:"holder"`
-	// Forwarded says that the cluster's port leads to this listener.
-	Forwarded bool `json:"forwarded"`
-}
-
-// Conflict says whether p listens on a port another holds.
-func (p Port) Conflict() bool { return p.OSlet != p.Holder }
+type Port = statedir.Port
 
 // Forwarder keeps the cluster's forwarding rules equal to the OSlets'
 // listening sockets. The kernel has no event for a new listening socket, so
@@ -331,17 +315,4 @@ func WritePorts(path string, ports []Port) error {
 		return fmt.Errorf("write port map: %w", err)
 	}
 	return os.Rename(tmp, path)
-}
-
-// ReadPorts reads the port map a cluster's forwarder saved.
-func ReadPorts(path string) ([]Port, error) {
-	b, err := os.ReadFile(path)
-	if err != nil {
-		return nil, fmt.Errorf("read port map: %w", err)
-	}
-	var ports []Port
-	if err := json.Unmarshal(b, &ports); err != nil {
-		return nil, fmt.Errorf("read port map %s: %w", path, err)
-	}
-	return ports, nil
 }

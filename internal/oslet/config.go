@@ -18,23 +18,10 @@
 package oslet
 
 import (
-	"fmt"
-	"path/filepath"
-
 	"github.com/smpc-cluster/smpc/internal/device"
 	"github.com/smpc-cluster/smpc/internal/partition"
 	"github.com/smpc-cluster/smpc/internal/plan"
 )
-
-// ClientAddr is the abstract socket on which an init serves its own
-// processes. Abstract sockets belong to a network namespace, and each OSlet
-// has its own, so the name is the same in every OSlet.
-const ClientAddr = "@smpc-oslet"
-
-// HostAddr returns the socket on which OSlet k serves the host and its peers.
-func HostAddr(stateDir string, k int) string {
-	return filepath.Join(stateDir, fmt.Sprintf("oslet-%d.sock", k))
-}
 
 // Config is what the boot firmware hands an init.
 type Config struct {

@@ -19,6 +19,8 @@ import (
 	"github.com/smpc-cluster/smpc/internal/partition"
 	"github.com/smpc-cluster/smpc/internal/plan"
 	"github.com/smpc-cluster/smpc/internal/shm"
+	"github.com/smpc-cluster/smpc/internal/statedir"
+	"github.com/smpc-cluster/smpc/internal/trap"
 	"github.com/smpc-cluster/smpc/internal/vproc"
 )
 
@@ -34,7 +36,7 @@ type Init struct {
 	shm   *shm.Table    // named shared memory homed here
 	// direct answers the trapped opens and execs of the processes started
 	// with direct device opens or a spreading launch policy.
-	direct *device.Supervisor
+	direct *trap.Supervisor
 	peers  map[int]*peer // fixed at start; each peer guards itself
 	rr     atomic.Uint64 // round-robin cursor for spawns from here
 	// rrExec is the round-robin cursor for the execs placed from here: a
@@ -57,6 +59,9 @@ type attachedProc struct {
 	oslet int
 	pid   vproc.PID
 }
+
+// InitCommand is the hidden smpcd command that runs an init.
+const InitCommand = "oslet-init"
 
 // Main runs an init: the process the boot firmware starts in the cluster's
 // PID and IPC namespaces and in new mount, UTS and network namespaces, with
@@ -124,7 +129,7 @@ func Main() error {
 	init.log.Info("oslet shutting down")
 	hostL.Close()
 	clientL.Close()
-	os.Remove(HostAddr(cfg.StateDir, cfg.Index))
+	os.Remove(statedir.HostSocket(cfg.StateDir, cfg.Index))
 	init.killAll()
 	return nil
 }
@@ -156,7 +161,7 @@ func newInit(cfg *Config) (*Init, error) {
 	}
 	for _, o := range cfg.Plan.OSlets {
 		if o.Index != cfg.Index {
-			i.peers[o.Index] = &peer{index: o.Index, addr: HostAddr(cfg.StateDir, o.Index), cpus: len(o.CPUs)}
+			i.peers[o.Index] = &peer{index: o.Index, addr: statedir.HostSocket(cfg.StateDir, o.Index), cpus: len(o.CPUs)}
 		}
 	}
 	cpus := map[int]int{}
@@ -164,12 +169,12 @@ func newInit(cfg *Config) (*Init, error) {
 		cpus[o.Index] = len(o.CPUs)
 	}
 	i.loads = newLoadBoard(cfg.Cgroups, cpus)
-	i.direct = &device.Supervisor{Devices: cfg.Devices, Open: i.openDevice, Log: i.log, Timeout: time.Minute, Place: i.placeExec}
+	i.direct = &trap.Supervisor{Devices: cfg.Devices, Open: i.openDevice, Log: i.log, Timeout: time.Minute, Place: i.placeExec}
 	return i, nil
 }
 
 func (i *Init) listen() (host, client *fabric.Listener, err error) {
-	addr := HostAddr(i.cfg.StateDir, i.cfg.Index)
+	addr := statedir.HostSocket(i.cfg.StateDir, i.cfg.Index)
 	os.Remove(addr)
 	host, err = fabric.Listen(addr)
 	if err != nil {
@@ -178,7 +183,7 @@ func (i *Init) listen() (host, client *fabric.Listener, err error) {
 	if i.cfg.Owner != 0 {
 		os.Chown(addr, int(i.cfg.Owner), -1)
 	}
-	client, err = fabric.Listen(ClientAddr)
+	client, err = fabric.Listen(statedir.ClientSocket)
 	if err != nil {
 		host.Close()
 		return nil, nil, fmt.Errorf("oslet %d: %w", i.cfg.Index, err)

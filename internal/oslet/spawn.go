@@ -15,8 +15,8 @@ import (
 
 	"golang.org/x/sys/unix"
 
-	"github.com/smpc-cluster/smpc/internal/device"
 	"github.com/smpc-cluster/smpc/internal/fabric"
+	"github.com/smpc-cluster/smpc/internal/trap"
 	"github.com/smpc-cluster/smpc/internal/vproc"
 )
 
@@ -208,10 +208,10 @@ func (i *Init) startLocal(files []*os.File, req *fabric.SpawnRequest, cred fabri
 	exe, argv := path, req.Argv
 	var traps []string
 	if req.DirectDevices {
-		traps = append(traps, device.TrapOpens)
+		traps = append(traps, trap.TrapOpens)
 	}
 	if policy.Spreads() {
-		traps = append(traps, device.TrapExecs)
+		traps = append(traps, trap.TrapExecs)
 	}
 	var stageEnd, stageChild *os.File
 	if len(traps) > 0 {
@@ -219,10 +219,10 @@ func (i *Init) startLocal(files []*os.File, req *fabric.SpawnRequest, cred fabri
 		// filter that traps its opens or execs (each new program of a
 		// spreading policy is placed before it runs) and hands the
 		// listener back here.
-		if !device.DirectSupported {
+		if !trap.DirectSupported {
 			return fail(fabric.CodeInvalid, errors.New("trapped system calls (direct device opens, spreading launch policies) are not supported on this architecture"))
 		}
-		if stageEnd, stageChild, err = device.ListenerPair(); err != nil {
+		if stageEnd, stageChild, err = trap.ListenerPair(); err != nil {
 			return fail(fabric.CodeInternal, err)
 		}
 		defer stageEnd.Close()
@@ -231,7 +231,7 @@ func (i *Init) startLocal(files []*os.File, req *fabric.SpawnRequest, cred fabri
 		// and the stage closes it before the program starts.
 		stageFd := len(inherit)
 		inherit = append(inherit, stageChild.Fd())
-		exe, argv = "/proc/self/exe", append([]string{"smpc", device.ExecStage, strings.Join(traps, ","), strconv.Itoa(stageFd), path}, req.Argv...)
+		exe, argv = i.stageBinary(), append([]string{"smpc", trap.ExecStage, strings.Join(traps, ","), strconv.Itoa(stageFd), path}, req.Argv...)
 	}
 	pid, err := syscall.ForkExec(exe, argv, &syscall.ProcAttr{
 		Dir:   dir,
@@ -248,12 +248,12 @@ func (i *Init) startLocal(files []*os.File, req *fabric.SpawnRequest, cred fabri
 		stageChild.Close()
 	}
 	if err == nil && stageEnd != nil {
-		listener, lerr := device.ReceiveListener(stageEnd, 10*time.Second)
+		listener, lerr := trap.ReceiveListener(stageEnd, 10*time.Second)
 		if lerr != nil {
 			unix.Kill(pid, unix.SIGKILL)
 			return fail(fabric.CodeInternal, fmt.Errorf("exec stage: %w", lerr))
 		}
-		trap := device.Trap{Stage: pid}
+		trap := trap.Trap{Stage: pid}
 		if policy.Spreads() {
 			trap.Policy = string(policy)
 		}
@@ -438,4 +438,15 @@ func withEnv(env []string, key, value string) []string {
 		}
 	}
 	return append(out, key+"="+value)
+}
+
+// stageBinary is the binary the exec stage runs from: smpc, the small one
+// the boot put in the cluster's bin directory, whose start-up each spawn
+// under a spreading policy pays; this init's own binary, which takes the
+// same command, where there is none.
+func (i *Init) stageBinary() string {
+	if i.cfg.Bin != "" {
+		return filepath.Join(i.cfg.Bin, "smpc")
+	}
+	return "/proc/self/exe"
 }

@@ -33,6 +33,11 @@ type OSlet struct {
 	Devices []string `json:"devices,omitempty"` // network interfaces and block devices it owns
 }
 
+// DefaultSubnet is the cluster's subnet unless the plan or boot names
+// another. It lies in the private range, away from the ranges Docker and
+// libvirt take first.
+const DefaultSubnet = "10.77.0.0/24"
+
 // Plan partitions the machine into OSlets.
 type Plan struct {
 	Version int     `json:"version"`

@@ -27,6 +27,7 @@ import (
 	units "github.com/docker/go-units"
 	"golang.org/x/sys/unix"
 
+	"github.com/smpc-cluster/smpc/internal/fabric"
 	"github.com/smpc-cluster/smpc/internal/vproc"
 )
 
@@ -41,15 +42,7 @@ const (
 )
 
 // Info describes one object, as 'smpc shm ls' shows it.
-type Info struct {
-	Name   string `json:"name"`
-	Size   int64  `json:"size"`
-	UID    uint32 `json:"uid"`
-	GID    uint32 `json:"gid"`
-	Mode   uint32 `json:"mode"`
-	Home   int    `json:"home"` // 0: made by a program, charged to whoever touched each page
-	Pinned bool   `json:"pinned,omitempty"`
-}
+type Info = fabric.ShmObject
 
 // Cred is who asks: the kernel's word, taken by the first init.
 type Cred = vproc.Cred

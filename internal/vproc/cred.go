@@ -3,38 +3,14 @@ package vproc
 import (
 	"fmt"
 	"os"
-	"slices"
 	"strconv"
 	"strings"
+
+	"github.com/smpc-cluster/smpc/internal/fabric"
 )
 
-// Cred is who acts: a process's identity as the kernel gave it (SO_PEERCRED
-// and SO_PEERGROUPS, or /proc), taken by the first init a request reached
-// and trusted from peers only. One type serves every check smpc makes for a
-// caller: signals, waits, shared memory, devices.
-type Cred struct {
-	UID    uint32   `json:"uid"`
-	GID    uint32   `json:"gid"`
-	Groups []uint32 `json:"groups,omitempty"`
-	PID    int32    `json:"pid,omitempty"` // PID in the cluster, or a host PID
-}
-
-// Allows applies the kernel's permission check of mode bits to an object
-// owned by uid and gid: root may do anything; otherwise the owner's, the
-// group's or the others' bits must grant every bit of want (4 read,
-// 2 write).
-func (c Cred) Allows(uid, gid, mode, want uint32) bool {
-	if c.UID == 0 {
-		return true
-	}
-	switch {
-	case c.UID == uid:
-		mode >>= 6
-	case c.GID == gid || slices.Contains(c.Groups, gid):
-		mode >>= 3
-	}
-	return mode&want == want
-}
+// Cred is who acts, as the fabric carries it.
+type Cred = fabric.Cred
 
 // Status is what smpc reads of /proc/PID/status.
 type Status struct {
@@ -101,3 +77,12 @@ func ReadStatus(pid int) (Status, error) {
 // FileCred is the identity a process opens files with: its file-system
 // IDs and its groups.
 func (s Status) FileCred() Cred { return Cred{UID: s.UID[3], GID: s.GID[3], Groups: s.Groups} }
+
+// FileCredOf reads the identity process pid opens files with.
+func FileCredOf(pid int) (Cred, error) {
+	s, err := ReadStatus(pid)
+	if err != nil {
+		return Cred{}, err
+	}
+	return s.FileCred(), nil
+}

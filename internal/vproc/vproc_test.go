@@ -168,3 +168,16 @@ func TestReadStatusAndAllows(t *testing.T) {
 		}
 	}
 }
+
+func TestFileCredOf(t *testing.T) {
+	c, err := FileCredOf(os.Getpid())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c.UID != uint32(os.Getuid()) || c.GID != uint32(os.Getgid()) {
+		t.Errorf("FileCredOf(self) = %+v, want uid %d gid %d", c, os.Getuid(), os.Getgid())
+	}
+	if _, err := FileCredOf(-1); err == nil {
+		t.Error("FileCredOf(-1) did not fail")
+	}
+}

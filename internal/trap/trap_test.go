@@ -1,4 +1,4 @@
-package device
+package trap
 
 import (
 	"encoding/binary"
@@ -9,12 +9,13 @@ import (
 	"time"
 	"unsafe"
 
+	"github.com/smpc-cluster/smpc/internal/fabric"
 	"golang.org/x/net/bpf"
 	"golang.org/x/sys/unix"
 )
 
 func TestDirectTarget(t *testing.T) {
-	s := &Supervisor{Devices: []Device{{Name: "loop0", OSlet: 2}, {Name: "ttyS0", OSlet: 1}}}
+	s := &Supervisor{Devices: []fabric.Device{{Name: "loop0", OSlet: 2}, {Name: "ttyS0", OSlet: 1}}}
 	for _, tt := range []struct {
 		path  string
 		flags int
@@ -73,19 +74,6 @@ func TestReadString(t *testing.T) {
 	}
 	if _, err := readString(os.Getpid(), 8, make([]byte, pageSize)); err == nil {
 		t.Error("readString of an unmapped address did not fail")
-	}
-}
-
-func TestCredOf(t *testing.T) {
-	c, err := credOf(os.Getpid())
-	if err != nil {
-		t.Fatal(err)
-	}
-	if c.UID != uint32(os.Getuid()) || c.GID != uint32(os.Getgid()) {
-		t.Errorf("credOf(self) = %+v, want uid %d gid %d", c, os.Getuid(), os.Getgid())
-	}
-	if _, err := credOf(-1); err == nil {
-		t.Error("credOf(-1) did not fail")
 	}
 }
 

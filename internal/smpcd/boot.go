@@ -1,4 +1,4 @@
-package cli
+package smpcd
 
 import (
 	"bufio"
@@ -16,32 +16,39 @@ import (
 	"github.com/spf13/cobra"
 	"golang.org/x/sys/unix"
 
+	"github.com/smpc-cluster/smpc/internal/cli"
 	"github.com/smpc-cluster/smpc/internal/cluster"
+	"github.com/smpc-cluster/smpc/internal/statedir"
 )
 
 func bootCmd() *cobra.Command {
-	var f planFlags
+	var f cli.PlanFlags
 	var detach bool
 	var name string
 	var readyFD int
 	cmd := &cobra.Command{
 		Use:   "boot",
-		Short: "Partition this machine into OSlets and start them (root)",
-		Long: `Boot a cluster: make each OSlet's cgroup (cpuset, memory and pids limits), start
-its init in new PID, mount, IPC, UTS and network namespaces, and connect the
-OSlets to each other. The plan comes from --plan, or is made as 'smpc plan'
-makes it.
+		Short: cli.BootShort,
+		Long: `Boot a cluster: make each OSlet's cgroup (cpuset, memory and pids limits),
+start the cluster's PID 1 in a PID and IPC namespace that every OSlet shares,
+start each OSlet's init in it with mount, UTS and network namespaces of its
+own, and connect the OSlets to each other. The plan comes from --plan, or is
+made as 'smpc plan' makes it.
+
+The boot firmware is its own binary, smpcd, which smpc executes for boot and
+shutdown; smpc itself, the small binary, is what every OSlet finds on its
+PATH.
 
 smpc boot runs in the foreground and stops the cluster on Ctrl-C; with
 --detach it returns once the cluster is up. 'smpc shutdown' stops it either
 way, removing every cgroup, mount, socket and state file it made.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			dir, err := cluster.ResolveStateDir(stateDir)
+			dir, err := statedir.Resolve(cli.StateDir())
 			if err != nil {
 				return err
 			}
-			p, err := f.make()
+			p, err := f.Make()
 			if err != nil {
 				return err
 			}
@@ -49,7 +56,7 @@ way, removing every cgroup, mount, socket and state file it made.`,
 				return bootDetached(cmd, dir)
 			}
 			start := time.Now()
-			c, err := cluster.Boot(cluster.Options{StateDir: dir, Plan: p, Name: name,
+			c, err := cluster.Boot(cluster.Options{StateDir: dir, Plan: p, Name: name, Client: os.Getenv(cli.EnvClientBinary),
 				Log: slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))})
 			if err != nil {
 				if readyFD > 0 {
@@ -63,7 +70,7 @@ way, removing every cgroup, mount, socket and state file it made.`,
 			signal.Notify(stop, unix.SIGINT, unix.SIGTERM, unix.SIGHUP)
 			out := cmd.OutOrStdout()
 			fmt.Fprintf(out, "cluster %q up on %s in %v: %d OSlets\n", c.State().Name, dir, time.Since(start).Round(time.Millisecond), len(p.OSlets))
-			printPlan(out, p)
+			cli.PrintPlan(out, p)
 			if readyFD > 0 {
 				ready := os.NewFile(uintptr(readyFD), "ready")
 				fmt.Fprintln(ready, "ok")
@@ -83,7 +90,7 @@ way, removing every cgroup, mount, socket and state file it made.`,
 			return c.Shutdown()
 		},
 	}
-	f.add(cmd, true)
+	f.Add(cmd, true)
 	cmd.Flags().BoolVar(&detach, "detach", false, "run the cluster in the background and return once it is up")
 	cmd.Flags().StringVar(&name, "name", "", "the cluster's hostname (default: this host's)")
 
@@ -140,7 +147,7 @@ func bootDetached(cmd *cobra.Command, dir string) error {
 		return err
 	}
 	fmt.Fprintf(cmd.OutOrStdout(), "cluster %q up on %s (boot pid %d): %d OSlets\n", st.Name, dir, st.Supervisor, len(st.Plan.OSlets))
-	printPlan(cmd.OutOrStdout(), st.Plan)
+	cli.PrintPlan(cmd.OutOrStdout(), st.Plan)
 	return nil
 }
 
@@ -148,10 +155,10 @@ func shutdownCmd() *cobra.Command {
 	var timeout time.Duration
 	cmd := &cobra.Command{
 		Use:   "shutdown",
-		Short: "Stop the cluster and remove everything it made",
+		Short: cli.ShutdownShort,
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			dir, err := cluster.ResolveStateDir(stateDir)
+			dir, err := statedir.Resolve(cli.StateDir())
 			if err != nil {
 				return err
 			}

@@ -1,4 +1,12 @@
-package device
+// Package trap has an OSlet's init answer some system calls of the
+// processes it starts: seccomp user notifications, installed by a short
+// stage in the new process (smpc exec-stage) and answered by the init. It
+// serves two of the design's features: direct device opens, which give a
+// process the owner's own descriptor of a device of /rdev, and the seed's
+// inherited launch attribute, which places each exec under a spreading
+// policy on the OSlet the policy picks. The stage is part of the command
+// line; the answers are the init's.
+package trap
 
 import (
 	"bytes"
@@ -21,6 +29,7 @@ import (
 	"golang.org/x/net/bpf"
 	"golang.org/x/sys/unix"
 
+	"github.com/smpc-cluster/smpc/internal/fabric"
 	"github.com/smpc-cluster/smpc/internal/vproc"
 )
 
@@ -242,10 +251,19 @@ type seccompNotifAddfd struct {
 	NewfdFlags uint32
 }
 
+// Opener opens OSlet k's device name for a process with its credentials
+// and its open(2) flags, as device.Opener does for the FUSE files of /rdev.
+type Opener func(ctx context.Context, k int, name string, flags int, cred fabric.Cred) (*os.File, error)
+
+// RdevDir is where every OSlet sees the cluster's devices (device.Dir).
+// It is named here, not there, because the command line links this package
+// for its exec stage and must not bring device's FUSE server with it.
+const RdevDir = "/rdev"
+
 // Supervisor answers the trapped opens and execs of the processes of one
 // listener.
 type Supervisor struct {
-	Devices []Device
+	Devices []fabric.Device
 	Open    Opener
 	Log     *slog.Logger
 	// Timeout bounds one open on the owner.
@@ -353,7 +371,7 @@ func (s *Supervisor) answer(rc syscall.RawConn, n *seccompNotif, buf []byte) {
 		return
 	}
 	go func() {
-		cred, err := credOf(pid)
+		cred, err := vproc.FileCredOf(pid)
 		if err != nil {
 			s.reply(rc, seccompNotifResp{ID: n.ID, Error: -int32(syscall.ESRCH)})
 			return
@@ -362,7 +380,7 @@ func (s *Supervisor) answer(rc syscall.RawConn, n *seccompNotif, buf []byte) {
 		defer cancel()
 		f, err := s.Open(ctx, k, name, flags, cred)
 		if err != nil {
-			s.reply(rc, seccompNotifResp{ID: n.ID, Error: -int32(errnoOf(err))})
+			s.reply(rc, seccompNotifResp{ID: n.ID, Error: -int32(fabric.ErrnoOf(err))})
 			return
 		}
 		defer f.Close()
@@ -469,18 +487,18 @@ func (s *Supervisor) target(pid int, dirfd int32, path string, flags int) (k int
 			base = fmt.Sprintf("/proc/%d/fd/%d", pid, dirfd)
 		}
 		dir, err := os.Readlink(base)
-		if err != nil || !strings.HasPrefix(dir, Dir) {
+		if err != nil || !strings.HasPrefix(dir, RdevDir) {
 			return 0, "", false
 		}
 		path = filepath.Join(dir, path)
 	}
-	rest, found := strings.CutPrefix(filepath.Clean(path), Dir+"/")
+	rest, found := strings.CutPrefix(filepath.Clean(path), RdevDir+"/")
 	if !found {
 		return 0, "", false
 	}
 	ks, name, found := strings.Cut(rest, "/")
 	k, err := strconv.Atoi(ks)
-	if !found || err != nil || !slices.ContainsFunc(s.Devices, func(d Device) bool { return d.OSlet == k && d.Name == name }) {
+	if !found || err != nil || !slices.ContainsFunc(s.Devices, func(d fabric.Device) bool { return d.OSlet == k && d.Name == name }) {
 		return 0, "", false
 	}
 	// A process in a root of its own does not see this /rdev.
@@ -542,14 +560,4 @@ func readString(pid int, addr uint64, buf []byte) (string, error) {
 		addr += uint64(got)
 	}
 	return "", unix.ENAMETOOLONG
-}
-
-// credOf reads the credentials a process opens files with (its file-system
-// IDs) and its supplementary groups.
-func credOf(pid int) (Cred, error) {
-	s, err := vproc.ReadStatus(pid)
-	if err != nil {
-		return Cred{}, err
-	}
-	return s.FileCred(), nil
 }

@@ -1,4 +1,4 @@
-package device
+package trap
 
 import "golang.org/x/sys/unix"
 

@@ -1,6 +1,6 @@
 //go:build linux && !amd64 && !arm64
 
-package device
+package trap
 
 // Direct device opens know the system calls of amd64 and arm64 alone;
 // elsewhere /rdev is served by its FUSE files only.
