@@ -245,27 +245,14 @@ func (c *Client) fromOwnPID(pid int) PID {
 // step, run one at a time when ask succeeded; the OSlets that are down come
 // back in down, and other failures joined in err.
 func (c *Client) eachOSlet(ask func(k int) (merge func(), err error)) (down []int, err error) {
-	var mu sync.Mutex
-	var wg sync.WaitGroup
 	var errs []error
-	for _, k := range c.oslets {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			merge, err := ask(k)
-			mu.Lock()
-			defer mu.Unlock()
-			switch {
-			case errors.Is(err, ErrDown):
-				down = append(down, k)
-			case err != nil:
-				errs = append(errs, err)
-			default:
-				merge()
-			}
-		}()
-	}
-	wg.Wait()
+	fabric.FanOut(c.oslets, ask, func(k int, err error) {
+		if errors.Is(err, ErrDown) {
+			down = append(down, k)
+			return
+		}
+		errs = append(errs, err)
+	})
 	sort.Ints(down)
 	return down, errors.Join(errs...)
 }

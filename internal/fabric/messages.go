@@ -68,6 +68,17 @@ func (c Cred) Allows(uid, gid, mode, want uint32) bool {
 	return mode&want == want
 }
 
+// OnBehalf names who a request acts for, in every request that one init
+// may forward to another. The first init a request reaches sets it from the
+// kernel's word on its caller; an init trusts it from peers only, never
+// from clients.
+type OnBehalf struct {
+	Cred *Cred `json:"cred,omitempty"`
+}
+
+// Behalf returns the part of a request that names who it acts for.
+func (b *OnBehalf) Behalf() *OnBehalf { return b }
+
 // NoFile marks an absent descriptor in a file index.
 const NoFile = -1
 
@@ -90,9 +101,9 @@ type SpawnRequest struct {
 	AllowSockets bool `json:"allow_sockets,omitempty"` // override the socket rule
 	// DirectDevices has the process's opens of /rdev answered with the
 	// owner's descriptor.
-	DirectDevices bool  `json:"direct_devices,omitempty"`
-	Cred          *Cred `json:"cred,omitempty"`   // set by the first init, never by clients
-	Origin        int   `json:"origin,omitempty"` // the OSlet the request came from; 0 the host
+	DirectDevices bool `json:"direct_devices,omitempty"`
+	Origin        int  `json:"origin,omitempty"` // the OSlet the request came from; 0 the host
+	OnBehalf
 }
 
 // FD is one descriptor of a new process: number Num in the process is the
@@ -114,7 +125,7 @@ type SignalRequest struct {
 	PID    int32 `json:"pid"`
 	Group  bool  `json:"group,omitempty"`
 	Signal int   `json:"signal"`
-	Cred   *Cred `json:"cred,omitempty"`
+	OnBehalf
 }
 
 // WaitRequest waits for a process to end.
@@ -122,8 +133,8 @@ type WaitRequest struct {
 	PID int32 `json:"pid"`
 	// On is the OSlet that started the process, when the caller knows it
 	// (a Cmd does): the wait goes there at once.
-	On   int   `json:"on,omitempty"`
-	Cred *Cred `json:"cred,omitempty"`
+	On int `json:"on,omitempty"`
+	OnBehalf
 }
 
 // WaitReply reports how it ended.
@@ -280,7 +291,7 @@ type ShmRequest struct {
 	Pinned bool   `json:"pinned,omitempty"`
 	Mode   uint32 `json:"mode,omitempty"`
 	Write  bool   `json:"write,omitempty"`
-	Cred   *Cred  `json:"cred,omitempty"`
+	OnBehalf
 }
 
 // ShmReply lists the objects, for list; create and open answer with the
@@ -315,8 +326,8 @@ type DeviceRequest struct {
 	// Flags are the caller's open(2) flags (1.3): the access mode, and of
 	// the rest those the owner keeps (device.OpenFlags). A 1.2 owner reads
 	// Write alone.
-	Flags int   `json:"flags,omitempty"`
-	Cred  *Cred `json:"cred,omitempty"` // set by the first init, never by clients
+	Flags int `json:"flags,omitempty"`
+	OnBehalf
 }
 
 // DeviceReply lists devices; open answers with the descriptor alone.

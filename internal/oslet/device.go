@@ -28,11 +28,7 @@ func (i *Init) deviceServe(who *caller, req *fabric.DeviceRequest) (any, []*os.F
 		return nil, nil, err
 	}
 	if p != nil {
-		fwd := *req
-		fwd.Cred = &cred
-		var reply fabric.DeviceReply
-		files, err := p.call(who.ctx, fabric.OpDevice, fwd, nil, &reply)
-		return reply, files, err
+		return forwardAs[fabric.DeviceReply](who.ctx, p, fabric.OpDevice, req, cred, nil)
 	}
 	c := cred
 	switch req.Cmd {
@@ -65,7 +61,7 @@ func (i *Init) deviceError(err error) error {
 // owner's check, say), and an owner that is down gives ENXIO.
 func (i *Init) openDevice(ctx context.Context, k int, name string, flags int, c device.Cred) (*os.File, error) {
 	cred := c
-	req := fabric.DeviceRequest{Cmd: fabric.DeviceOpen, On: k, Name: name, Cred: &cred,
+	req := fabric.DeviceRequest{Cmd: fabric.DeviceOpen, On: k, Name: name, OnBehalf: fabric.OnBehalf{Cred: &cred},
 		Write: flags&syscall.O_ACCMODE != syscall.O_RDONLY, Flags: flags & (syscall.O_ACCMODE | device.OpenFlags)}
 	who := &caller{role: fabric.RoleClient, cred: cred, ctx: ctx, origin: i.cfg.Index}
 	_, files, err := i.deviceServe(who, &req)

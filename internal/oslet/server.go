@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"os"
 	"slices"
-	"sync"
 	"time"
 
 	"golang.org/x/sys/unix"
@@ -195,6 +194,25 @@ func (i *Init) forwardTo(who *caller, k int) (*peer, error) {
 	return p, nil
 }
 
+// forwardable is a request an init may forward to another in its caller's
+// name.
+type forwardable[R any] interface {
+	*R
+	Behalf() *fabric.OnBehalf
+}
+
+// forwardAs is the one way an init hands a request on to the init that
+// must serve it: a copy of req, in the name of cred (the identity this init
+// took from the kernel, or from the peer that forwarded it here), with the
+// descriptors it carries.
+func forwardAs[Reply any, R any, PR forwardable[R]](ctx context.Context, p *peer, op fabric.Op, req PR, cred fabric.Cred, files []*os.File) (Reply, []*os.File, error) {
+	fwd := *req
+	PR(&fwd).Behalf().Cred = &cred
+	var reply Reply
+	got, err := p.call(ctx, op, &fwd, files, &reply)
+	return reply, got, err
+}
+
 // credOf is the identity a request acts with: the kernel's, or for a
 // request a peer forwarded, the identity that peer took from the kernel.
 func credOf(who *caller, forwarded *fabric.Cred) (fabric.Cred, error) {
@@ -308,10 +326,7 @@ func (i *Init) wait(who *caller, req *fabric.WaitRequest) (vproc.ExitStatus, err
 		return vproc.ExitStatus{}, err
 	}
 	forward := func(p *peer) (vproc.ExitStatus, error) {
-		fwd := *req
-		fwd.Cred = &cred
-		var reply fabric.WaitReply
-		_, err := p.call(who.ctx, fabric.OpWait, fwd, nil, &reply)
+		reply, _, err := forwardAs[fabric.WaitReply](who.ctx, p, fabric.OpWait, req, cred, nil)
 		return reply.Status, err
 	}
 	_, known := i.table.Lookup(pid)
@@ -400,25 +415,14 @@ func (i *Init) watchForeign(pid vproc.PID) {
 	}()
 }
 
-// eachPeer runs ask for every peer at once and returns when all are done.
-// ask folds what it learned into the reply inside merge, which runs one
-// merge at a time.
-func (i *Init) eachPeer(ask func(p *peer, merge func(func()))) {
-	var mu sync.Mutex
-	merge := func(f func()) {
-		mu.Lock()
-		defer mu.Unlock()
-		f()
+// eachPeer asks every peer at once (fabric.FanOut); failed runs for each
+// that could not answer.
+func (i *Init) eachPeer(ask func(p *peer) (merge func(), err error), failed func(k int)) {
+	ks := make([]int, 0, len(i.peers))
+	for k := range i.peers {
+		ks = append(ks, k)
 	}
-	var wg sync.WaitGroup
-	for _, p := range i.peers {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			ask(p, merge)
-		}()
-	}
-	wg.Wait()
+	fabric.FanOut(ks, func(k int) (func(), error) { return ask(i.peers[k]) }, func(k int, _ error) { failed(k) })
 }
 
 func (i *Init) processes(who *caller, cluster bool) fabric.ProcessesReply {
@@ -426,18 +430,14 @@ func (i *Init) processes(who *caller, cluster bool) fabric.ProcessesReply {
 	if !cluster || who.role == fabric.RolePeer {
 		return reply
 	}
-	i.eachPeer(func(p *peer, merge func(func())) {
+	i.eachPeer(func(p *peer) (func(), error) {
 		var r fabric.ProcessesReply
 		_, err := p.call(who.ctx, fabric.OpProcesses, fabric.ProcessesRequest{}, nil, &r)
-		merge(func() {
-			if err != nil {
-				reply.Down = append(reply.Down, p.index)
-				return
-			}
+		return func() {
 			reply.Processes = append(reply.Processes, r.Processes...)
 			reply.Placements = append(reply.Placements, r.Placements...)
-		})
-	})
+		}, err
+	}, func(k int) { reply.Down = append(reply.Down, k) })
 	// A process placed by a spreading policy runs on another OSlet than
 	// the init that placed it: its row comes from there.
 	byPID := map[int32]fabric.Placement{}
@@ -499,17 +499,14 @@ func (i *Init) status(who *caller, cluster bool) fabric.StatusReply {
 	if !cluster || who.role == fabric.RolePeer {
 		return reply
 	}
-	i.eachPeer(func(p *peer, merge func(func())) {
+	i.eachPeer(func(p *peer) (func(), error) {
 		var r fabric.StatusReply
 		_, err := p.call(who.ctx, fabric.OpStatus, fabric.StatusRequest{}, nil, &r)
-		merge(func() {
-			if err != nil || len(r.OSlets) == 0 {
-				reply.OSlets = append(reply.OSlets, fabric.OSletStatus{Index: p.index, Up: false})
-				return
-			}
-			reply.OSlets = append(reply.OSlets, r.OSlets[0])
-		})
-	})
+		if err == nil && len(r.OSlets) == 0 {
+			err = fmt.Errorf("oslet %d: empty status", p.index)
+		}
+		return func() { reply.OSlets = append(reply.OSlets, r.OSlets[0]) }, err
+	}, func(k int) { reply.OSlets = append(reply.OSlets, fabric.OSletStatus{Index: k, Up: false}) })
 	slices.SortFunc(reply.OSlets, func(a, b fabric.OSletStatus) int { return a.Index - b.Index })
 	return reply
 }

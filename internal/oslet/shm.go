@@ -53,10 +53,7 @@ func (i *Init) shmServe(who *caller, req *fabric.ShmRequest) (any, []*os.File, e
 		return nil, nil, err
 	}
 	if p != nil {
-		fwd := *req
-		fwd.Cred = &cred
-		var reply fabric.ShmReply
-		files, err := p.call(who.ctx, fabric.OpShm, fwd, nil, &reply)
+		reply, files, err := forwardAs[fabric.ShmReply](who.ctx, p, fabric.OpShm, req, cred, nil)
 		if errors.Is(err, fabric.ErrDown) && req.Cmd == fabric.ShmRemove {
 			// The home died and its locked pages with it: unlink here.
 			return fabric.ShmReply{}, nil, i.shmError(i.shm.Remove(req.Name, c))

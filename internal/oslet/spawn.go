@@ -57,10 +57,10 @@ func (i *Init) spawn(who *caller, r *fabric.Request, req *fabric.SpawnRequest) (
 		return 0, 0, err
 	}
 	if p != nil {
-		fwd := *req
-		fwd.On, fwd.Policy, fwd.Cred, fwd.Origin = target, string(policy), &cred, origin
-		var reply fabric.SpawnReply
-		if _, err := p.call(who.ctx, fabric.OpSpawn, fwd, r.Files, &reply); err != nil {
+		placed := *req
+		placed.On, placed.Policy, placed.Origin = target, string(policy), origin
+		reply, _, err := forwardAs[fabric.SpawnReply](who.ctx, p, fabric.OpSpawn, &placed, cred, r.Files)
+		if err != nil {
 			return 0, 0, err
 		}
 		pid := vproc.PID(reply.PID)
