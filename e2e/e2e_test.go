@@ -13,6 +13,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/smpc-cluster/smpc/internal/vproc"
 )
 
 var smpcBin string
@@ -24,6 +26,9 @@ func TestMain(m *testing.M) {
 		smpcBin = os.Getenv("SMPC_BIN")
 		os.Exit(m.Run())
 	}
+	// What the shell that ran go test left open is not the tests' to hand
+	// on (smpc run hands over every descriptor its caller leaves open).
+	vproc.CloseOnExecAbove(2)
 	// The binary lives outside /tmp, which is private inside OSlets, and is
 	// readable by everyone, since tests run it as nobody too.
 	dir, err := os.MkdirTemp("/var/tmp", "smpc-e2e-")

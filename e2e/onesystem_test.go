@@ -116,13 +116,7 @@ func TestOneProcessSpace(t *testing.T) {
 // ipcs on the host names their creator's OSlet.
 func TestSysVFromUnmodifiedPrograms(t *testing.T) {
 	c := boot(t, "--oslets", "2")
-	script, err := os.ReadFile("testdata/sysv.py")
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := os.WriteFile(filepath.Join(c.dir, "gtmp", "sysv.py"), script, 0o644); err != nil {
-		t.Fatal(err)
-	}
+	c.shareScript("sysv.py")
 	py := func(k int, args ...string) (string, int) {
 		return c.smpc(append([]string{"run", "--on", strconv.Itoa(k), "--", "python3", "/gtmp/sysv.py"}, args...)...)
 	}

@@ -16,14 +16,19 @@ func statusCmd() *cobra.Command {
 	cmd := &cobra.Command{
 		Use:   "status",
 		Short: "Describe each OSlet: address, CPUs, memory, processes, load, proxy queue, up or down",
-		Args:  cobra.NoArgs,
+		Long: `Describe each OSlet: its address on the cluster bridge, CPUs, memory limit
+and use, processes, load (runnable processes per CPU), the peer requests
+waiting in its queue, and the protocol it speaks. The exit status is 1 when
+an OSlet is down, so that a script can tell a whole cluster from one that
+lost an OSlet.`,
+		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			return withClient(func(c *smpc.Client) error {
 				st, err := c.Status(context.Background())
 				if err != nil {
 					return err
 				}
-				return printList(cmd.OutOrStdout(), asJSON, st, "OSLET\tSTATE\tADDRESS\tCPUS\tMEMORY\tUSED\tPROCS\tLOAD\tQUEUE\tPROTOCOL",
+				err = printList(cmd.OutOrStdout(), asJSON, st, "OSLET\tSTATE\tADDRESS\tCPUS\tMEMORY\tUSED\tPROCS\tLOAD\tQUEUE\tPROTOCOL",
 					func(o smpc.OSletStatus) string {
 						if !o.Up {
 							return fmt.Sprintf("%d\tdown\t-\t-\t-\t-\t-\t-\t-\t-", o.Index)
@@ -31,6 +36,15 @@ func statusCmd() *cobra.Command {
 						return fmt.Sprintf("%d\tup\t%s\t%s\t%s\t%s\t%d\t%.2f\t%d\t%s", o.Index, orDash(o.Address), o.CPUs, plan.FormatBytes(o.MemoryLimit),
 							plan.FormatBytes(o.MemoryUsed), o.Processes, o.Load, o.Queue, o.Protocol)
 					})
+				if err != nil {
+					return err
+				}
+				for _, o := range st {
+					if !o.Up {
+						return exitError{1}
+					}
+				}
+				return nil
 			})
 		},
 	}

@@ -17,10 +17,11 @@ import (
 func killCmd() *cobra.Command {
 	return &cobra.Command{
 		Use:   "kill [-SIGNAL | -s SIGNAL] [--] PID... | -l",
-		Short: "Send a signal to processes (or, as -GPGID, process groups) on any OSlet",
+		Short: "Send a signal to processes (or, as -PGID, process groups) on any OSlet",
 		Long: `Send SIGNAL (default TERM) to each PID, on whatever OSlet it runs. PIDs are
 the cluster's, the same that ps and kill show inside every OSlet. A
-negative PID after -- names a process group: 'smpc kill -TERM -- -PGID'.
+negative PID names a process group, as in the shell's kill: 'smpc kill -TERM
+-PGID', or 'smpc kill -- -PGID' with the default signal.
 Signals are taken as kill(1) takes them: 9, KILL, SIGKILL, RTMIN+1. 'smpc kill -l'
 lists them. A signal reaches a process only where Linux would allow it: the
 caller is root or has the process's uid.`,
@@ -64,6 +65,7 @@ caller is root or has the process's uid.`,
 // look like flags to any flag library.
 func parseKillArgs(args []string) (sig unix.Signal, targets []string, list bool, err error) {
 	sig = unix.SIGTERM
+	sigGiven := false
 	for i := 0; i < len(args); i++ {
 		a := args[i]
 		switch {
@@ -82,6 +84,7 @@ func parseKillArgs(args []string) (sig unix.Signal, targets []string, list bool,
 			if sig, err = vproc.ParseSignal(args[i]); err != nil {
 				return 0, nil, false, err
 			}
+			sigGiven = true
 		case strings.HasPrefix(a, "--state-dir"):
 			if v, ok := strings.CutPrefix(a, "--state-dir="); ok {
 				stateDir = v
@@ -89,10 +92,13 @@ func parseKillArgs(args []string) (sig unix.Signal, targets []string, list bool,
 				i++
 				stateDir = args[i]
 			}
-		case strings.HasPrefix(a, "-") && len(targets) == 0 && len(a) > 1:
+		case strings.HasPrefix(a, "-") && len(targets) == 0 && len(a) > 1 && !sigGiven:
+			// Only the first: after a signal, -N is a process group, as
+			// the shell's kill reads 'kill -KILL -123'.
 			if sig, err = vproc.ParseSignal(a[1:]); err != nil {
 				return 0, nil, false, err
 			}
+			sigGiven = true
 		default:
 			targets = append(targets, a)
 		}

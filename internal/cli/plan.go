@@ -18,6 +18,7 @@ import (
 
 // PlanFlags are the flags that make a partition plan: plan's, and boot's.
 type PlanFlags struct {
+	cmd             *cobra.Command
 	oslets, cpusPer int
 	file            string
 	subnet          string
@@ -26,6 +27,7 @@ type PlanFlags struct {
 
 // Add adds the flags to cmd; withFile adds --plan FILE.
 func (f *PlanFlags) Add(cmd *cobra.Command, withFile bool) {
+	f.cmd = cmd
 	cmd.Flags().IntVar(&f.oslets, "oslets", 0, "number of OSlets")
 	cmd.Flags().IntVar(&f.cpusPer, "cpus-per-oslet", 0, "CPUs per OSlet")
 	if withFile {
@@ -37,6 +39,12 @@ func (f *PlanFlags) Add(cmd *cobra.Command, withFile bool) {
 
 // Make returns the plan the flags ask for, checked against this machine.
 func (f *PlanFlags) Make() (*plan.Plan, error) {
+	// 0 is the flags' "unset"; given, it asks for nothing.
+	for _, name := range []string{"oslets", "cpus-per-oslet"} {
+		if v, _ := f.cmd.Flags().GetInt(name); f.cmd.Flags().Changed(name) && v < 1 {
+			return nil, fmt.Errorf("--%s %d: give at least 1, or leave it out for the plan's choice", name, v)
+		}
+	}
 	m, err := topology.Detect()
 	if err != nil {
 		return nil, err

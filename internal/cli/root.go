@@ -117,3 +117,12 @@ func orDash(s string) string {
 	}
 	return s
 }
+
+// checkOSlet refuses an OSlet flag given as 0 or less, which would else
+// read as the flag's "unset" and pick an OSlet silently.
+func checkOSlet(cmd *cobra.Command, flag string, k int) error {
+	if cmd.Flags().Changed(flag) && k < 1 {
+		return fmt.Errorf("--%s %d: OSlets are numbered from 1 ('smpc status' lists them)", flag, k)
+	}
+	return nil
+}

@@ -67,10 +67,13 @@ is not root runs with no_new_privs.`,
 		Args: cobra.MinimumNArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			if _, err := vproc.ParsePolicy(policy); err != nil {
-				return err
+				return runFailed(err)
+			}
+			if err := checkOSlet(cmd, "on", on); err != nil {
+				return runFailed(err)
 			}
 			if on != 0 && policy != "" {
-				return errors.New("give --on or --policy, not both")
+				return runFailed(errors.New("give --on or --policy, not both"))
 			}
 			c, err := connect()
 			if err != nil {
@@ -87,6 +90,9 @@ is not root runs with no_new_privs.`,
 			return runProcess(cmd, c, proc)
 		},
 	}
+	// As env(1) and chroot(1) do, smpc run fails with 125 itself, so that
+	// a script tells it from the program's own failures.
+	cmd.SetFlagErrorFunc(func(_ *cobra.Command, err error) error { return runFailed(err) })
 	cmd.Flags().IntVar(&on, "on", 0, "start on OSlet `K`")
 	cmd.Flags().StringVar(&policy, "policy", "", "launch policy: local, round-robin or least-loaded")
 	cmd.Flags().BoolVar(&detach, "detach", false, "print the PID and return at once")
@@ -98,6 +104,12 @@ is not root runs with no_new_privs.`,
 // inheritedFiles are the descriptors above 2 that this process would pass
 // on across exec: those its caller left open for it (smpc's own are all
 // close-on-exec). Entry i is descriptor 3+i; gaps are nil.
+// runFailed reports err as smpc run's own failure: exit status 125.
+func runFailed(err error) error {
+	fmt.Fprintln(os.Stderr, "smpc:", err)
+	return exitError{exitRunFailed}
+}
+
 func inheritedFiles() []*os.File {
 	entries, err := os.ReadDir("/proc/self/fd")
 	if err != nil {

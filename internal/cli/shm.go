@@ -48,6 +48,9 @@ against the home's memory; a size past the home's free memory is refused.
 			if err != nil {
 				return err
 			}
+			if err := checkOSlet(cmd, "on", on); err != nil {
+				return err
+			}
 			return withClient(func(c *smpc.Client) error {
 				f, err := c.ShmCreate(context.Background(), args[0], size, smpc.ShmOptions{On: on, Pinned: pinned, Mode: uint32(perm)})
 				if err != nil {

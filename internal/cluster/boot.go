@@ -89,6 +89,11 @@ func Boot(opts Options) (c *Cluster, retErr error) {
 	if os.Geteuid() != 0 {
 		return nil, errors.New("boot: smpc boot must run as root (it creates cgroups and namespaces)")
 	}
+	// The descriptors the shell that ran smpc boot left open must not
+	// reach the cluster's PID 1, the inits, or through them any process.
+	if err := vproc.CloseOnExecAbove(2); err != nil {
+		return nil, fmt.Errorf("boot: %w", err)
+	}
 	m, err := topology.Detect()
 	if err != nil {
 		return nil, fmt.Errorf("boot: %w", err)
@@ -402,7 +407,7 @@ func (c *Cluster) startInit(o plan.OSlet, opts *Options) (*syncChannel, error) {
 	}()
 	// The init waits for its config before doing anything, so everything it
 	// does is charged to its cgroup.
-	if err := cg.AddProc(cmd.Process.Pid); err != nil {
+	if err := cg.AddInit(cmd.Process.Pid); err != nil {
 		parentEnd.Close()
 		return nil, fmt.Errorf("oslet %d: %w", o.Index, err)
 	}

@@ -1,11 +1,13 @@
 package fabric
 
 import (
+	"errors"
 	"fmt"
 	"io"
 	"os"
 	"sync"
 	"syscall"
+	"time"
 
 	"golang.org/x/sys/unix"
 )
@@ -19,14 +21,39 @@ import (
 // 27 us against 45 us). That suits the few long-lived peer channels and a
 // single-threaded command. Polled, readers park as goroutines, which suits
 // the many client channels an init serves.
+//
+// A polled Conn holds no read buffer while it waits: it takes one from a
+// pool only when a frame is there to read, so that an init's thousands of
+// idle client channels cost a few hundred bytes each, not a frame's 128 KiB.
+// Its sends wait for a slow reader within a budget (SendBudget) and a
+// deadline (SendTimeout), and past either fail: a client that does not read
+// its replies is disconnected, not buffered.
 type Conn struct {
-	f  *os.File
-	rc syscall.RawConn
+	f        *os.File
+	rc       syscall.RawConn
+	blocking bool
 
 	rmu  sync.Mutex // serializes readers; guards rbuf and oob
-	rbuf []byte
+	rbuf []byte     // a blocking Conn's own; nil for a polled one
 	oob  []byte
+
+	wmu sync.Mutex // serializes a polled Conn's sends
 }
+
+// readBuffers are the polled Conns' read buffers, one per frame being read.
+var readBuffers = sync.Pool{New: func() any { b := make([]byte, MaxFrame+1); return &b }}
+
+// SendTimeout bounds how long a polled Conn's send waits for its reader to
+// make room.
+const SendTimeout = 5 * time.Second
+
+// SendBudget bounds the bytes that all polled Conns' sends may hold while
+// they wait for slow readers: a send past it fails at once (ErrSlowReader).
+var SendBudget = NewBudget(32 << 20)
+
+// ErrSlowReader says a channel's reader did not take its frames in time,
+// or while too much was already waiting for readers.
+var ErrSlowReader = errors.New("the other end does not read its replies")
 
 // newConn wraps a connected socket. blocking picks the read mode.
 func newConn(fd int, blocking bool) (*Conn, error) {
@@ -40,7 +67,11 @@ func newConn(fd int, blocking bool) (*Conn, error) {
 		f.Close()
 		return nil, err
 	}
-	return &Conn{f: f, rc: rc, rbuf: make([]byte, MaxFrame+1), oob: make([]byte, unix.CmsgSpace(MaxFiles*4))}, nil
+	c := &Conn{f: f, rc: rc, blocking: blocking, oob: make([]byte, unix.CmsgSpace(MaxFiles*4))}
+	if blocking {
+		c.rbuf = make([]byte, MaxFrame+1)
+	}
+	return c, nil
 }
 
 // Dial connects to a channel address: a path, or "@name" for an abstract
@@ -76,17 +107,52 @@ func (c *Conn) Send(f *Frame) error {
 		oob = unix.UnixRights(fds...)
 	}
 	var err error
-	werr := c.rc.Write(func(fd uintptr) bool {
-		err = unix.Sendmsg(int(fd), buf, oob, nil, unix.MSG_NOSIGNAL)
-		return err != unix.EAGAIN
-	})
-	if werr != nil {
-		return werr
+	if c.blocking {
+		c.rc.Write(func(fd uintptr) bool {
+			err = unix.Sendmsg(int(fd), buf, oob, nil, unix.MSG_NOSIGNAL)
+			return true
+		})
+	} else if werr := c.sendPolled(buf, oob, &err); werr != nil {
+		return fmt.Errorf("send %s: %w", f.Op, werr)
 	}
 	if err != nil {
 		return fmt.Errorf("send %s: %w", f.Op, err)
 	}
 	return nil
+}
+
+// sendPolled sends on a polled Conn: at once if the socket has room, else
+// waiting for the reader within SendBudget and SendTimeout. Sends take
+// turns, so that each waiting one owns the Conn's write deadline.
+func (c *Conn) sendPolled(buf, oob []byte, err *error) error {
+	c.wmu.Lock()
+	defer c.wmu.Unlock()
+	waiting := false
+	defer func() {
+		if waiting {
+			c.f.SetWriteDeadline(time.Time{})
+			SendBudget.Release(len(buf))
+		}
+	}()
+	werr := c.rc.Write(func(fd uintptr) bool {
+		*err = unix.Sendmsg(int(fd), buf, oob, nil, unix.MSG_NOSIGNAL)
+		if *err != unix.EAGAIN {
+			return true
+		}
+		if !waiting {
+			if !SendBudget.TryAcquire(len(buf)) {
+				*err = ErrSlowReader
+				return true
+			}
+			waiting = true
+			c.f.SetWriteDeadline(time.Now().Add(SendTimeout))
+		}
+		return false
+	})
+	if errors.Is(werr, os.ErrDeadlineExceeded) {
+		return ErrSlowReader
+	}
+	return werr
 }
 
 // Recv reads one frame. Descriptors that came with it are the caller's to
@@ -96,14 +162,29 @@ func (c *Conn) Recv() (*Frame, error) {
 	defer c.rmu.Unlock()
 	var n, oobn, flags int
 	var err error
+	buf := c.rbuf
+	var pooled *[]byte
 	rerr := c.rc.Read(func(fd uintptr) bool {
+		if c.rbuf == nil {
+			// A buffer only while a frame is read: none while waiting.
+			pooled = readBuffers.Get().(*[]byte)
+			buf = *pooled
+		}
 		for {
-			n, oobn, flags, _, err = unix.Recvmsg(int(fd), c.rbuf, c.oob, unix.MSG_CMSG_CLOEXEC)
+			n, oobn, flags, _, err = unix.Recvmsg(int(fd), buf, c.oob, unix.MSG_CMSG_CLOEXEC)
 			if err != unix.EINTR {
-				return err != unix.EAGAIN
+				break
 			}
 		}
+		if err == unix.EAGAIN && pooled != nil {
+			readBuffers.Put(pooled)
+			pooled = nil
+		}
+		return err != unix.EAGAIN
 	})
+	if pooled != nil {
+		defer readBuffers.Put(pooled)
+	}
 	if rerr != nil {
 		return nil, rerr
 	}
@@ -125,7 +206,7 @@ func (c *Conn) Recv() (*Frame, error) {
 		return nil, ferr
 	}
 	body := make([]byte, n)
-	copy(body, c.rbuf[:n])
+	copy(body, buf[:n])
 	fr, err := ParseFrame(body)
 	if err != nil {
 		CloseAll(files)

@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"os"
 	"sync"
+	"time"
 
 	"golang.org/x/sys/unix"
 )
@@ -17,8 +18,9 @@ type Request struct {
 	release     func()
 }
 
-// ReleaseSlot gives back the request's queue slot before the handler ends.
-// A handler that will block for long (wait) calls it first, so that waiting
+// ReleaseSlot gives back the request's queue slot, and its place in its
+// channel's share (ServeConfig.InFlight), before the handler ends. A
+// handler that will block for long (wait) calls it first, so that waiting
 // never holds a slot that work could use.
 func (r *Request) ReleaseSlot() {
 	r.releaseOnce.Do(func() {
@@ -41,6 +43,11 @@ type ServeConfig struct {
 	// Inline reports ops cheap enough to run on the reading thread itself,
 	// saving a goroutine hand-off (a null call, a signal).
 	Inline func(Op) bool
+	// InFlight, if set, bounds the requests of this channel that run at
+	// once: the channel is not read while that many run, so that a client
+	// that sends faster than it is served waits in its own sends, and
+	// costs the server no more than InFlight handlers.
+	InFlight int
 	// Closed, if set, runs as soon as the channel stops reading, before
 	// Serve waits for the handlers still running: a handler blocked in a
 	// wait must learn at once that its caller is gone.
@@ -55,6 +62,10 @@ func Serve(conn *Conn, h Handler, cfg ServeConfig) error {
 	defer wg.Wait()
 	if cfg.Closed != nil {
 		defer cfg.Closed()
+	}
+	var inFlight chan struct{}
+	if cfg.InFlight > 0 {
+		inFlight = make(chan struct{}, cfg.InFlight)
 	}
 	for {
 		f, err := conn.Recv()
@@ -82,9 +93,21 @@ func Serve(conn *Conn, h Handler, cfg ServeConfig) error {
 			serveOne(req, h)
 			continue
 		}
+		// The channel's share first, then the shared queue: a channel
+		// that has used its share waits without taking the others' slots.
+		if inFlight != nil {
+			inFlight <- struct{}{}
+		}
 		if cfg.Queue != nil {
 			cfg.Queue.Acquire()
-			req.release = cfg.Queue.Release
+		}
+		req.release = func() {
+			if cfg.Queue != nil {
+				cfg.Queue.Release()
+			}
+			if inFlight != nil {
+				<-inFlight
+			}
 		}
 		wg.Add(1)
 		go func() {
@@ -104,22 +127,27 @@ func serveOne(req *Request, h Handler) {
 	CloseAll(files)
 }
 
+// HelloTimeout bounds how long a new channel may take to say hello.
+const HelloTimeout = 2 * time.Second
+
 // AcceptConn finishes accepting a channel: it reads the hello, lets decide
 // accept or refuse it, wraps the socket in the read mode decide picks, and
-// sends the reply.
+// sends the reply. The hello is read through Go's poller with a deadline,
+// so that a client that connects and never speaks holds a goroutine for
+// HelloTimeout, not an OS thread (threads count against the OSlet's pids
+// limit, and an init that cannot make one dies).
 func AcceptConn(fd int, decide func(h *Hello, cred *unix.Ucred) (blocking bool, reply *HelloReply, err error)) (*Conn, *Hello, error) {
-	// The hello is read with a timeout, so a client that never speaks
-	// cannot hold an accept slot.
-	unix.SetsockoptTimeval(fd, unix.SOL_SOCKET, unix.SO_RCVTIMEO, &unix.Timeval{Sec: 5})
-	tmp, err := newConn(fd, true)
+	tmp, err := newConn(fd, false)
 	if err != nil {
 		return nil, nil, err
 	}
+	tmp.f.SetReadDeadline(time.Now().Add(HelloTimeout))
 	f, h, err := AcceptHello(tmp)
 	if err != nil {
 		tmp.Close()
 		return nil, nil, err
 	}
+	tmp.f.SetReadDeadline(time.Time{})
 	cred, err := tmp.PeerCred()
 	if err != nil {
 		tmp.Close()
@@ -131,17 +159,18 @@ func AcceptConn(fd int, decide func(h *Hello, cred *unix.Ucred) (blocking bool, 
 		tmp.Close()
 		return nil, nil, err
 	}
-	// Hand the socket to a Conn of the chosen mode.
-	nfd, err := unix.Dup(int(tmp.f.Fd()))
-	tmp.f.Close()
-	if err != nil {
-		return nil, nil, err
-	}
-	unix.CloseOnExec(nfd)
-	unix.SetsockoptTimeval(nfd, unix.SOL_SOCKET, unix.SO_RCVTIMEO, &unix.Timeval{})
-	conn, err := newConn(nfd, blocking)
-	if err != nil {
-		return nil, nil, err
+	conn := tmp
+	if blocking {
+		// Hand the socket to a blocking Conn.
+		nfd, err := unix.Dup(int(tmp.f.Fd()))
+		tmp.f.Close()
+		if err != nil {
+			return nil, nil, err
+		}
+		unix.CloseOnExec(nfd)
+		if conn, err = newConn(nfd, true); err != nil {
+			return nil, nil, err
+		}
 	}
 	if err := Reply(conn, f, reply, nil, nil); err != nil {
 		conn.Close()

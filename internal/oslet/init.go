@@ -3,6 +3,7 @@ package oslet
 import (
 	"bufio"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"log/slog"
 	"os"
@@ -33,7 +34,12 @@ type Init struct {
 	pid   vproc.PID // the init's own PID in the cluster
 	cg    partition.StatFiles
 	queue *fabric.Queue // the queued lock for peer requests
-	shm   *shm.Table    // named shared memory homed here
+	// limits bound what the clients of this OSlet can make the init hold.
+	limits clientLimits
+	// spawner forks the processes the init starts, into the OSlet's
+	// processes' cgroup.
+	spawner *spawner
+	shm     *shm.Table // named shared memory homed here
 	// direct answers the trapped opens and execs of the processes started
 	// with direct device opens or a spreading launch policy.
 	direct *trap.Supervisor
@@ -92,12 +98,23 @@ func Main() error {
 	if err != nil {
 		return fail(err)
 	}
+	// The init sits in its own leaf of the OSlet's cgroup (package
+	// partition); what it starts, in the processes' leaf.
+	if init.spawner, err = newSpawner(cfg.Cgroup); err != nil {
+		return fail(fmt.Errorf("oslet init: %w", err))
+	}
 	serveRdev := func() error {
 		_, err := device.Serve(cfg.Devices, init.openDevice)
 		return err
 	}
 	if err := setupNamespaces(&cfg, serveRdev); err != nil {
 		return fail(err)
+	}
+	// What the init inherited and what its set-up opened (the FUSE
+	// server's /dev/fuse among them) must not reach the processes it
+	// starts.
+	if err := vproc.CloseOnExecAbove(2); err != nil {
+		return fail(fmt.Errorf("oslet init: %w", err))
 	}
 	hostL, clientL, err := init.listen()
 	if err != nil {
@@ -154,6 +171,7 @@ func newInit(cfg *Config) (*Init, error) {
 		pid:        vproc.PID(os.Getpid()),
 		cg:         cfg.Cgroup,
 		queue:      fabric.NewQueue(cfg.PeerSlots),
+		limits:     newClientLimits(),
 		peers:      map[int]*peer{},
 		attached:   map[*fabric.Conn][]attachedProc{},
 		placements: map[vproc.PID]fabric.Placement{}, placementsCap: minPlacementsCap,
@@ -199,10 +217,35 @@ func (i *Init) startReaper() {
 
 func (i *Init) acceptLoop(l *fabric.Listener, clients bool) {
 	for {
+		if clients {
+			// A slot for the hello; serveChannel frees it once the hello
+			// is in or its time is up.
+			i.limits.hellos <- struct{}{}
+		}
 		fd, err := l.Accept()
 		if err != nil {
-			return
+			if clients {
+				<-i.limits.hellos
+			}
+			if errors.Is(err, unix.EMFILE) || errors.Is(err, unix.ENFILE) || errors.Is(err, unix.ENOBUFS) || errors.Is(err, unix.ENOMEM) {
+				// Out of descriptors or memory for now: the connection
+				// waits in the backlog, and the init keeps serving.
+				i.log.Warn("accept", "err", err)
+				time.Sleep(100 * time.Millisecond)
+				continue
+			}
+			return // the listener closed: shutdown
 		}
-		go i.serveChannel(fd, clients)
+		uid := uint32(0)
+		if clients {
+			cred, err := unix.GetsockoptUcred(fd, unix.SOL_SOCKET, unix.SO_PEERCRED)
+			if err != nil || !i.limits.userHellos.TryAcquire(cred.Uid) {
+				unix.Close(fd) // gone already, or its user holds too many
+				<-i.limits.hellos
+				continue
+			}
+			uid = cred.Uid
+		}
+		go i.serveChannel(fd, clients, uid)
 	}
 }

@@ -25,11 +25,22 @@ type caller struct {
 	origin int             // OSlet the caller lives on; 0 the host
 }
 
-func (i *Init) serveChannel(fd int, clients bool) {
+// serveChannel serves a channel accepted on the client socket (clients,
+// from a process of user uid) or the host socket.
+func (i *Init) serveChannel(fd int, clients bool, uid uint32) {
 	var who caller
+	counted := false
 	conn, _, err := fabric.AcceptConn(fd, func(h *fabric.Hello, cred *unix.Ucred) (bool, *fabric.HelloReply, error) {
 		switch {
 		case clients && h.Role == fabric.RoleClient:
+			if !i.limits.userChannels.TryAcquire(cred.Uid) {
+				return false, nil, i.busy(fmt.Sprintf("too many channels from uid %d", cred.Uid), userChannels)
+			}
+			if !i.limits.channels.TryAcquire(1) {
+				i.limits.userChannels.Release(cred.Uid)
+				return false, nil, i.busy("too many channels from this OSlet's processes", maxClientChannels)
+			}
+			counted = true
 			who = caller{role: fabric.RoleClient, local: int(cred.Pid), origin: i.cfg.Index,
 				cred: fabric.Cred{UID: cred.Uid, GID: cred.Gid, PID: cred.Pid}}
 		case !clients && cred.Uid != 0 && cred.Uid != i.cfg.Owner:
@@ -47,6 +58,14 @@ func (i *Init) serveChannel(fd int, clients bool) {
 		return who.role == fabric.RolePeer, &fabric.HelloReply{OSlet: i.cfg.Index, Cluster: i.cfg.Cluster, OSlets: i.oslets(),
 			StateDir: i.cfg.StateDir, InitPID: int32(i.pid)}, nil
 	})
+	if clients {
+		i.limits.userHellos.Release(uid)
+		<-i.limits.hellos
+	}
+	if counted {
+		defer i.limits.channels.Release(1)
+		defer i.limits.userChannels.Release(who.cred.UID)
+	}
 	if err != nil {
 		return
 	}
@@ -58,8 +77,11 @@ func (i *Init) serveChannel(fd int, clients bool) {
 	ctx, cancel := context.WithCancel(context.Background())
 	who.conn, who.ctx = conn, ctx
 	cfg := fabric.ServeConfig{Inline: func(op fabric.Op) bool { return op == fabric.OpPing || op == fabric.OpSignal }}
-	if who.role == fabric.RolePeer {
+	switch who.role {
+	case fabric.RolePeer:
 		cfg.Queue = i.queue
+	case fabric.RoleClient:
+		cfg.Queue, cfg.InFlight = i.limits.requests, channelRequests
 	}
 	cfg.Closed = func() {
 		cancel()
@@ -132,6 +154,9 @@ func handler[Req any](serve func(i *Init, who *caller, r *fabric.Request, req *R
 		if err := r.Decode(&req); err != nil {
 			return nil, nil, fabric.Errorf(fabric.CodeInvalid, "oslet %d: %s: %v", i.cfg.Index, r.Op, err)
 		}
+		// Decoded: a handler that blocks (a wait) holds the request, not
+		// the frame's body, up to 128 KiB of it.
+		r.Body = nil
 		return serve(i, who, r, &req)
 	}
 }
@@ -150,6 +175,12 @@ var handlers = map[fabric.Op]handlerFunc{
 	}),
 	fabric.OpWait: handler(func(i *Init, who *caller, r *fabric.Request, req *fabric.WaitRequest) (any, []*os.File, error) {
 		r.ReleaseSlot() // waiting must not hold a slot of the queued lock
+		if who.role == fabric.RoleClient {
+			if !i.limits.waits.TryAcquire(1) {
+				return nil, nil, i.busy("too many waits pending", maxPendingWaits)
+			}
+			defer i.limits.waits.Release(1)
+		}
 		st, err := i.wait(who, req)
 		return fabric.WaitReply{Status: st}, nil, err
 	}),

@@ -233,7 +233,7 @@ func (i *Init) startLocal(files []*os.File, req *fabric.SpawnRequest, cred fabri
 		inherit = append(inherit, stageChild.Fd())
 		exe, argv = i.stageBinary(), append([]string{"smpc", trap.ExecStage, strings.Join(traps, ","), strconv.Itoa(stageFd), path}, req.Argv...)
 	}
-	pid, err := syscall.ForkExec(exe, argv, &syscall.ProcAttr{
+	pid, err := i.spawner.forkExec(exe, argv, &syscall.ProcAttr{
 		Dir:   dir,
 		Env:   env,
 		Files: inherit,

@@ -10,6 +10,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 
@@ -22,30 +23,61 @@ import (
 	"github.com/smpc-cluster/smpc/internal/plan"
 )
 
-// Cgroup is one OSlet's cgroup.
+// An OSlet's cgroup holds two: its init's alone (InitLeaf) and that of
+// every process the OSlet runs (ProcsLeaf). The OSlet's limits are the
+// plan's on the processes' leaf; the init's leaf has a reserve of its own
+// (InitMemory, InitPids), and the OSlet's cgroup the sum. So the OOM killer
+// of an OSlet whose processes fill its memory chooses among them, never the
+// init, and a fork bomb that reaches the OSlet's pids limit leaves the init
+// its threads: the init's death would end the whole OSlet. (A lower
+// oom_score_adj would need CAP_SYS_RESOURCE, which root lacks on some
+// hosts, and would not keep the init's threads.)
+const (
+	InitLeaf  = "init"
+	ProcsLeaf = "procs"
+	// InitMemory and InitPids are the init's reserve: what it may use
+	// whatever the OSlet's processes do (its own use is bounded by the
+	// limits of package oslet).
+	InitMemory int64 = 256 << 20
+	InitPids   int64 = 1024
+)
+
+// Cgroup is one OSlet's cgroup and its two leaves.
 type Cgroup struct {
 	// Group is the cgroup path below the hierarchy root, the same in every v1
 	// hierarchy (under this process's own cgroup there) and in v2.
-	Group string
-	v1    cgroup1.Cgroup
-	v2    *cgroup2.Manager
-	Stats StatFiles
+	Group              string
+	oslet, init, procs cgroupHandle
+	Stats              StatFiles
 }
 
-// StatFiles names a cgroup's files by their host paths, so that an init
-// (which sees the cgroup from inside) can read its use and move processes
-// into it without the library.
+// cgroupHandle is one cgroup as the library handles it, on v1 or v2.
+type cgroupHandle struct {
+	v1 cgroup1.Cgroup
+	v2 *cgroup2.Manager
+}
+
+// StatFiles names an OSlet's cgroup files by their host paths, so that an
+// init (which sees the cgroup from inside) can read its use and move
+// processes into it without the library.
 type StatFiles struct {
-	Memory string `json:"memory"` // bytes in use
-	Tasks  string `json:"pids"`   // tasks
-	// Procs are its cgroup.procs files, one per hierarchy it is in (one on
-	// v2), the pids hierarchy's first: PIDs reads it.
+	Memory string `json:"memory"` // bytes in use, the OSlet's whole
+	Tasks  string `json:"pids"`   // tasks, the OSlet's whole
+	// Procs are the cgroup.procs files that list the OSlet's processes:
+	// its init's leaf's and its processes' leaf's (on v1, in the pids
+	// hierarchy).
 	Procs []string `json:"procs"`
-	// PlaceProcs are those of Procs that a launch policy moves a process
-	// through: on v1 the hierarchies that say where it runs and what it
-	// uses (pids, which lists the OSlet's processes; cpuset; memory), so
-	// that a move costs three writes, not six. On v2 the one file.
+	// PlaceProcs are the processes' leaf's cgroup.procs files that a
+	// launch policy moves a process through: on v1 the hierarchies that
+	// say where it runs and what it uses (pids, cpuset, memory), so that a
+	// move costs three writes, not six. On v2 the one file.
 	PlaceProcs []string `json:"place_procs"`
+	// SpawnTasks are, on v1, the processes' leaf's tasks files in every
+	// hierarchy: the thread of the init that starts processes moves itself
+	// there, so that what it forks starts in the leaf. SpawnDir is, on
+	// v2, the leaf's directory, which a fork enters with CLONE_INTO_CGROUP.
+	SpawnTasks []string `json:"spawn_tasks,omitempty"`
+	SpawnDir   string   `json:"spawn_dir,omitempty"`
 }
 
 // Place moves process pid into the cgroup's placement hierarchies: where
@@ -62,20 +94,24 @@ func (s StatFiles) Place(pid int) error {
 	return nil
 }
 
-// PIDs lists the processes in the cgroup, as PIDs of the reader's PID
-// namespace.
+// PIDs lists the OSlet's processes, its init among them, as PIDs of the
+// reader's PID namespace. On v1 the init is listed in both leaves (its
+// spawning thread sits in the processes' one); it comes back once.
 func (s StatFiles) PIDs() []int {
-	if len(s.Procs) == 0 {
-		return nil
-	}
-	b, err := os.ReadFile(s.Procs[0])
-	if err != nil {
-		return nil
-	}
 	var pids []int
-	for _, f := range strings.Fields(string(b)) {
-		if n, err := strconv.Atoi(f); err == nil {
-			pids = append(pids, n)
+	inits := 0 // the first file's, the init's leaf's
+	for n, procs := range s.Procs {
+		b, err := os.ReadFile(procs)
+		if err != nil {
+			continue
+		}
+		for _, f := range strings.Fields(string(b)) {
+			if pid, err := strconv.Atoi(f); err == nil && !slices.Contains(pids[:inits], pid) {
+				pids = append(pids, pid)
+			}
+		}
+		if n == 0 {
+			inits = len(pids)
 		}
 	}
 	return pids
@@ -90,9 +126,10 @@ func FilesOf(group string) (StatFiles, error) {
 			return StatFiles{}, err
 		}
 		dir := filepath.Join("/sys/fs/cgroup", path)
-		procs := []string{filepath.Join(dir, "cgroup.procs")}
+		place := []string{filepath.Join(dir, ProcsLeaf, "cgroup.procs")}
 		return StatFiles{Memory: filepath.Join(dir, "memory.current"), Tasks: filepath.Join(dir, "pids.current"),
-			Procs: procs, PlaceProcs: procs}, nil
+			Procs: []string{filepath.Join(dir, InitLeaf, "cgroup.procs"), place[0]}, PlaceProcs: place,
+			SpawnDir: filepath.Join(dir, ProcsLeaf)}, nil
 	}
 	paths, err := cgroup1.ParseCgroupFile("/proc/self/cgroup")
 	if err != nil {
@@ -101,13 +138,13 @@ func FilesOf(group string) (StatFiles, error) {
 	dir := func(subsystem string) string {
 		return filepath.Join("/sys/fs/cgroup", subsystem, paths[subsystem], group)
 	}
-	s := StatFiles{Memory: filepath.Join(dir("memory"), "memory.usage_in_bytes"), Tasks: filepath.Join(dir("pids"), "pids.current")}
-	// The pids hierarchy first: PIDs reads it.
+	s := StatFiles{Memory: filepath.Join(dir("memory"), "memory.usage_in_bytes"), Tasks: filepath.Join(dir("pids"), "pids.current"),
+		Procs: []string{filepath.Join(dir("pids"), InitLeaf, "cgroup.procs"), filepath.Join(dir("pids"), ProcsLeaf, "cgroup.procs")}}
 	for _, sub := range v1Names {
 		if _, err := os.Stat(filepath.Join("/sys/fs/cgroup", sub)); err == nil && paths[sub] != "" {
-			s.Procs = append(s.Procs, filepath.Join(dir(sub), "cgroup.procs"))
+			s.SpawnTasks = append(s.SpawnTasks, filepath.Join(dir(sub), ProcsLeaf, "tasks"))
 			if sub == "pids" || sub == "cpuset" || sub == "memory" {
-				s.PlaceProcs = append(s.PlaceProcs, filepath.Join(dir(sub), "cgroup.procs"))
+				s.PlaceProcs = append(s.PlaceProcs, filepath.Join(dir(sub), ProcsLeaf, "cgroup.procs"))
 			}
 		}
 	}
@@ -145,73 +182,111 @@ func v1Hierarchy() ([]cgroup1.Subsystem, error) {
 
 // Create makes the cgroup named group (relative, e.g. "smpc/run-ab12/oslet-1")
 // for OSlet o, with the device rules devices (a devices cgroup on v1, the
-// equivalent eBPF program on v2).
+// equivalent eBPF program on v2), and its two leaves.
 func Create(group string, o plan.OSlet, devices []specs.LinuxDeviceCgroup) (*Cgroup, error) {
-	memory, pids := o.Memory, o.Pids
 	cpus, mems := o.CPUs.String(), o.Mems.String()
-	if Unified() {
-		path, err := v2Path(group)
-		if err != nil {
-			return nil, err
-		}
-		m, err := cgroup2.NewManager("/sys/fs/cgroup", path, &cgroup2.Resources{
-			CPU:     &cgroup2.CPU{Cpus: cpus, Mems: mems},
-			Memory:  &cgroup2.Memory{Max: &memory},
-			Pids:    &cgroup2.Pids{Max: pids},
-			Devices: devices,
-		})
-		if err != nil {
-			return nil, fmt.Errorf("create cgroup %s (v2): %w", path, err)
-		}
-		files, err := FilesOf(group)
-		if err != nil {
-			return nil, err
-		}
-		return &Cgroup{Group: path, v2: m, Stats: files}, nil
+	limits := []struct {
+		name         string
+		memory, pids int64
+		deviceRules  []specs.LinuxDeviceCgroup
+	}{
+		{"", o.Memory + InitMemory, o.Pids + InitPids, devices},
+		{InitLeaf, InitMemory, InitPids, nil},
+		// On v1 the init's spawning thread is a task of the processes'
+		// leaf too: one more, so that the processes have the plan's.
+		{ProcsLeaf, o.Memory, o.Pids + spawnThreads(), nil},
 	}
-	cg, err := cgroup1.New(cgroup1.NestedPath(group), &specs.LinuxResources{
-		CPU:     &specs.LinuxCPU{Cpus: cpus, Mems: mems},
-		Memory:  &specs.LinuxMemory{Limit: &memory},
-		Pids:    &specs.LinuxPids{Limit: &pids},
-		Devices: devices,
-	}, cgroup1.WithHierarchy(v1Hierarchy), allowMissing)
-	if err != nil {
-		return nil, fmt.Errorf("create cgroup %s (v1): %w", group, err)
+	c := &Cgroup{Group: group}
+	made := []*cgroupHandle{&c.oslet, &c.init, &c.procs}
+	for n, l := range limits {
+		path := filepath.Join(group, l.name)
+		memory, pids := l.memory, l.pids
+		if Unified() {
+			p, err := v2Path(path)
+			if err != nil {
+				return nil, err
+			}
+			m, err := cgroup2.NewManager("/sys/fs/cgroup", p, &cgroup2.Resources{
+				CPU:     &cgroup2.CPU{Cpus: cpus, Mems: mems},
+				Memory:  &cgroup2.Memory{Max: &memory},
+				Pids:    &cgroup2.Pids{Max: pids},
+				Devices: l.deviceRules,
+			})
+			if err != nil {
+				c.Destroy()
+				return nil, fmt.Errorf("create cgroup %s (v2): %w", p, err)
+			}
+			made[n].v2 = m
+			if n == 0 {
+				c.Group = p
+			}
+			continue
+		}
+		cg, err := cgroup1.New(cgroup1.NestedPath(path), &specs.LinuxResources{
+			CPU:     &specs.LinuxCPU{Cpus: cpus, Mems: mems},
+			Memory:  &specs.LinuxMemory{Limit: &memory},
+			Pids:    &specs.LinuxPids{Limit: &pids},
+			Devices: l.deviceRules,
+		}, cgroup1.WithHierarchy(v1Hierarchy), allowMissing)
+		if err != nil {
+			c.Destroy()
+			return nil, fmt.Errorf("create cgroup %s (v1): %w", path, err)
+		}
+		made[n].v1 = cg
 	}
 	files, err := FilesOf(group)
 	if err != nil {
+		c.Destroy()
 		return nil, err
 	}
-	return &Cgroup{Group: group, v1: cg, Stats: files}, nil
+	c.Stats = files
+	return c, nil
+}
+
+// spawnThreads is how many tasks of the processes' leaf are the init's.
+func spawnThreads() int64 {
+	if Unified() {
+		return 0
+	}
+	return 1
 }
 
 // Load re-opens an OSlet's cgroup from the host side, so that a later boot
 // can clean up after a crash.
 func Load(group string) (*Cgroup, error) {
-	if Unified() {
-		path, err := v2Path(group)
-		if err != nil {
-			return nil, err
+	c := &Cgroup{Group: group}
+	for _, l := range []struct {
+		name string
+		g    *cgroupHandle
+	}{{"", &c.oslet}, {InitLeaf, &c.init}, {ProcsLeaf, &c.procs}} {
+		path := filepath.Join(group, l.name)
+		if Unified() {
+			p, err := v2Path(path)
+			if err != nil {
+				return nil, err
+			}
+			m, err := cgroup2.Load(p)
+			if err != nil {
+				return nil, fmt.Errorf("load cgroup %s: %w", p, err)
+			}
+			l.g.v2 = m
+			continue
 		}
-		m, err := cgroup2.Load(path)
+		cg, err := cgroup1.Load(cgroup1.NestedPath(path), cgroup1.WithHierarchy(v1Hierarchy), allowMissing)
 		if err != nil {
+			if l.name != "" {
+				continue // a crash before the leaves were made
+			}
 			return nil, fmt.Errorf("load cgroup %s: %w", path, err)
 		}
-		files, err := FilesOf(group)
-		if err != nil {
-			return nil, err
-		}
-		return &Cgroup{Group: path, v2: m, Stats: files}, nil
-	}
-	cg, err := cgroup1.Load(cgroup1.NestedPath(group), cgroup1.WithHierarchy(v1Hierarchy), allowMissing)
-	if err != nil {
-		return nil, fmt.Errorf("load cgroup %s: %w", group, err)
+		l.g.v1 = cg
 	}
 	files, err := FilesOf(group)
 	if err != nil {
 		return nil, err
 	}
-	return &Cgroup{Group: group, v1: cg, Stats: files}, nil
+	c.Stats = files
+	return c, nil
 }
 
 // allowMissing lets a v1 cgroup be made without the devices controller,
@@ -230,16 +305,16 @@ func v2Path(group string) (string, error) {
 	return p, nil
 }
 
-// AddProc moves process pid (a host PID) into the cgroup.
-func (c *Cgroup) AddProc(pid int) error {
+// AddInit moves the OSlet's init (a host PID) into its leaf.
+func (c *Cgroup) AddInit(pid int) error {
 	var err error
-	if c.v2 != nil {
-		err = c.v2.AddProc(uint64(pid))
+	if c.init.v2 != nil {
+		err = c.init.v2.AddProc(uint64(pid))
 	} else {
-		err = c.v1.AddProc(uint64(pid))
+		err = c.init.v1.AddProc(uint64(pid))
 	}
 	if err != nil {
-		return fmt.Errorf("move pid %d into cgroup %s: %w", pid, c.Group, err)
+		return fmt.Errorf("move pid %d into cgroup %s/%s: %w", pid, c.Group, InitLeaf, err)
 	}
 	return nil
 }
@@ -253,26 +328,26 @@ func readInt(path string) int64 {
 	return n
 }
 
-// Kill ends every process in the cgroup at once: cgroup.kill on v2; on v1
-// the cgroup is frozen first, so that nothing in it forks while it is
-// killed, then thawed so that the kills land. before, if not nil, sees each
-// process's host PID while the process still exists.
+// Kill ends every process in the OSlet's cgroup, both leaves, at once:
+// cgroup.kill on v2; on v1 the cgroup is frozen first, so that nothing in
+// it forks while it is killed, then thawed so that the kills land. before,
+// if not nil, sees each process's host PID while the process still exists.
 func (c *Cgroup) Kill(before func(hostPID int)) error {
-	if c.v2 != nil {
+	if c.oslet.v2 != nil {
 		if before != nil {
-			if procs, err := c.v2.Procs(false); err == nil {
+			if procs, err := c.oslet.v2.Procs(true); err == nil {
 				for _, p := range procs {
 					before(int(p))
 				}
 			}
 		}
-		if err := c.v2.Kill(); err != nil {
+		if err := c.oslet.v2.Kill(); err != nil {
 			return fmt.Errorf("kill cgroup %s: %w", c.Group, err)
 		}
 		return nil
 	}
-	frozen := c.v1.Freeze() == nil
-	procs, err := c.v1.Processes(cgroup1.Pids, true)
+	frozen := c.oslet.v1.Freeze() == nil
+	procs, err := c.oslet.v1.Processes(cgroup1.Pids, true)
 	for _, p := range procs {
 		if before != nil {
 			before(p.Pid)
@@ -280,7 +355,7 @@ func (c *Cgroup) Kill(before func(hostPID int)) error {
 		unix.Kill(p.Pid, unix.SIGKILL)
 	}
 	if frozen {
-		c.v1.Thaw()
+		c.oslet.v1.Thaw()
 	}
 	if err != nil {
 		return fmt.Errorf("kill cgroup %s: %w", c.Group, err)
@@ -288,24 +363,37 @@ func (c *Cgroup) Kill(before func(hostPID int)) error {
 	return nil
 }
 
-// Destroy kills whatever is left in the cgroup and removes it.
+// Destroy kills whatever is left in the OSlet's cgroup and removes it, its
+// leaves first.
 func (c *Cgroup) Destroy() error {
-	if c.v2 != nil {
-		c.v2.Kill()
-		if err := c.v2.Delete(); err != nil && !errors.Is(err, os.ErrNotExist) {
-			return fmt.Errorf("remove cgroup %s: %w", c.Group, err)
+	var errs []error
+	for _, g := range []*cgroupHandle{&c.procs, &c.init, &c.oslet} {
+		if err := g.destroy(); err != nil {
+			errs = append(errs, err)
 		}
-		return nil
 	}
-	if procs, err := c.v1.Processes(cgroup1.Pids, true); err == nil {
-		for _, p := range procs {
-			if proc, err := os.FindProcess(p.Pid); err == nil {
-				proc.Kill()
+	if err := errors.Join(errs...); err != nil {
+		return fmt.Errorf("remove cgroup %s: %w", c.Group, err)
+	}
+	return nil
+}
+
+func (g *cgroupHandle) destroy() error {
+	switch {
+	case g.v2 != nil:
+		g.v2.Kill()
+		if err := g.v2.Delete(); err != nil && !errors.Is(err, os.ErrNotExist) {
+			return err
+		}
+	case g.v1 != nil:
+		if procs, err := g.v1.Processes(cgroup1.Pids, true); err == nil {
+			for _, p := range procs {
+				unix.Kill(p.Pid, unix.SIGKILL)
 			}
 		}
-	}
-	if err := c.v1.Delete(); err != nil && !errors.Is(err, os.ErrNotExist) {
-		return fmt.Errorf("remove cgroup %s: %w", c.Group, err)
+		if err := g.v1.Delete(); err != nil && !errors.Is(err, os.ErrNotExist) {
+			return err
+		}
 	}
 	return nil
 }

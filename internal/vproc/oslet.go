@@ -6,8 +6,8 @@ import (
 	"strings"
 )
 
-// CgroupName is the last element of every OSlet's cgroup path,
-// "oslet-K": a process's OSlet is the cgroup it is in.
+// CgroupName begins the name of every OSlet's cgroup, "oslet-K": a
+// process's OSlet is the cgroup it is in (one of its two leaves).
 const CgroupName = "oslet-"
 
 // OSletOf returns the OSlet that process pid runs on, read from its cgroup
@@ -22,7 +22,9 @@ func OSletOf(pid int) int {
 }
 
 // OSletOfCgroupFile finds the OSlet in the text of a /proc/PID/cgroup file:
-// the first hierarchy whose path ends in an OSlet's cgroup under smpc's.
+// the first hierarchy whose path names an OSlet's cgroup under smpc's
+// (".../smpc/RUN/oslet-K", then its init's or its processes' leaf, and
+// whatever cgroups root made below that).
 func OSletOfCgroupFile(text string) int {
 	for _, line := range strings.Split(text, "\n") {
 		// ID:CONTROLLERS:PATH
@@ -30,10 +32,12 @@ func OSletOfCgroupFile(text string) int {
 		if len(parts) != 3 || !strings.Contains(parts[2], "/smpc/") {
 			continue
 		}
-		path := parts[2]
-		if i := strings.LastIndex(path, "/"+CgroupName); i >= 0 {
-			if k, err := strconv.Atoi(path[i+len(CgroupName)+1:]); err == nil && k > 0 {
-				return k
+		elems := strings.Split(parts[2][strings.Index(parts[2], "/smpc/"):], "/")
+		for n := len(elems) - 1; n >= 0; n-- {
+			if rest, ok := strings.CutPrefix(elems[n], CgroupName); ok {
+				if k, err := strconv.Atoi(rest); err == nil && k > 0 {
+					return k
+				}
 			}
 		}
 	}

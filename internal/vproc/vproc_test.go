@@ -98,6 +98,9 @@ func TestOSletOfCgroupFile(t *testing.T) {
 		want int
 	}{
 		{"0::/smpc/run-1234abcd/oslet-2\n", 2},
+		{"0::/smpc/run-1234abcd/oslet-2/procs\n", 2},
+		{"8:pids:/smpc/x/oslet-4/init\n", 4},
+		{"0::/smpc/x/oslet-5/procs/docker/c1\n", 5},
 		{"12:pids:/smpc/x/oslet-17\n11:cpuset:/smpc/x/oslet-17\n0::/\n", 17},
 		{"4:memory:/process_api/e6/smpc/x-1/oslet-3\n", 3},
 		{"0::/user.slice/user-0.slice/session-1.scope\n", 0},
