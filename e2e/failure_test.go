@@ -321,3 +321,29 @@ func (c *cluster) shareScript(name string) {
 		c.t.Fatal(err)
 	}
 }
+
+// The cluster runs on when its boot process dies, and a later shutdown
+// still removes everything.
+func TestBootProcessDeath(t *testing.T) {
+	c := boot(t, "--oslets", "2")
+	var st struct {
+		Supervisor int `json:"supervisor"`
+	}
+	b, err := os.ReadFile(filepath.Join(c.dir, "cluster.json"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	json.Unmarshal(b, &st)
+	if err := syscall.Kill(st.Supervisor, syscall.SIGKILL); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, "the boot process to go", func() bool { return syscall.Kill(st.Supervisor, 0) != nil || isZombie(st.Supervisor) })
+	if out := c.must("run", "--on", "2", "--", "echo", "still here"); strings.TrimSpace(out) != "still here" {
+		t.Errorf("run after the boot process died: %q", out)
+	}
+	c.must("status")
+	c.must("shutdown")
+	if _, err := os.Stat(c.dir); err == nil {
+		t.Errorf("shutdown after the boot process died left %s", c.dir)
+	}
+}
