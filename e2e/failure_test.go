@@ -347,3 +347,39 @@ func TestBootProcessDeath(t *testing.T) {
 		t.Errorf("shutdown after the boot process died left %s", c.dir)
 	}
 }
+
+// Shutdown stops processes as a host stops its services: SIGTERM, a grace
+// period, then SIGKILL for what is left, which it names.
+func TestShutdownIsGraceful(t *testing.T) {
+	c := boot(t, "--oslets", "2")
+	dir, err := os.MkdirTemp("/var/tmp", "smpc-e2e-graceful-") // seen by every OSlet
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer os.RemoveAll(dir)
+	record := filepath.Join(dir, "database")
+	// A database that finishes its clean-up when asked to stop.
+	c.must("run", "--detach", "--on", "1", "--", "sh", "-c",
+		"trap 'sleep 0.3; echo shut down cleanly > "+record+"; exit 0' TERM; echo running > "+record+"; while :; do sleep 0.1; done")
+	// A program that ignores SIGTERM.
+	stubborn := strings.TrimSpace(c.must("run", "--detach", "--on", "2", "--", "sh", "-c", "trap '' TERM; exec sleep 1000"))
+	waitFor(t, "the database to start", func() bool {
+		b, _ := os.ReadFile(record)
+		return strings.TrimSpace(string(b)) == "running"
+	})
+	start := time.Now()
+	out, code := c.smpc("shutdown", "--grace", "1s")
+	took := time.Since(start)
+	if code != 0 {
+		t.Fatalf("shutdown: exit %d: %s", code, out)
+	}
+	if b, _ := os.ReadFile(record); strings.TrimSpace(string(b)) != "shut down cleanly" {
+		t.Errorf("the database did not shut down cleanly: %q", b)
+	}
+	if !strings.Contains(out, "pid "+stubborn+" on oslet 2: sleep 1000") {
+		t.Errorf("shutdown does not name the process it had to kill (pid %s): %s", stubborn, out)
+	}
+	if took < time.Second || took > 8*time.Second {
+		t.Errorf("shutdown with --grace 1s took %v", took)
+	}
+}

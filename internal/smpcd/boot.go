@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"os"
 	"os/exec"
@@ -87,6 +88,11 @@ way, removing every cgroup, mount, socket and state file it made.`,
 				}
 				break
 			}
+			killed, err := c.State().StopProcesses(cluster.DefaultGrace)
+			if err != nil {
+				fmt.Fprintln(os.Stderr, "smpc:", err)
+			}
+			reportKilled(os.Stderr, cluster.DefaultGrace, killed)
 			return c.Shutdown()
 		},
 	}
@@ -152,19 +158,42 @@ func bootDetached(cmd *cobra.Command, dir string) error {
 }
 
 func shutdownCmd() *cobra.Command {
-	var timeout time.Duration
+	var timeout, grace time.Duration
 	cmd := &cobra.Command{
 		Use:   "shutdown",
 		Short: cli.ShutdownShort,
-		Args:  cobra.NoArgs,
+		Long: `Stop the cluster as a host stops: every process of every OSlet gets SIGTERM,
+and --grace (default 10s) to end; those still running then get SIGKILL, and
+shutdown names them. Then the OSlets stop, and everything the boot made
+(cgroups, mounts, network, sockets, state files) is removed.`,
+		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			dir, err := statedir.Resolve(cli.StateDir())
 			if err != nil {
 				return err
 			}
+			if st, err := cluster.ReadState(dir); err == nil {
+				killed, err := st.StopProcesses(grace)
+				if err != nil {
+					return err
+				}
+				reportKilled(cmd.ErrOrStderr(), grace, killed)
+			}
 			return cluster.RequestShutdown(dir, timeout)
 		},
 	}
-	cmd.Flags().DurationVar(&timeout, "timeout", 15*time.Second, "how long to wait for the cluster to stop")
+	cmd.Flags().DurationVar(&grace, "grace", cluster.DefaultGrace, "how long processes have between SIGTERM and SIGKILL")
+	cmd.Flags().DurationVar(&timeout, "timeout", 15*time.Second, "how long to wait, after the processes, for the OSlets to stop")
 	return cmd
+}
+
+// reportKilled names the processes that a shutdown had to kill.
+func reportKilled(w io.Writer, grace time.Duration, killed []cluster.Killed) {
+	if len(killed) == 0 {
+		return
+	}
+	fmt.Fprintf(w, "smpc: shutdown: %d processes were still running %v after SIGTERM; killed:\n", len(killed), grace)
+	for _, k := range killed {
+		fmt.Fprintf(w, "  pid %d on oslet %d: %s\n", k.PID, k.OSlet, k.Command)
+	}
 }
