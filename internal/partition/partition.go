@@ -38,7 +38,7 @@ const (
 	// InitMemory and InitPids are the init's reserve: what it may use
 	// whatever the OSlet's processes do (its own use is bounded by the
 	// limits of package oslet).
-	InitMemory int64 = 256 << 20
+	InitMemory       = plan.InitMemory
 	InitPids   int64 = 1024
 )
 

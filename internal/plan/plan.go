@@ -222,7 +222,8 @@ func splitDefault(cores []core) [][]core {
 }
 
 // memoryShare gives an OSlet each node's memory in proportion to the share of
-// that node's CPUs it owns, rounded down to a MiB.
+// that node's CPUs it owns, less the host's share (HostReserve) and its
+// init's (InitMemory), rounded down to a MiB.
 func memoryShare(m *topology.Machine, cpus []int) int64 {
 	var share float64
 	for _, n := range m.Nodes {
@@ -237,7 +238,20 @@ func memoryShare(m *topology.Machine, cpus []int) int64 {
 		}
 		share += float64(n.Memory) * float64(owned) / float64(len(n.CPUs))
 	}
-	return int64(share) &^ (1<<20 - 1)
+	if m.Memory > 0 {
+		share *= 1 - float64(HostReserve(m.Memory))/float64(m.Memory)
+	}
+	return max(int64(share)-InitMemory, 0) &^ (1<<20 - 1)
+}
+
+// InitMemory is the memory each OSlet's init has for itself, beside its
+// OSlet's share: the OSlet's cgroup holds both (package partition).
+const InitMemory int64 = 256 << 20
+
+// HostReserve is the memory a plan leaves the host on a machine of total
+// bytes: a twentieth, at least 256 MiB, at most a quarter.
+func HostReserve(total int64) int64 {
+	return min(max(total/20, 256<<20), total/4)
 }
 
 // Validate checks p against machine m and names the first fault it finds.
@@ -286,7 +300,7 @@ func (p *Plan) Validate(m *topology.Machine) error {
 		if o.Memory < 16<<20 {
 			return fmt.Errorf("plan: oslet %d: memory %d bytes is too small to run an init (at least 16 MiB)", o.Index, o.Memory)
 		}
-		memory += o.Memory
+		memory += o.Memory + InitMemory
 		if o.Pids <= 0 {
 			return fmt.Errorf("plan: oslet %d: pids limit must be positive", o.Index)
 		}
@@ -306,7 +320,7 @@ func (p *Plan) Validate(m *topology.Machine) error {
 		}
 	}
 	if memory > m.Memory {
-		return fmt.Errorf("plan: the OSlets ask for %s of memory; the machine has %s", FormatBytes(memory), FormatBytes(m.Memory))
+		return fmt.Errorf("plan: the OSlets ask for %s of memory, their inits' %s each included; the machine has %s", FormatBytes(memory), FormatBytes(InitMemory), FormatBytes(m.Memory))
 	}
 	return nil
 }

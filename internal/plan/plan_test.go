@@ -161,3 +161,32 @@ func TestReadAndSet(t *testing.T) {
 		}
 	}
 }
+
+// The shares, their inits' memory and the host's reserve add up to what the
+// machine has, whatever way it is split.
+func TestMemorySharesAddUp(t *testing.T) {
+	for _, tt := range []struct {
+		name string
+		m    *topology.Machine
+		opt  Options
+	}{
+		{"2 nodes, default split", machine(2, 1, 4, 2), Options{}},
+		{"1 node, 2 OSlets", machine(1, 1, 2, 1), Options{OSlets: 2}},
+		{"4 nodes, 8 OSlets", machine(4, 2, 4, 1), Options{OSlets: 8}},
+	} {
+		p, err := Make(tt.m, tt.opt)
+		if err != nil {
+			t.Fatalf("%s: %v", tt.name, err)
+		}
+		total := HostReserve(tt.m.Memory)
+		for _, o := range p.OSlets {
+			total += o.Memory + InitMemory
+		}
+		if slack := tt.m.Memory - total; slack < 0 || slack > int64(len(p.OSlets))<<20 {
+			t.Errorf("%s: shares, inits and reserve are %d of %d bytes", tt.name, total, tt.m.Memory)
+		}
+		if err := p.Validate(tt.m); err != nil {
+			t.Errorf("%s: %v", tt.name, err)
+		}
+	}
+}

@@ -140,6 +140,18 @@ func Read(sys, meminfo string) (*Machine, error) {
 	for _, n := range m.Nodes {
 		m.Memory += n.Memory
 	}
+	// Some machines' nodes count less than the machine has (a VM whose
+	// memory was added after boot: here one node said 4.6 GiB of 23.5).
+	// MemTotal is the truth; the nodes keep their proportions of it.
+	if total, err := nodeMemory(meminfo); err == nil && len(nodeDirs) > 0 && m.Memory > 0 && differ(m.Memory, total) {
+		scaled := int64(0)
+		for i := range m.Nodes {
+			m.Nodes[i].Memory = int64(float64(m.Nodes[i].Memory) * float64(total) / float64(m.Memory))
+			scaled += m.Nodes[i].Memory
+		}
+		m.Nodes[len(m.Nodes)-1].Memory += total - scaled // rounding
+		m.Memory = total
+	}
 	for _, id := range online {
 		dir := filepath.Join(cpuDir, fmt.Sprintf("cpu%d", id))
 		c := CPU{ID: id, Core: id, Node: nodeOf[id], L3: id}
@@ -201,6 +213,16 @@ func readList(path string) ([]int, error) {
 		}
 	}
 	return out, nil
+}
+
+// differ says whether the nodes' sum and MemTotal disagree by more than
+// the kernel's own reservations explain (about 2%).
+func differ(nodes, total int64) bool {
+	d := nodes - total
+	if d < 0 {
+		d = -d
+	}
+	return d > total/20
 }
 
 // nodeMemory reads MemTotal from a node's meminfo ("Node 0 MemTotal: N kB")

@@ -56,3 +56,29 @@ func TestDetectThisMachine(t *testing.T) {
 		t.Fatalf("detected nothing: %+v", m)
 	}
 }
+
+// A machine whose NUMA nodes count less than MemTotal (a VM given memory
+// after boot) has MemTotal, shared among its nodes in their proportions.
+func TestNodesCountLessThanMemTotal(t *testing.T) {
+	sys := t.TempDir()
+	write(t, sys+"/devices/system/cpu/online", "0-3\n")
+	write(t, sys+"/devices/system/node/node0/cpulist", "0-1\n")
+	write(t, sys+"/devices/system/node/node0/meminfo", "Node 0 MemTotal:       1048576 kB\n")
+	write(t, sys+"/devices/system/node/node1/cpulist", "2-3\n")
+	write(t, sys+"/devices/system/node/node1/meminfo", "Node 1 MemTotal:       3145728 kB\n")
+	meminfo := filepath.Join(t.TempDir(), "meminfo")
+	write(t, meminfo, "MemTotal:       16777216 kB\nMemFree:        1 kB\n")
+	m, err := Read(sys, meminfo)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if m.Memory != 16<<30 || m.Nodes[0].Memory != 4<<30 || m.Nodes[1].Memory != 12<<30 {
+		t.Fatalf("memory %d, nodes %+v; want 16 GiB as 4 and 12", m.Memory, m.Nodes)
+	}
+	// Nodes that agree with MemTotal, within the kernel's own reservations,
+	// are taken as they say.
+	write(t, meminfo, "MemTotal:       4100000 kB\n")
+	if m, err = Read(sys, meminfo); err != nil || m.Memory != 4<<30 {
+		t.Fatalf("memory %d (%v); want the nodes' 4 GiB", m.Memory, err)
+	}
+}
