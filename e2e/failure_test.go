@@ -1,6 +1,7 @@
 package e2e
 
 import (
+	"bufio"
 	"encoding/json"
 	"fmt"
 	"os"
@@ -381,5 +382,53 @@ func TestShutdownIsGraceful(t *testing.T) {
 	}
 	if took < time.Second || took > 8*time.Second {
 		t.Errorf("shutdown with --grace 1s took %v", took)
+	}
+}
+
+// A list longer than a frame holds comes back whole: smpc ps with 8,000
+// processes on one OSlet, from the host and from inside an OSlet.
+func TestLongLists(t *testing.T) {
+	c := boot(t, "--oslets", "2")
+	cc, err := exec.LookPath("cc")
+	if err != nil {
+		t.Skip("needs a C compiler to fork 8,000 processes quickly (.ci/run installs gcc)")
+	}
+	forker := filepath.Join(c.dir, "gtmp", "forker")
+	if out, err := exec.Command(cc, "-O2", "-o", forker, "testdata/forker.c").CombinedOutput(); err != nil {
+		t.Fatalf("cc: %v: %s", err, out)
+	}
+	cmd := exec.Command(smpcBin, "--state-dir", c.dir, "run", "--on", "1", "--", "/gtmp/forker", "8000")
+	cmd.Dir = "/"
+	stdout, err := cmd.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	defer cmd.Wait()
+	defer cmd.Process.Signal(syscall.SIGINT) // smpc run passes it to the forker's group
+	line, err := bufio.NewReader(stdout).ReadString('\n')
+	if err != nil || line != "ready\n" {
+		t.Fatalf("forker: %q %v", line, err)
+	}
+	for _, where := range [][]string{{"ps", "--json"}, {"run", "--on", "2", "--", "smpc", "ps", "--json"}} {
+		out := c.must(where...)
+		var procs []struct {
+			OSlet   int    `json:"oslet"`
+			Command string `json:"command"`
+		}
+		if err := json.Unmarshal([]byte(out), &procs); err != nil {
+			t.Fatalf("smpc %v: %v", where, err)
+		}
+		forkers := 0
+		for _, p := range procs {
+			if p.OSlet == 1 && p.Command == "/gtmp/forker 8000" {
+				forkers++
+			}
+		}
+		if forkers != 8001 {
+			t.Errorf("smpc %v lists %d forkers, want 8001", where, forkers)
+		}
 	}
 }

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"strings"
 
 	"github.com/spf13/cobra"
 
@@ -76,7 +77,7 @@ status is 1.`,
 						if p.Note != "" {
 							policy += " (" + p.Note + ")"
 						}
-						return fmt.Sprintf("%d\t%d\t%d\t%s\t%s\t%.2f\t%s\t%s", p.PID, p.OSlet, p.Parent, p.User, p.State, p.CPUTime, policy, p.Command)
+						return fmt.Sprintf("%d\t%d\t%d\t%s\t%s\t%.2f\t%s\t%s", p.PID, p.OSlet, p.Parent, p.User, p.State, p.CPUTime, policy, printable(p.Command))
 					})
 				return errors.Join(err, downError(down))
 			})
@@ -84,4 +85,16 @@ status is 1.`,
 	}
 	cmd.Flags().BoolVar(&asJSON, "json", false, "print JSON")
 	return cmd
+}
+
+// printable shows the control characters of a command line (a script
+// passed with -c has newlines) as '?', as ps(1) does, so that each
+// process stays one line of the table.
+func printable(s string) string {
+	return strings.Map(func(r rune) rune {
+		if r < ' ' || r == 0x7f {
+			return '?'
+		}
+		return r
+	}, s)
 }

@@ -23,6 +23,9 @@ type Caller struct {
 	mu      sync.Mutex
 	nextID  uint64                 // guarded by mu
 	pending map[uint64]chan *Frame // guarded by mu
+	// partial holds the replies whose frames are still coming (FlagMore);
+	// only the caller that holds the reader's role touches it.
+	partial map[uint64]*Frame
 	err     error                  // set once the channel fails; guarded by mu
 }
 
@@ -32,7 +35,7 @@ func NewCaller(conn *Conn, broken func(error) error) *Caller {
 	if broken == nil {
 		broken = func(err error) error { return err }
 	}
-	return &Caller{conn: conn, broken: broken, reader: make(chan struct{}, 1), pending: map[uint64]chan *Frame{}}
+	return &Caller{conn: conn, broken: broken, reader: make(chan struct{}, 1), pending: map[uint64]chan *Frame{}, partial: map[uint64]*Frame{}}
 }
 
 // Err returns the failure that broke the channel, or nil.
@@ -114,10 +117,16 @@ func (c *Caller) await(ctx context.Context, id uint64, ch chan *Frame) (*Frame, 
 			default:
 			}
 			f, err := c.conn.Recv()
+			if err == nil {
+				f, err = c.assemble(f)
+			}
 			if err != nil {
 				c.fail(err)
 				<-c.reader
 				return nil, c.Err()
+			}
+			if f == nil {
+				continue // a frame of a reply that goes on
 			}
 			if f.ID == id {
 				c.forget(id)
@@ -135,6 +144,35 @@ func (c *Caller) await(ctx context.Context, id uint64, ch chan *Frame) (*Frame, 
 			}
 		}
 	}
+}
+
+// assemble gathers the frames of a reply that spans several (FlagMore): it
+// returns nil until the last one, then the whole reply. Only the reader
+// calls it.
+func (c *Caller) assemble(f *Frame) (*Frame, error) {
+	part, spanning := c.partial[f.ID]
+	if f.Flags&FlagMore == 0 && !spanning {
+		return f, nil
+	}
+	if !spanning {
+		part = &Frame{Header: f.Header, Files: f.Files}
+		part.Flags &^= FlagMore
+		c.partial[f.ID] = part
+	} else {
+		CloseAll(f.Files) // descriptors travel with the first frame only
+	}
+	if len(part.Body)+len(f.Body) > MaxReply {
+		delete(c.partial, f.ID)
+		part.CloseFiles()
+		return nil, fmt.Errorf("%w: a reply of more than %d bytes", ErrFrame, MaxReply)
+	}
+	part.Body = append(part.Body, f.Body...)
+	if f.Flags&FlagMore != 0 {
+		return nil, nil
+	}
+	delete(c.partial, f.ID)
+	part.Len = uint32(len(part.Body))
+	return part, nil
 }
 
 // fail marks the channel broken and wakes every pending call.
@@ -199,10 +237,45 @@ func Reply(conn *Conn, req *Frame, resp any, files []*os.File, err error) error 
 		body = Empty{}
 	}
 	f, ferr := NewFrame(req.Op, req.ID, flags, body, files)
+	if errors.Is(ferr, errTooLarge) && flags&FlagError == 0 {
+		return sendSpanning(conn, req, body, files)
+	}
 	if ferr != nil {
 		f, _ = NewFrame(req.Op, req.ID, FlagReply|FlagError, AsError(ferr), nil)
 	}
 	return conn.Send(f)
+}
+
+// sendSpanning sends a reply too large for one frame as several (2.1), to
+// a caller that reads them; a 2.0 caller gets an error reply instead.
+func sendSpanning(conn *Conn, req *Frame, body any, files []*os.File) error {
+	b, err := json.Marshal(body)
+	switch {
+	case err != nil:
+	case req.Minor < 1:
+		err = Errorf(CodeVersion, "the %s reply is %d bytes, more than one frame, which a protocol %d.%d caller cannot read (2.1 can)", req.Op, len(b), req.Major, req.Minor)
+	case len(b) > MaxReply:
+		err = Errorf(CodeInvalid, "the %s reply is %d bytes, more than the %d a reply may have", req.Op, len(b), MaxReply)
+	}
+	if err != nil {
+		f, _ := NewFrame(req.Op, req.ID, FlagReply|FlagError, AsError(err), nil)
+		return conn.Send(f)
+	}
+	const chunk = MaxFrame - HeaderSize
+	for off := 0; off < len(b); off += chunk {
+		end := min(off+chunk, len(b))
+		f := &Frame{Header: Header{Major: Major, Minor: Minor, Op: req.Op, Flags: FlagReply, ID: req.ID}, Body: b[off:end]}
+		if end < len(b) {
+			f.Flags |= FlagMore
+		}
+		if off == 0 {
+			f.Files = files
+		}
+		if err := conn.Send(f); err != nil {
+			return err
+		}
+	}
+	return nil
 }
 
 // ErrChannelClosed is what a call gets when its channel closed under it.

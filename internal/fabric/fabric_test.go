@@ -51,6 +51,13 @@ func serve(t testing.TB, cfg ServeConfig) string {
 						files := r.Files
 						r.Files = nil
 						return Empty{}, files, nil
+					case OpProcesses: // a list of many frames, and a descriptor
+						var reply ProcessesReply
+						for n := range bigList {
+							reply.Processes = append(reply.Processes, Process{PID: int32(n), Command: strings.Repeat("x", 100)})
+						}
+						f, err := os.Open("/dev/null")
+						return reply, []*os.File{f}, err
 					}
 					return nil, nil, Errorf(CodeInvalid, "no %s here", r.Op)
 				}, cfg)
@@ -374,6 +381,75 @@ func BenchmarkNullCall(b *testing.B) {
 	for i := 0; i < b.N; i++ {
 		if _, err := c.Call(context.Background(), OpPing, Empty{}, nil, &Empty{}); err != nil {
 			b.Fatal(err)
+		}
+	}
+}
+
+// bigList is how many processes the test server's list holds: about 1.5 MB
+// of JSON, a dozen frames.
+const bigList = 10000
+
+// A reply larger than a frame spans several, descriptors with the first,
+// and comes back whole (2.1); other calls on the channel go on meanwhile.
+func TestReplySpansFrames(t *testing.T) {
+	c := dial(t, serve(t, ServeConfig{}), RoleClient)
+	var wg sync.WaitGroup
+	for range 4 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			var reply ProcessesReply
+			files, err := c.Call(context.Background(), OpProcesses, ProcessesRequest{}, nil, &reply)
+			if err != nil {
+				t.Error(err)
+				return
+			}
+			CloseAll(files)
+			if len(reply.Processes) != bigList || reply.Processes[bigList-1].PID != bigList-1 || len(files) != 1 {
+				t.Errorf("got %d processes and %d descriptors, want %d and 1", len(reply.Processes), len(files), bigList)
+			}
+		}()
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			if _, err := c.Call(context.Background(), OpPing, Empty{}, nil, &Empty{}); err != nil {
+				t.Error(err)
+			}
+		}()
+	}
+	wg.Wait()
+}
+
+// A 2.0 caller, which cannot read a reply of many frames, gets an error
+// that says so, and its channel lives on.
+func TestReplyTooLargeForOldCaller(t *testing.T) {
+	conn, err := Dial(serve(t, ServeConfig{}), true)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	if _, err := Handshake(conn, Hello{Role: RoleClient}); err != nil {
+		t.Fatal(err)
+	}
+	for _, op := range []Op{OpProcesses, OpPing} {
+		f, err := NewFrame(op, 9, 0, Empty{}, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		f.Minor = 0
+		if err := conn.Send(f); err != nil {
+			t.Fatal(err)
+		}
+		reply, err := conn.Recv()
+		if err != nil {
+			t.Fatalf("%s: %v", op, err)
+		}
+		err = reply.Decode(&ProcessesReply{})
+		switch {
+		case op == OpProcesses && (err == nil || !strings.Contains(err.Error(), "which a protocol 2.0 caller cannot read")):
+			t.Errorf("a 2.0 caller's long list: %v", err)
+		case op == OpPing && err != nil:
+			t.Errorf("ping after the refused list: %v", err)
 		}
 	}
 }

@@ -25,9 +25,16 @@ const (
 	// namespace per OSlet and global PIDs k<<22|p), and System V IPC is the
 	// kernel's in the cluster's one IPC namespace (1.x's ipc-* operations
 	// are gone). A 1.x OSlet is refused with both versions named.
+	//
+	// Minor 1: a reply too large for one frame spans several (FlagMore),
+	// so that a list of any length (ps of 8,000 processes) comes back
+	// whole. A 2.0 caller gets an error for such a reply, as before.
 	Major = 2
-	Minor = 0
+	Minor = 1
 )
+
+// MaxReply bounds a reply that spans frames.
+const MaxReply = 64 << 20
 
 // HeaderSize is the size of a frame's fixed header.
 const HeaderSize = 24
@@ -77,6 +84,10 @@ type Flags uint16
 const (
 	FlagReply Flags = 1 << iota // the frame answers the request with the same ID
 	FlagError                   // the reply's body is an *Error
+	// FlagMore marks a frame of a reply whose body goes on in the next
+	// frame of the same ID (2.1); the last frame has no FlagMore, and the
+	// reply's descriptors travel with the first.
+	FlagMore
 )
 
 // Header is a frame's fixed part. On the wire: magic (4 bytes), major,
@@ -141,6 +152,9 @@ func ParseFrame(b []byte) (*Frame, error) {
 	return f, nil
 }
 
+// errTooLarge says a message does not fit one frame.
+var errTooLarge = errors.New("too large for one frame")
+
 // NewFrame builds a request or reply frame whose body is v encoded as JSON.
 func NewFrame(op Op, id uint64, flags Flags, v any, files []*os.File) (*Frame, error) {
 	body, err := json.Marshal(v)
@@ -148,7 +162,7 @@ func NewFrame(op Op, id uint64, flags Flags, v any, files []*os.File) (*Frame, e
 		return nil, fmt.Errorf("encode %s: %w", op, err)
 	}
 	if HeaderSize+len(body) > MaxFrame {
-		return nil, fmt.Errorf("encode %s: message of %d bytes is larger than the %d a frame holds", op, len(body), MaxFrame-HeaderSize)
+		return nil, fmt.Errorf("encode %s: message of %d bytes is larger than the %d a frame holds: %w", op, len(body), MaxFrame-HeaderSize, errTooLarge)
 	}
 	if len(files) > MaxFiles {
 		return nil, fmt.Errorf("encode %s: %d descriptors, at most %d travel with a frame", op, len(files), MaxFiles)
