@@ -26,7 +26,7 @@ type Caller struct {
 	// partial holds the replies whose frames are still coming (FlagMore);
 	// only the caller that holds the reader's role touches it.
 	partial map[uint64]*Frame
-	err     error                  // set once the channel fails; guarded by mu
+	err     error // set once the channel fails; guarded by mu
 }
 
 // NewCaller returns a caller on conn. broken turns a channel failure into the
