@@ -147,6 +147,9 @@ func (c *Client) channel(k int) (*fabric.Caller, error) {
 	}
 	if _, err := fabric.Handshake(conn, fabric.Hello{Role: fabric.RoleHost, PID: int32(os.Getpid())}); err != nil {
 		conn.Close()
+		if errors.Is(err, fabric.ErrNotAnswering) {
+			return nil, fabric.NotAnsweringError(k, err.Error())
+		}
 		return nil, fmt.Errorf("connect to oslet %d: %w", k, err)
 	}
 	cc := fabric.NewCaller(conn, func(error) error { return fabric.DownError(k) })

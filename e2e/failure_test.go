@@ -432,3 +432,38 @@ func TestLongLists(t *testing.T) {
 		}
 	}
 }
+
+// An init that is alive but does not answer (stopped) is reported as not
+// answering within a bound, by its peers and on the host; the others carry
+// on, and it is back once it answers again.
+func TestHungOSlet(t *testing.T) {
+	c := boot(t, "--oslets", "2")
+	init2 := c.state().Inits["2"]
+	if err := syscall.Kill(init2, syscall.SIGSTOP); err != nil {
+		t.Fatal(err)
+	}
+	defer syscall.Kill(init2, syscall.SIGCONT)
+	start := time.Now()
+	// The spawn's descriptors stay in the stopped init's socket until it
+	// reads them: they must not be the test's pipe, which would then not
+	// end.
+	out := c.must("run", "--on", "1", "--", "sh", "-c", "smpc run --on 2 -- true </dev/null >/dev/null 2>/gtmp/hung.err; echo $?; cat /gtmp/hung.err")
+	if !strings.HasPrefix(out, "125\n") || !strings.Contains(out, "oslet 2 is not answering") {
+		t.Errorf("a spawn on the stopped OSlet 2 from OSlet 1: %s", out)
+	}
+	if took := time.Since(start); took > 10*time.Second {
+		t.Errorf("OSlet 1 took %v to report OSlet 2 not answering", took)
+	}
+	if out := c.must("run", "--on", "1", "--", "echo", "alive"); strings.TrimSpace(out) != "alive" {
+		t.Errorf("OSlet 1 while OSlet 2 is stopped: %q", out)
+	}
+	out, code := c.smpc("status")
+	if code != 1 || !strings.Contains(out, "2      down") {
+		t.Errorf("status with OSlet 2 stopped: exit %d: %s", code, out)
+	}
+	syscall.Kill(init2, syscall.SIGCONT)
+	waitFor(t, "OSlet 2 to answer again", func() bool {
+		out, code := c.smpc("run", "--on", "1", "--", "smpc", "run", "--on", "2", "--", "echo", "back")
+		return code == 0 && strings.TrimSpace(out) == "back"
+	})
+}

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"os"
 	"sync"
+	"time"
 )
 
 // Caller makes calls on one channel, many at once. Whichever caller is
@@ -49,9 +50,10 @@ func (c *Caller) Err() error {
 func (c *Caller) Close() error { return c.conn.Close() }
 
 // Call sends req with its descriptors and decodes the reply into resp. The
-// reply's descriptors are returned. ctx is honoured while the call waits for
-// another caller to read; a caller reading for itself waits for the reply or
-// the channel's end.
+// reply's descriptors are returned. ctx is honoured throughout: while the
+// call waits for another caller to read, and while it reads for everyone
+// (a reply that comes after it gave up is dropped), so that a peer that
+// hangs without dying holds no caller past its deadline.
 func (c *Caller) Call(ctx context.Context, op Op, req any, files []*os.File, resp any) ([]*os.File, error) {
 	ch := make(chan *Frame, 1)
 	c.mu.Lock()
@@ -115,6 +117,11 @@ func (c *Caller) await(ctx context.Context, id uint64, ch chan *Frame) (*Frame, 
 				}
 				return f, nil
 			default:
+			}
+			if err := c.conn.waitReadable(ctx); err != nil {
+				c.forget(id)
+				<-c.reader
+				return nil, err
 			}
 			f, err := c.conn.Recv()
 			if err == nil {
@@ -190,11 +197,24 @@ func (c *Caller) fail(cause error) error {
 	return c.err
 }
 
+// HandshakeTimeout bounds the answer to a hello: an OSlet whose init is
+// alive but hung (stopped, say) accepts connections, since the kernel does,
+// and never answers.
+const HandshakeTimeout = 5 * time.Second
+
+// ErrNotAnswering says an OSlet's init took a channel and did not answer.
+var ErrNotAnswering = errors.New("not answering")
+
 // Handshake sends Hello on a fresh channel and checks the answer.
 func Handshake(conn *Conn, hello Hello) (*HelloReply, error) {
+	ctx, cancel := context.WithTimeout(context.Background(), HandshakeTimeout)
+	defer cancel()
 	c := NewCaller(conn, nil)
 	var reply HelloReply
-	if _, err := c.Call(context.Background(), OpHello, hello, nil, &reply); err != nil {
+	if _, err := c.Call(ctx, OpHello, hello, nil, &reply); err != nil {
+		if errors.Is(err, context.DeadlineExceeded) {
+			return nil, fmt.Errorf("%w: no answer to hello within %v", ErrNotAnswering, HandshakeTimeout)
+		}
 		return nil, err
 	}
 	return &reply, nil

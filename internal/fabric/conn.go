@@ -1,6 +1,7 @@
 package fabric
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"io"
@@ -354,4 +355,45 @@ func (l *Listener) Accept() (int, error) {
 func (l *Listener) Close() error {
 	l.rc.Control(func(fd uintptr) { unix.Shutdown(int(fd), unix.SHUT_RDWR) })
 	return l.f.Close()
+}
+
+// waitReadable waits until a frame can be read, or ctx ends. A Caller's
+// reader calls it so that its own deadline holds while it reads for
+// everyone; with a context that never ends it returns at once, and the
+// read that follows waits as long as it must.
+func (c *Conn) waitReadable(ctx context.Context) error {
+	if ctx.Done() == nil {
+		return nil
+	}
+	for {
+		if err := ctx.Err(); err != nil {
+			return err
+		}
+		wait := 100 * time.Millisecond
+		if d, ok := ctx.Deadline(); ok {
+			wait = min(wait, time.Until(d))
+		}
+		ready := false
+		var perr error
+		cerr := c.rc.Control(func(fd uintptr) {
+			pfd := []unix.PollFd{{Fd: int32(fd), Events: unix.POLLIN}}
+			n, err := unix.Poll(pfd, int(max(wait.Milliseconds(), 1)))
+			switch {
+			case err == unix.EINTR:
+			case err != nil:
+				perr = err
+			case n > 0:
+				ready = true // a frame, or the channel's end, which Recv reports
+			}
+		})
+		if cerr != nil {
+			return cerr
+		}
+		if perr != nil {
+			return fmt.Errorf("wait for a frame: %w", perr)
+		}
+		if ready {
+			return nil
+		}
+	}
 }

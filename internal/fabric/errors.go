@@ -72,6 +72,13 @@ func Errorf(code Code, format string, args ...any) *Error {
 // DownError says that OSlet k is down.
 func DownError(k int) *Error { return Errorf(CodeDown, "oslet %d is down", k) }
 
+// NotAnsweringError says OSlet k's init is alive but does not answer (it
+// is stopped, or hung): for its callers it is down, and the message says
+// which way.
+func NotAnsweringError(k int, why string) *Error {
+	return Errorf(CodeDown, "oslet %d is not answering (%s)", k, why)
+}
+
 // AsError converts any error into an *Error for a reply. An error that
 // wraps a syscall.Errno gets the errno's name as its code, so that it
 // crosses OSlets and still matches the errno; others are internal errors.

@@ -2,6 +2,7 @@ package oslet
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"os"
 	"sync"
@@ -12,8 +13,16 @@ import (
 
 // heartbeat is how often an init checks each outbound proxy channel. A peer
 // that dies closes its sockets, which the inbound channel sees at once; the
-// heartbeat also catches the outbound side.
-const heartbeat = 250 * time.Millisecond
+// heartbeat also catches the outbound side, and a peer that is alive but
+// does not answer (stopped, or hung): one that leaves missedBeats pings in
+// a row unanswered for beatTimeout each is reported as not answering, and
+// its channel closed, failing every call pending on it. A stall shorter
+// than that, under load, passes: the bound is about 4 s.
+const (
+	heartbeat   = 250 * time.Millisecond
+	beatTimeout = time.Second
+	missedBeats = 3
+)
 
 // peer is this init's proxy channel to another OSlet.
 type peer struct {
@@ -24,6 +33,9 @@ type peer struct {
 	mu   sync.Mutex
 	c    *fabric.Caller // nil while the peer is down; guarded by mu
 	init int            // the peer init's PID in the cluster, from its hello; guarded by mu
+	// hung says why the channel was closed when the peer stopped
+	// answering; "" when it was not. Guarded by mu.
+	hung string
 }
 
 // initPID returns the peer init's PID in the cluster.
@@ -75,11 +87,30 @@ func (p *peer) dial(self int) error {
 		conn.Close()
 		return err
 	}
-	c := fabric.NewCaller(conn, func(error) error { return fabric.DownError(p.index) })
+	c := fabric.NewCaller(conn, func(error) error {
+		p.mu.Lock()
+		defer p.mu.Unlock()
+		if p.hung != "" {
+			return fabric.NotAnsweringError(p.index, p.hung)
+		}
+		return fabric.DownError(p.index)
+	})
 	p.mu.Lock()
-	p.c, p.init = c, int(reply.InitPID)
+	p.c, p.init, p.hung = c, int(reply.InitPID), ""
 	p.mu.Unlock()
 	return nil
+}
+
+// notAnswering closes the channel of a peer that stopped answering; its
+// pending calls fail saying so.
+func (p *peer) notAnswering(why string) {
+	p.mu.Lock()
+	c := p.c
+	p.c, p.hung = nil, why
+	p.mu.Unlock()
+	if c != nil {
+		c.Close()
+	}
 }
 
 // connectPeers opens every outbound proxy channel at boot, when every peer
@@ -106,6 +137,7 @@ func (i *Init) connectPeers() error {
 
 func (i *Init) keep(p *peer) {
 	wasUp := true
+	missed := 0
 	for {
 		time.Sleep(heartbeat)
 		if !p.up() {
@@ -120,8 +152,18 @@ func (i *Init) keep(p *peer) {
 			i.log.Info("peer up", "peer", p.index)
 		}
 		wasUp = true
-		ctx, cancel := context.WithTimeout(context.Background(), time.Second)
-		p.call(ctx, fabric.OpPing, fabric.Empty{}, nil, &fabric.Empty{})
+		ctx, cancel := context.WithTimeout(context.Background(), beatTimeout)
+		_, err := p.call(ctx, fabric.OpPing, fabric.Empty{}, nil, &fabric.Empty{})
 		cancel()
+		if !errors.Is(err, context.DeadlineExceeded) {
+			missed = 0
+			continue
+		}
+		if missed++; missed >= missedBeats {
+			why := fmt.Sprintf("%d heartbeats in a row unanswered for %v each", missed, beatTimeout)
+			i.log.Warn("peer not answering", "peer", p.index, "why", why)
+			p.notAnswering(why)
+			missed = 0
+		}
 	}
 }
