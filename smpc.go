@@ -41,13 +41,14 @@ type OSletStatus = fabric.OSletStatus
 
 // Errors that calls return, for errors.Is.
 var (
-	ErrDown       = fabric.ErrDown       // the OSlet is down
-	ErrNoProcess  = fabric.ErrNoProcess  // no such process
-	ErrPermission = fabric.ErrPermission // not allowed
-	ErrNotFound   = fabric.ErrNotFound   // program not found
-	ErrNoExec     = fabric.ErrNoExec     // program not executable
-	ErrInvalid    = fabric.ErrInvalid    // bad request (unknown OSlet, bad signal)
-	ErrRefused    = fabric.ErrRefused    // refused by the socket rule
+	ErrDown       = fabric.ErrDown        // the OSlet is down
+	ErrNoProcess  = fabric.ErrNoProcess   // no such process
+	ErrPermission = fabric.ErrPermission  // not allowed
+	ErrNotFound   = fabric.ErrNotFound    // program not found
+	ErrNoExec     = fabric.ErrNoExec      // program not executable
+	ErrInvalid    = fabric.ErrInvalid     // bad request (unknown OSlet, bad signal)
+	ErrRefused    = fabric.ErrRefused     // refused by the socket rule
+	ErrNoCluster  = statedir.ErrNoCluster // no cluster runs on the state dir (from the host)
 )
 
 // Client is a connection to a cluster. It is safe for concurrent use.

@@ -182,10 +182,23 @@ func (c *cluster) initPID(k int) int32 {
 
 func (c *cluster) ps() []proc {
 	c.t.Helper()
+	// ps exits 1 with an OSlet down, and lists the others all the same.
 	out, _ := c.smpc("ps", "--json")
 	var ps []proc
-	json.Unmarshal([]byte(strings.SplitN(out, "\n", 2)[0]), &ps)
+	if err := json.Unmarshal([]byte(strings.SplitN(out, "\n", 2)[0]), &ps); err != nil {
+		c.t.Fatalf("ps --json: %v: %s", err, out)
+	}
 	return ps
+}
+
+// pidOf reads the PID that smpc run --detach printed.
+func (c *cluster) pidOf(out string) int {
+	c.t.Helper()
+	pid, err := strconv.Atoi(strings.TrimSpace(out))
+	if err != nil {
+		c.t.Fatalf("smpc run --detach printed %q, not a PID", out)
+	}
+	return pid
 }
 
 func waitFor(t *testing.T, what string, f func() bool) {
@@ -405,8 +418,19 @@ func TestOSletDeath(t *testing.T) {
 	waiter := exec.Command(smpcBin, "--state-dir", c.dir, "wait", pid)
 	var wout bytes.Buffer
 	waiter.Stdout, waiter.Stderr = &wout, &wout
-	waiter.Start()
-	time.Sleep(100 * time.Millisecond)
+	if err := waiter.Start(); err != nil {
+		t.Fatal(err)
+	}
+	// The wait under test is one already blocked on OSlet 2 (a later one
+	// learns the end from the record of lost processes).
+	waitFor(t, "the waiter to block on OSlet 2", func() bool {
+		var st []struct {
+			Index int `json:"index"`
+			Waits int `json:"waits"`
+		}
+		json.Unmarshal([]byte(c.must("status", "--json")), &st)
+		return len(st) == 2 && st[1].Waits == 1
+	})
 
 	init2 := c.state().Inits["2"]
 	if err := exec.Command("kill", "-9", strconv.Itoa(init2)).Run(); err != nil {

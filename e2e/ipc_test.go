@@ -66,13 +66,18 @@ func (c *cluster) background(args ...string) (*exec.Cmd, func() (string, int)) {
 	}
 }
 
-// stillRunning checks that a background command blocks.
-func stillRunning(t *testing.T, cmd *exec.Cmd, what string) {
+// blockedIn waits until the cluster's process whose command ends in cmd
+// sleeps in the kernel function call (a /proc/PID/task/TID/wchan, read inside
+// an OSlet, which sees every process), so that a test of what wakes it
+// knows it was blocked there, not merely slow to start.
+func blockedIn(t *testing.T, c *cluster, cmd, call string) {
 	t.Helper()
-	time.Sleep(300 * time.Millisecond)
-	if err := cmd.Process.Signal(unix.Signal(0)); err != nil {
-		t.Fatalf("%s did not block", what)
-	}
+	p := findProc(c, cmd)
+	waitFor(t, fmt.Sprintf("%q to block in %s", cmd, call), func() bool {
+		// Any of its threads: a Go program makes the call on one of its own.
+		out, _ := c.smpc("run", "--on", "1", "--", "sh", "-c", fmt.Sprintf("cat /proc/%d/task/*/wchan", p.PID))
+		return strings.Contains(out, call)
+	})
 }
 
 // TestMessageQueues checks SysV message queues across OSlets: one key names
@@ -114,8 +119,8 @@ func TestMessageQueues(t *testing.T) {
 	if out, code := c.smpc("msg", "send", "0x1234", "5", "more", "--nowait"); code != 1 || !strings.Contains(out, "resource temporarily unavailable") {
 		t.Fatalf("send --nowait to a full queue: %d %s", code, out)
 	}
-	sender, senderDone := c.background("run", "--on", "2", "--", smpcBin, "msg", "send", "0x1234", "6", "after")
-	stillRunning(t, sender, "a sender to a full queue")
+	_, senderDone := c.background("run", "--on", "2", "--", smpcBin, "msg", "send", "0x1234", "6", "after")
+	blockedIn(t, c, "msg send 0x1234 6 after", "do_msgsnd")
 	if out, code := c.inside(1, "msg", "recv", "0x1234", "--type", "5"); code != 0 || out != big+"\n" {
 		t.Fatalf("recv of a big message: %d, %d bytes", code, len(out))
 	}
@@ -127,8 +132,8 @@ func TestMessageQueues(t *testing.T) {
 	}
 
 	// Removal wakes a blocked receiver with "identifier removed".
-	receiver, receiverDone := c.background("run", "--on", "1", "--", smpcBin, "msg", "recv", "0x1234", "--type", "99")
-	stillRunning(t, receiver, "a receiver on a queue with no such message")
+	_, receiverDone := c.background("run", "--on", "1", "--", smpcBin, "msg", "recv", "0x1234", "--type", "99")
+	blockedIn(t, c, "msg recv 0x1234 --type 99", "do_msgrcv")
 	c.must("ipcrm", "-Q", "0x1234")
 	if out, code := receiverDone(); code != 1 || !strings.Contains(out, "identifier removed") {
 		t.Fatalf("receiver woken by removal: %d %s", code, out)
@@ -247,8 +252,8 @@ func TestSemaphoreOpsAndUndo(t *testing.T) {
 		t.Fatalf("values after a refused op: %s", out)
 	}
 	// Wait for zero: blocks until semaphore 1 is 0.
-	zero, zeroDone := c.background("run", "--on", "2", "--", smpcBin, "sem", "op", "77", "1:0")
-	stillRunning(t, zero, "a wait for zero on a semaphore of 1")
+	_, zeroDone := c.background("run", "--on", "2", "--", smpcBin, "sem", "op", "77", "1:0")
+	blockedIn(t, c, "sem op 77 1:0", "do_semtimedop")
 	if out := c.must("sem", "get", "77", "--json"); !strings.Contains(out, `"num":1,"value":1,"ncnt":0,"zcnt":1`) {
 		t.Fatalf("GETZCNT with a waiter: %s", out)
 	}
@@ -264,8 +269,8 @@ func TestSemaphoreOpsAndUndo(t *testing.T) {
 		return strings.Contains(c.must("sem", "get", "77", "--json"), `"num":0,"value":0`)
 	})
 	holder := findProc(c, "sem op 77 0:-1 --undo --hold")
-	waiter, waiterDone := c.background("run", "--on", "1", "--", smpcBin, "sem", "op", "77", "0:-1")
-	stillRunning(t, waiter, "a waiter on a held semaphore")
+	_, waiterDone := c.background("run", "--on", "1", "--", smpcBin, "sem", "op", "77", "0:-1")
+	blockedIn(t, c, "sem op 77 0:-1", "do_semtimedop")
 	c.must("kill", "-KILL", strconv.Itoa(int(holder.PID)))
 	if out, code := waiterDone(); code != 0 {
 		t.Fatalf("waiter after the holder was killed: %d %s", code, out)

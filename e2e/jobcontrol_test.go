@@ -137,6 +137,8 @@ func TestJobControl(t *testing.T) {
 		t.Fatal("the loop is not on oslet 2")
 	}
 	waitFor(t, "the loop to be stopped", func() bool { p, _ := remote(c, 2, "tick-"); return p.State == "T" })
+	// Stopped (state T, above): it must print nothing over four of its
+	// 100 ms ticks. An absence needs a window.
 	before := term.output()
 	time.Sleep(400 * time.Millisecond)
 	if after := term.output(); strings.Count(after, "tick-") != strings.Count(before, "tick-") {

@@ -4,6 +4,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"maps"
 	"net"
 	"net/http"
 	"os"
@@ -75,9 +76,12 @@ func (c *cluster) ports() []portEntry {
 // waitPort waits until the port map has an entry for proto/port on OSlet k
 // that matches want (nil: until it has none for the port at all), within the
 // second the forwarder promises.
-func (c *cluster) waitPort(proto string, port, k int, want func(portEntry) bool) portEntry {
-	c.t.Helper()
-	deadline := time.Now().Add(time.Second)
+// waitPort waits for the port map's entry of port on OSlet k to satisfy
+// want (nil: for the port to leave the map). The forwarder scans every
+// 200 ms; the deadline leaves a loaded machine the time to start a server.
+func (c *cluster) waitPort(t *testing.T, proto string, port, k int, want func(portEntry) bool) portEntry {
+	t.Helper()
+	deadline := time.Now().Add(5 * time.Second)
 	for {
 		var got *portEntry
 		any := false
@@ -96,7 +100,7 @@ func (c *cluster) waitPort(proto string, port, k int, want func(portEntry) bool)
 			return *got
 		}
 		if time.Now().After(deadline) {
-			c.t.Fatalf("port map after 1s: %s", c.must("ports"))
+			t.Fatalf("port map after 5s: %s", c.must("ports"))
 		}
 		time.Sleep(50 * time.Millisecond)
 	}
@@ -270,7 +274,7 @@ func TestNetwork(t *testing.T) {
 	t.Run("net/http on oslet 2", func(t *testing.T) {
 		const port = 18081
 		pid := startHelper(2, "http", port)
-		p := c.waitPort("tcp", port, 2, forwarded)
+		p := c.waitPort(t, "tcp", port, 2, forwarded)
 		if p.PID != pid || p.Command != "e2e.test" {
 			t.Errorf("port map names pid %d %q, want %d e2e.test", p.PID, p.Command, pid)
 		}
@@ -315,7 +319,7 @@ func TestNetwork(t *testing.T) {
 		// The server exits: its forward goes within a second, and the port
 		// is closed on the host again.
 		c.must("kill", strconv.Itoa(pid))
-		c.waitPort("tcp", port, 2, nil)
+		c.waitPort(t, "tcp", port, 2, nil)
 		if _, err := net.DialTimeout("tcp", fmt.Sprintf("127.0.0.1:%d", port), time.Second); err == nil {
 			t.Error("the port still answers after its server exited")
 		}
@@ -324,8 +328,8 @@ func TestNetwork(t *testing.T) {
 	t.Run("python http.server on oslet 2, conflict on oslet 1", func(t *testing.T) {
 		const port = 18082
 		out := c.must("run", "--on", "2", "--detach", "--", "python3", "-m", "http.server", "--bind", "0.0.0.0", "--directory", "/etc", strconv.Itoa(port))
-		first, _ := strconv.Atoi(strings.TrimSpace(out))
-		c.waitPort("tcp", port, 2, forwarded)
+		first := c.pidOf(out)
+		c.waitPort(t, "tcp", port, 2, forwarded)
 		if body := httpGet(t, fmt.Sprintf("http://127.0.0.1:%d/hostname", port)); strings.TrimSpace(body) == "" {
 			t.Errorf("host loopback: empty body")
 		}
@@ -334,8 +338,8 @@ func TestNetwork(t *testing.T) {
 			t.Errorf("from oslet 1: %q", out)
 		}
 		out = c.must("run", "--on", "1", "--detach", "--", "python3", "-m", "http.server", "--bind", "0.0.0.0", strconv.Itoa(port))
-		second, _ := strconv.Atoi(strings.TrimSpace(out))
-		p := c.waitPort("tcp", port, 1, func(p portEntry) bool { return p.Holder == 2 && !p.Forwarded })
+		second := c.pidOf(out)
+		p := c.waitPort(t, "tcp", port, 1, func(p portEntry) bool { return p.Holder == 2 && !p.Forwarded })
 		if p.PID != second {
 			t.Errorf("conflict names pid %d, want %d", p.PID, second)
 		}
@@ -344,15 +348,15 @@ func TestNetwork(t *testing.T) {
 		}
 		// The holder leaves: the port goes to the one still listening.
 		c.must("kill", strconv.Itoa(first))
-		c.waitPort("tcp", port, 1, forwarded)
+		c.waitPort(t, "tcp", port, 1, forwarded)
 		c.must("kill", strconv.Itoa(second))
-		c.waitPort("tcp", port, 1, nil)
+		c.waitPort(t, "tcp", port, 1, nil)
 	})
 
 	t.Run("udp echo on oslet 1", func(t *testing.T) {
 		const port = 18083
 		pid := startHelper(1, "udp", port)
-		c.waitPort("udp", port, 1, forwarded)
+		c.waitPort(t, "udp", port, 1, forwarded)
 		conn, err := net.Dial("udp", fmt.Sprintf("127.0.0.1:%d", port))
 		if err != nil {
 			t.Fatal(err)
@@ -366,7 +370,7 @@ func TestNetwork(t *testing.T) {
 			t.Fatalf("echo: %q %v", buf[:n], err)
 		}
 		c.must("kill", strconv.Itoa(pid))
-		c.waitPort("udp", port, 1, nil)
+		c.waitPort(t, "udp", port, 1, nil)
 	})
 
 	t.Run("a port the host serves stays the host's", func(t *testing.T) {
@@ -377,7 +381,7 @@ func TestNetwork(t *testing.T) {
 		defer l.Close()
 		go http.Serve(l, http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) { io.WriteString(w, "host") }))
 		pid := startHelper(2, "http", 18084)
-		c.waitPort("tcp", 18084, 2, func(p portEntry) bool { return p.Holder == 0 })
+		c.waitPort(t, "tcp", 18084, 2, func(p portEntry) bool { return p.Holder == 0 })
 		if body := httpGet(t, "http://127.0.0.1:18084/"); body != "host" {
 			t.Errorf("the host's own server lost its port: %q", body)
 		}
@@ -428,12 +432,25 @@ func TestNetworkAfterCrash(t *testing.T) {
 	for _, pid := range st.Inits {
 		syscall.Kill(pid, syscall.SIGKILL)
 	}
-	time.Sleep(200 * time.Millisecond)
+	waitFor(t, "the boot process and the inits to die", func() bool {
+		for _, pid := range append([]int{st.Supervisor}, slices.Collect(maps.Values(st.Inits))...) {
+			if syscall.Kill(pid, 0) == nil && !isZombie(pid) {
+				return false
+			}
+		}
+		return true
+	})
 	if len(smpcLinks(t)) == 0 {
 		t.Fatal("the crashed cluster left no bridge: the test does not test anything")
 	}
-	// The kernel detaches the loopback redirect with its links.
-	if progs := redirectPrograms(t); len(progs) != 0 {
+	// The kernel detaches the loopback redirect with its links, once the
+	// dead process's descriptors are released.
+	var progs []string
+	deadline := time.Now().Add(5 * time.Second)
+	for progs = redirectPrograms(t); len(progs) != 0 && time.Now().Before(deadline); progs = redirectPrograms(t) {
+		time.Sleep(20 * time.Millisecond)
+	}
+	if len(progs) != 0 {
 		t.Errorf("BPF programs left by the crashed boot process: %v", progs)
 	}
 	if syscall.Kill(st.Reaper, 0) != nil {

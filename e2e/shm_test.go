@@ -83,9 +83,9 @@ func TestShmHelper(t *testing.T) {
 		for try := 0; try < 1000 && err != nil; try++ {
 			time.Sleep(10 * time.Millisecond)
 			if f, err = os.OpenFile(path, os.O_RDWR, 0); err == nil {
-				if st, _ := f.Stat(); st.Size() < 4096 {
+				if st, serr := f.Stat(); serr != nil || st.Size() < 4096 {
 					f.Close()
-					err = fmt.Errorf("%s is %d bytes", path, st.Size())
+					err = fmt.Errorf("%s is short: %v %v", path, st, serr)
 				}
 			}
 		}

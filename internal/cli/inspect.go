@@ -19,7 +19,8 @@ func statusCmd() *cobra.Command {
 		Short: "Describe each OSlet: address, CPUs, memory, processes, load, proxy queue, up or down",
 		Long: `Describe each OSlet: its address on the cluster bridge, CPUs, memory limit
 and use, processes, load (runnable processes per CPU), the peer requests
-waiting in its queue, and the protocol it speaks. The exit status is 1 when
+waiting in its queue, and the protocol it speaks; --json adds the init's PID
+and the waits blocked there until a process ends. The exit status is 1 when
 an OSlet is down, so that a script can tell a whole cluster from one that
 lost an OSlet.`,
 		Args: cobra.NoArgs,

@@ -247,6 +247,7 @@ type OSletStatus struct {
 	Load        float64 `json:"load"` // runnable processes per CPU
 	Queue       int     `json:"queue"`
 	Active      int     `json:"active"`
+	Waits       int     `json:"waits,omitempty"` // waits blocked until a process ends (2.1)
 	Protocol    string  `json:"protocol"`
 	InitPID     int     `json:"init_pid,omitempty"` // the init's PID in the cluster
 	Address     string  `json:"address,omitempty"`  // its address on the cluster bridge

@@ -36,6 +36,7 @@ type Init struct {
 	queue *fabric.Queue // the queued lock for peer requests
 	// limits bound what the clients of this OSlet can make the init hold.
 	limits clientLimits
+	waits  atomic.Int64 // waits being served, blocked until a process ends
 	// spawner forks the processes the init starts, into the OSlet's
 	// processes' cgroup.
 	spawner *spawner

@@ -181,6 +181,8 @@ var handlers = map[fabric.Op]handlerFunc{
 			}
 			defer i.limits.waits.Release(1)
 		}
+		i.waits.Add(1)
+		defer i.waits.Add(-1)
 		st, err := i.wait(who, req)
 		return fabric.WaitReply{Status: st}, nil, err
 	}),
@@ -521,7 +523,7 @@ func (i *Init) localStatus() fabric.OSletStatus {
 		MemoryLimit: i.self.Memory, MemoryUsed: i.cg.MemoryUsed(),
 		Processes: procs, Load: i.loads.load(i.cfg.Index, int(i.pid)),
 		Queue: waiting, Active: active, Protocol: fmt.Sprintf("%d.%d", fabric.Major, fabric.Minor),
-		Address: i.cfg.Address, InitPID: int(i.pid),
+		Address: i.cfg.Address, InitPID: int(i.pid), Waits: int(i.waits.Load()),
 	}
 }
 
