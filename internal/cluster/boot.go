@@ -115,7 +115,7 @@ func Boot(opts Options) (c *Cluster, retErr error) {
 	if opts.Name == "" {
 		opts.Name, _ = os.Hostname()
 	}
-	lock, err := lockStateDir(opts.StateDir)
+	lock, err := lockStateDir(opts.StateDir, opts.Log)
 	if err != nil {
 		return nil, err
 	}
@@ -582,7 +582,7 @@ func removeStateFiles(s *State) {
 	}
 }
 
-func lockStateDir(dir string) (*os.File, error) {
+func lockStateDir(dir string, log *slog.Logger) (*os.File, error) {
 	if err := os.MkdirAll(dir, 0o755); err != nil {
 		return nil, fmt.Errorf("boot: state dir: %w", err)
 	}
@@ -598,15 +598,20 @@ func lockStateDir(dir string) (*os.File, error) {
 		}
 		return nil, fmt.Errorf("boot: state dir %s is in use by a running cluster%s; shut it down first or use another --state-dir", dir, who)
 	}
-	// A cluster that crashed left its record: clean up after it first.
+	// A cluster that crashed left its record: clean up after it first. What
+	// could not be removed is said, and the boot goes on: the new cluster's
+	// names are its own.
 	if s, err := ReadState(dir); err == nil {
-		cleanStale(s)
+		if err := cleanStale(s); err != nil {
+			log.Warn("boot: what a crashed cluster left could not all be removed", "err", err)
+		}
 	}
 	return f, nil
 }
 
 // cleanStale removes what a crashed cluster left behind.
-func cleanStale(s *State) {
+func cleanStale(s *State) error {
+	var errs []error
 	live := map[int]int{}
 	for k, pid := range s.Inits {
 		if isInit(pid) {
@@ -614,7 +619,9 @@ func cleanStale(s *State) {
 		}
 	}
 	if s.Network != nil {
-		network.ReturnInterfaces(s.Network, live)
+		if err := network.ReturnInterfaces(s.Network, live); err != nil {
+			errs = append(errs, err)
+		}
 	}
 	for _, pid := range live {
 		unix.Kill(pid, unix.SIGKILL)
@@ -623,15 +630,25 @@ func cleanStale(s *State) {
 		unix.Kill(s.Reaper, unix.SIGKILL)
 	}
 	if s.Network != nil {
-		network.Teardown(s.Network)
-	}
-	for _, group := range s.Cgroups {
-		if cg, err := partition.Load(group); err == nil {
-			cg.Destroy()
-			partition.RemoveParents(group, s.CgroupTop)
+		if err := network.Teardown(s.Network); err != nil {
+			errs = append(errs, err)
 		}
 	}
+	for _, group := range s.Cgroups {
+		cg, err := partition.Load(group)
+		if err != nil {
+			continue // gone already
+		}
+		if err := cg.Destroy(); err != nil {
+			errs = append(errs, err)
+		}
+		partition.RemoveParents(group, s.CgroupTop)
+	}
 	removeStateFiles(s)
+	if err := errors.Join(errs...); err != nil {
+		return fmt.Errorf("clean up after the cluster on %s: %w", s.StateDir, err)
+	}
+	return nil
 }
 
 func isInit(pid int) bool { return cmdlineHas(pid, oslet.InitCommand) }
@@ -682,9 +699,10 @@ func RequestShutdown(stateDir string, timeout time.Duration) error {
 	if err == nil {
 		defer f.Close()
 		if unix.Flock(int(f.Fd()), unix.LOCK_EX|unix.LOCK_NB) == nil {
-			cleanStale(s) // the supervisor is gone
+			// The supervisor is gone: clean up after it here.
+			err := cleanStale(s)
 			os.Remove(stateDir)
-			return nil
+			return err
 		}
 	}
 	if err := unix.Kill(s.Supervisor, unix.SIGTERM); err != nil {

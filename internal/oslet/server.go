@@ -441,9 +441,14 @@ func (i *Init) watchForeign(pid vproc.PID) {
 				break
 			}
 		}
-		// The kernel may re-parent it to us first, and then Reaped has the
-		// real status; give the reaper a moment to record it.
-		time.Sleep(10 * time.Millisecond)
+		// If it ended as our child (the kernel re-parented it to this
+		// subreaper first), the reaper records its real status: a
+		// zombie of ours waits for it. Otherwise its parent has it.
+		// (Once recorded, a status stays: a later Finish is no-op.)
+		var info unix.Siginfo
+		if unix.Waitid(unix.P_PIDFD, fd, &info, unix.WEXITED|unix.WNOHANG|unix.WNOWAIT, nil) == nil {
+			return
+		}
 		i.table.Finish(pid, vproc.ExitStatus{Unknown: true})
 	}()
 }
