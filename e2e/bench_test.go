@@ -201,7 +201,7 @@ func BenchmarkScaling(b *testing.B) {
 // would, and checks that every figure is there and sane.
 func TestBenchCommand(t *testing.T) {
 	c := boot(t)
-	out, code := c.smpc("bench", "--json", "-n", "100", "--bytes", "16M", "--loop-time", "50ms", "--build-files", "8", "--scaling", "--round-time", "200ms")
+	out, code := c.smpc("bench", "--json", "-n", "100", "--bytes", "16M", "--loop-time", "50ms", "--build-files", "8", "--scaling", "--round-time", "200ms", "--failure")
 	if code != 0 {
 		t.Fatalf("smpc bench: exit %d: %s", code, out)
 	}
@@ -217,7 +217,8 @@ func TestBenchCommand(t *testing.T) {
 		}
 	}
 	want := []string{"null-call", "spawn", "run-command", "signal-wait", "pipe", "pipe-same-cpus",
-		"msg-pingpong", "semop", "exec-placed", "cpu-loop", "syscall-loop", "boot-1", "scale-spawn-1"}
+		"msg-pingpong", "semop", "exec-placed", "cpu-loop", "syscall-loop", "boot-1", "scale-spawn-1",
+		"detect-death", "detect-hang"}
 	if _, err := exec.LookPath("gcc"); err == nil {
 		want = append(want, "build")
 	}
@@ -229,8 +230,13 @@ func TestBenchCommand(t *testing.T) {
 			t.Errorf("smpc bench --json has no %q: %s", name, out)
 		}
 	}
-	// The scaling clusters are gone.
-	if left, _ := filepath.Glob("/run/smpc-bench-scaling-*/cluster.json"); len(left) > 0 {
-		t.Errorf("scaling clusters left behind: %v", left)
+	// The clusters it booted are gone.
+	for _, pattern := range []string{"/run/smpc-bench-scaling-*/cluster.json", "/run/smpc-bench-failure-*/cluster.json"} {
+		if left, _ := filepath.Glob(pattern); len(left) > 0 {
+			t.Errorf("clusters left behind: %v", left)
+		}
+	}
+	if r := seen["detect-death"]; r.Met == nil || !*r.Met {
+		t.Errorf("a dead OSlet was seen down only after %v", time.Duration(r.SMPC.Value))
 	}
 }

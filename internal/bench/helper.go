@@ -47,6 +47,7 @@ func Helper(args []string) int {
 		"read-file":    readFile,
 		"tcp-send":     tcpSend,
 		"tcp-connect":  tcpConnect,
+		"detect-down":  detectDown,
 	}
 	h, ok := helpers[args[0]]
 	if !ok {

@@ -22,7 +22,7 @@ import (
 )
 
 func benchCmd() *cobra.Command {
-	var asJSON, scaling bool
+	var asJSON, scaling, failure bool
 	var sz bench.Sizes
 	var bytes string
 	var roundTime time.Duration
@@ -71,7 +71,9 @@ inside an OSlet), and otherwise boots one for the run and shuts it down after.
 --scaling also boots clusters of 1, 2, 4 and 8 OSlets of equal size (as many
 as this machine holds) and measures each one's boot time and its aggregate
 rates, every OSlet creating processes on, then calling, the next: the seed's
-goal of linear scalability.`,
+goal of linear scalability. --failure boots two clusters of 2 OSlets and
+times how soon OSlet 1 is told that OSlet 2 is down, once after OSlet 2's
+init is killed (detect-death) and once after it is stopped (detect-hang).`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			n, err := units.RAMInBytes(bytes)
@@ -96,9 +98,9 @@ goal of linear scalability.`,
 			if err != nil {
 				return err
 			}
-			if scaling && c.Self() != 0 {
+			if (scaling || failure) && c.Self() != 0 {
 				c.Close()
-				return errors.New("bench --scaling boots clusters: run it from the host")
+				return errors.New("bench --scaling and --failure boot clusters: run them from the host")
 			}
 			r := &bench.Runner{Client: c, Binary: exe, StateDir: dir}
 			results, err := r.All(ctx, sz, progress)
@@ -110,6 +112,12 @@ goal of linear scalability.`,
 					Sizes: sizes, CPUsPerOSlet: per, For: roundTime}
 				var more []bench.Result
 				more, err = s.Run(ctx)
+				results = append(results, more...)
+			}
+			if err == nil && failure {
+				d := &bench.Detection{Binary: exe, StateDir: fmt.Sprintf("/run/smpc-bench-failure-%d", os.Getpid())}
+				var more []bench.Result
+				more, err = d.Run(ctx)
 				results = append(results, more...)
 			}
 			if asJSON {
@@ -132,6 +140,7 @@ goal of linear scalability.`,
 	cmd.Flags().DurationVar(&sz.LoopTime, "loop-time", bench.DefaultLoopTime, "how long each run of a loop lasts")
 	cmd.Flags().IntVar(&sz.BuildFiles, "build-files", bench.DefaultBuildFiles, "C files in the build benchmark's tree (0: no build benchmark)")
 	cmd.Flags().BoolVar(&scaling, "scaling", false, "also boot clusters of 1, 2, 4 and 8 OSlets and measure how rates scale")
+	cmd.Flags().BoolVar(&failure, "failure", false, "also boot clusters of 2 OSlets and time how soon one OSlet learns that the other died, or hung")
 	cmd.Flags().DurationVar(&roundTime, "round-time", time.Second, "how long each scaling round lasts")
 	return cmd
 }
