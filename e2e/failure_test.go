@@ -141,6 +141,20 @@ func TestInitSurvivesOOM(t *testing.T) {
 		t.Fatal("OSlet 1's init is gone")
 	}
 	c.serving(t)
+	// A process that the OOM killer ends is told as such, not as lost
+	// with its OSlet, and status counts the OSlet's OOM kills.
+	out, code = c.smpc("run", "--on", "1", "--", py, "-c", "b = bytearray(512 << 20); b[::4096] = b'x' * len(b[::4096])")
+	if code != 137 || !strings.Contains(out, "killed by the OOM killer of oslet 1 (memory limit 128MiB)") {
+		t.Errorf("a process past its OSlet's memory: exit %d: %s", code, out)
+	}
+	var st []struct {
+		Index    int `json:"index"`
+		OOMKills int `json:"oom_kills"`
+	}
+	json.Unmarshal([]byte(c.must("status", "--json")), &st)
+	if len(st) != 2 || st[0].OOMKills < 2 || st[0].OOMKills != oomKills(t, c) {
+		t.Errorf("status counts %+v OOM kills; the kernel %d", st, oomKills(t, c))
+	}
 }
 
 // oomKills reads how many processes OSlet 1's OOM killer has killed.

@@ -18,7 +18,8 @@ func statusCmd() *cobra.Command {
 		Use:   "status",
 		Short: "Describe each OSlet: address, CPUs, memory, processes, load, proxy queue, up or down",
 		Long: `Describe each OSlet: its address on the cluster bridge, CPUs, memory limit
-and use, processes, load (runnable processes per CPU), the peer requests
+and use, processes, the processes its OOM killer has killed (OOM), load
+(runnable processes per CPU), the peer requests
 waiting in its queue, and the protocol it speaks; --json adds the init's PID
 and the waits blocked there until a process ends. The exit status is 1 when
 an OSlet is down, so that a script can tell a whole cluster from one that
@@ -30,13 +31,13 @@ lost an OSlet.`,
 				if err != nil {
 					return err
 				}
-				err = printList(cmd.OutOrStdout(), asJSON, st, "OSLET\tSTATE\tADDRESS\tCPUS\tMEMORY\tUSED\tPROCS\tLOAD\tQUEUE\tPROTOCOL",
+				err = printList(cmd.OutOrStdout(), asJSON, st, "OSLET\tSTATE\tADDRESS\tCPUS\tMEMORY\tUSED\tPROCS\tOOM\tLOAD\tQUEUE\tPROTOCOL",
 					func(o smpc.OSletStatus) string {
 						if !o.Up {
-							return fmt.Sprintf("%d\tdown\t-\t-\t-\t-\t-\t-\t-\t-", o.Index)
+							return fmt.Sprintf("%d\tdown\t-\t-\t-\t-\t-\t-\t-\t-\t-", o.Index)
 						}
-						return fmt.Sprintf("%d\tup\t%s\t%s\t%s\t%s\t%d\t%.2f\t%d\t%s", o.Index, orDash(o.Address), o.CPUs, plan.FormatBytes(o.MemoryLimit),
-							plan.FormatBytes(o.MemoryUsed), o.Processes, o.Load, o.Queue, o.Protocol)
+						return fmt.Sprintf("%d\tup\t%s\t%s\t%s\t%s\t%d\t%d\t%.2f\t%d\t%s", o.Index, orDash(o.Address), o.CPUs, plan.FormatBytes(o.MemoryLimit),
+							plan.FormatBytes(o.MemoryUsed), o.Processes, o.OOMKills, o.Load, o.Queue, o.Protocol)
 					})
 				if err != nil {
 					return err

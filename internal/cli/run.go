@@ -165,6 +165,10 @@ func runProcess(cmd *cobra.Command, c *smpc.Client, proc *smpc.Cmd) error {
 		fmt.Fprintln(os.Stderr, "smpc:", err)
 		return exitError{exitRunFailed}
 	}
+	if st.OOM || st.Lost {
+		// A shell says "Killed" for a SIGKILL; this says whose.
+		fmt.Fprintf(os.Stderr, "smpc: process %d %s\n", proc.PID, st)
+	}
 	if code := st.ShellCode(); code != 0 {
 		return exitError{code}
 	}

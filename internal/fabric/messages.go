@@ -5,6 +5,7 @@ import (
 	"slices"
 	"strconv"
 
+	"github.com/docker/go-units"
 	"golang.org/x/sys/unix"
 )
 
@@ -156,6 +157,11 @@ type ExitStatus struct {
 	// Unknown reports that the process was not a child of its OSlet's init,
 	// so its status went to its own parent and is not known here.
 	Unknown bool `json:"unknown,omitempty"`
+	// OOM reports that OSlet OOMOSlet's OOM killer killed the process,
+	// its memory limit being MemoryLimit bytes (2.1).
+	OOM         bool  `json:"oom,omitempty"`
+	OOMOSlet    int   `json:"oom_oslet,omitempty"`
+	MemoryLimit int64 `json:"memory_limit,omitempty"`
 }
 
 // ShellCode is the status a shell would report: the exit code, or 128 plus
@@ -174,6 +180,8 @@ func (s ExitStatus) String() string {
 		return "exited (status went to its parent)"
 	case s.Lost:
 		return "killed by SIGKILL (its oslet went down)"
+	case s.OOM:
+		return fmt.Sprintf("killed by the OOM killer of oslet %d (memory limit %s)", s.OOMOSlet, units.BytesSize(float64(s.MemoryLimit)))
 	case s.Signal != 0:
 		name := unix.SignalName(unix.Signal(s.Signal))
 		if name == "" {
@@ -247,7 +255,8 @@ type OSletStatus struct {
 	Load        float64 `json:"load"` // runnable processes per CPU
 	Queue       int     `json:"queue"`
 	Active      int     `json:"active"`
-	Waits       int     `json:"waits,omitempty"` // waits blocked until a process ends (2.1)
+	Waits       int     `json:"waits,omitempty"`     // waits blocked until a process ends (2.1)
+	OOMKills    int     `json:"oom_kills,omitempty"` // processes its OOM killer killed (2.1)
 	Protocol    string  `json:"protocol"`
 	InitPID     int     `json:"init_pid,omitempty"` // the init's PID in the cluster
 	Address     string  `json:"address,omitempty"`  // its address on the cluster bridge

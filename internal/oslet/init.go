@@ -37,6 +37,9 @@ type Init struct {
 	// limits bound what the clients of this OSlet can make the init hold.
 	limits clientLimits
 	waits  atomic.Int64 // waits being served, blocked until a process ends
+	// oomAttributed counts the OSlet's OOM kills already told to a waiter
+	// (reaped): the reaper alone touches it.
+	oomAttributed int
 	// spawner forks the processes the init starts, into the OSlet's
 	// processes' cgroup.
 	spawner *spawner
@@ -213,7 +216,7 @@ func (i *Init) listen() (host, client *fabric.Listener, err error) {
 // startReaper reaps every child of the init, its own and the orphans that
 // the kernel re-parents to it, so that no zombie is ever left.
 func (i *Init) startReaper() {
-	go vproc.ReapForever(i.table.Reaped)
+	go vproc.ReapForever(i.reaped)
 }
 
 func (i *Init) acceptLoop(l *fabric.Listener, clients bool) {

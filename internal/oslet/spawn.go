@@ -450,3 +450,20 @@ func (i *Init) stageBinary() string {
 	}
 	return "/proc/self/exe"
 }
+
+// reaped records the end of a child the init reaped. A child killed by
+// SIGKILL while the OSlet's OOM killer has killed more processes than the
+// init has told of is reported as the OOM killer's: the kernel says how
+// many it killed in the OSlet, not whom, so a SIGKILL from a user at the
+// moment the OOM killer takes a process the init does not reap (a
+// grandchild, which its own parent reaps) would be told as an OOM kill too.
+func (i *Init) reaped(pid vproc.PID, ws unix.WaitStatus) {
+	st := vproc.StatusFromWait(ws)
+	if ws.Signaled() && ws.Signal() == unix.SIGKILL {
+		if kills := i.cg.OOMKills(); kills > i.oomAttributed {
+			i.oomAttributed++
+			st.OOM, st.OOMOSlet, st.MemoryLimit = true, i.cfg.Index, i.self.Memory
+		}
+	}
+	i.table.Reaped(pid, st)
+}

@@ -78,6 +78,24 @@ type StatFiles struct {
 	// v2, the leaf's directory, which a fork enters with CLONE_INTO_CGROUP.
 	SpawnTasks []string `json:"spawn_tasks,omitempty"`
 	SpawnDir   string   `json:"spawn_dir,omitempty"`
+	// OOMEvents is the processes' leaf's file that counts its OOM kills
+	// (memory.oom_control on v1, memory.events on v2: "oom_kill N").
+	OOMEvents string `json:"oom_events,omitempty"`
+}
+
+// OOMKills returns how many processes the OSlet's OOM killer has killed.
+func (s StatFiles) OOMKills() int {
+	b, err := os.ReadFile(s.OOMEvents)
+	if err != nil {
+		return 0
+	}
+	for _, line := range strings.Split(string(b), "\n") {
+		if v, ok := strings.CutPrefix(line, "oom_kill "); ok {
+			n, _ := strconv.Atoi(strings.TrimSpace(v))
+			return n
+		}
+	}
+	return 0
 }
 
 // Place moves process pid into the cgroup's placement hierarchies: where
@@ -129,7 +147,7 @@ func FilesOf(group string) (StatFiles, error) {
 		place := []string{filepath.Join(dir, ProcsLeaf, "cgroup.procs")}
 		return StatFiles{Memory: filepath.Join(dir, "memory.current"), Tasks: filepath.Join(dir, "pids.current"),
 			Procs: []string{filepath.Join(dir, InitLeaf, "cgroup.procs"), place[0]}, PlaceProcs: place,
-			SpawnDir: filepath.Join(dir, ProcsLeaf)}, nil
+			SpawnDir: filepath.Join(dir, ProcsLeaf), OOMEvents: filepath.Join(dir, ProcsLeaf, "memory.events")}, nil
 	}
 	paths, err := cgroup1.ParseCgroupFile("/proc/self/cgroup")
 	if err != nil {
@@ -139,7 +157,8 @@ func FilesOf(group string) (StatFiles, error) {
 		return filepath.Join("/sys/fs/cgroup", subsystem, paths[subsystem], group)
 	}
 	s := StatFiles{Memory: filepath.Join(dir("memory"), "memory.usage_in_bytes"), Tasks: filepath.Join(dir("pids"), "pids.current"),
-		Procs: []string{filepath.Join(dir("pids"), InitLeaf, "cgroup.procs"), filepath.Join(dir("pids"), ProcsLeaf, "cgroup.procs")}}
+		Procs:     []string{filepath.Join(dir("pids"), InitLeaf, "cgroup.procs"), filepath.Join(dir("pids"), ProcsLeaf, "cgroup.procs")},
+		OOMEvents: filepath.Join(dir("memory"), ProcsLeaf, "memory.oom_control")}
 	for _, sub := range v1Names {
 		if _, err := os.Stat(filepath.Join("/sys/fs/cgroup", sub)); err == nil && paths[sub] != "" {
 			s.SpawnTasks = append(s.SpawnTasks, filepath.Join(dir(sub), ProcsLeaf, "tasks"))

@@ -5,8 +5,6 @@ import (
 	"errors"
 	"sync"
 	"time"
-
-	"golang.org/x/sys/unix"
 )
 
 // ErrNoProcess is returned for a PID that is neither running nor recently ended.
@@ -42,8 +40,8 @@ type Table struct {
 }
 
 type earlyExit struct {
-	ws unix.WaitStatus
-	at time.Time
+	status ExitStatus
+	at     time.Time
 }
 
 // earlyWindow bounds how long a reaped child unknown to the table may still be
@@ -80,22 +78,22 @@ func (t *Table) Add(p Process) {
 	defer t.mu.Unlock()
 	if e, ok := t.early[p.PID]; ok {
 		delete(t.early, p.PID)
-		t.finishLocked(p.PID, StatusFromWait(e.ws))
+		t.finishLocked(p.PID, e.status)
 		return
 	}
 	cp := p
 	t.live[p.PID] = &cp
 }
 
-// Reaped records that the init reaped pid with status ws. A child the table
-// does not know is either an orphan re-parented to the init, or one the init
-// started whose Add has not run yet; it is kept both ways.
-func (t *Table) Reaped(pid PID, ws unix.WaitStatus) {
+// Reaped records that the init reaped pid, which ended with status. A child
+// the table does not know is either an orphan re-parented to the init, or one
+// the init started whose Add has not run yet; it is kept both ways.
+func (t *Table) Reaped(pid PID, status ExitStatus) {
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	if _, ok := t.live[pid]; ok {
 		delete(t.live, pid)
-		t.finishLocked(pid, StatusFromWait(ws))
+		t.finishLocked(pid, status)
 		return
 	}
 	now := time.Now()
@@ -104,8 +102,8 @@ func (t *Table) Reaped(pid PID, ws unix.WaitStatus) {
 			delete(t.early, pid)
 		}
 	}
-	t.early[pid] = earlyExit{ws, now}
-	t.finishLocked(pid, StatusFromWait(ws))
+	t.early[pid] = earlyExit{status, now}
+	t.finishLocked(pid, status)
 }
 
 func (t *Table) finishLocked(pid PID, st ExitStatus) {

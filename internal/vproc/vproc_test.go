@@ -54,7 +54,7 @@ func TestTableWaitAndEarlyExit(t *testing.T) {
 	tab := NewTable(50)
 	pid := PID(100)
 	// The reaper sees the exit before Add: the status must not be lost.
-	tab.Reaped(pid, unix.WaitStatus(3<<8))
+	tab.Reaped(pid, StatusFromWait(unix.WaitStatus(3<<8)))
 	tab.Add(Process{PID: pid})
 	st, err := tab.Wait(context.Background(), pid, func() bool { return false })
 	if err != nil || st.Code != 3 {
@@ -73,7 +73,7 @@ func TestTableWaitAndEarlyExit(t *testing.T) {
 			t.Fatal("the waiter never blocked")
 		}
 	}
-	tab.Reaped(pid2, unix.WaitStatus(unix.SIGTERM))
+	tab.Reaped(pid2, StatusFromWait(unix.WaitStatus(unix.SIGTERM)))
 	if st := <-done; st.Signal != int(unix.SIGTERM) || st.ShellCode() != 143 {
 		t.Fatalf("waiter got %+v", st)
 	}
