@@ -155,8 +155,16 @@ func runProcess(cmd *cobra.Command, c *smpc.Client, proc *smpc.Cmd) error {
 		fmt.Fprintln(cmd.OutOrStdout(), proc.PID)
 		return nil
 	}
-	go forwardSignals(c, proc.PID, sigs)
+	relayed := make(chan struct{})
+	go func() {
+		defer close(relayed)
+		forwardSignals(c, proc.PID, sigs)
+	}()
 	st, err := proc.Wait(ctx)
+	// The process is gone: the relay ends, and its last signal is in.
+	signal.Stop(sigs)
+	close(sigs)
+	<-relayed
 	if errors.Is(err, smpc.ErrDown) {
 		fmt.Fprintln(os.Stderr, "smpc:", err)
 		return exitError{exitOSletIsDown}
@@ -185,8 +193,14 @@ func forwardSignals(c *smpc.Client, pid smpc.PID, sigs chan os.Signal) {
 	ctx := context.Background()
 	for s := range sigs {
 		sig := s.(unix.Signal)
-		if err := c.SignalGroup(ctx, pid, sig); err != nil {
-			c.Signal(ctx, pid, sig) // it left its group
+		err := c.SignalGroup(ctx, pid, sig)
+		if err != nil {
+			err = c.Signal(ctx, pid, sig) // it left its group
+		}
+		if err != nil && !errors.Is(err, smpc.ErrNoProcess) {
+			// Gone is fine (it ended as the signal came); anything else
+			// the user should know: their Ctrl-C did not arrive.
+			fmt.Fprintf(os.Stderr, "smpc: pass %s on to process %d: %v\n", vproc.SignalName(sig), pid, err)
 		}
 		if sig == unix.SIGTSTP {
 			unix.Kill(0, unix.SIGSTOP)

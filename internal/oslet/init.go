@@ -2,6 +2,7 @@ package oslet
 
 import (
 	"bufio"
+	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -37,6 +38,10 @@ type Init struct {
 	// limits bound what the clients of this OSlet can make the init hold.
 	limits clientLimits
 	waits  atomic.Int64 // waits being served, blocked until a process ends
+	// ctx ends when the init stops: the goroutines it started for itself
+	// (heartbeats, notices to peers) end with it.
+	ctx  context.Context
+	stop context.CancelFunc
 	// oomAttributed counts the OSlet's OOM kills already told to a waiter
 	// (reaped): the reaper alone touches it.
 	oomAttributed int
@@ -148,6 +153,7 @@ func Main() error {
 	signal.Notify(term, unix.SIGTERM, unix.SIGINT)
 	<-term
 	init.log.Info("oslet shutting down")
+	init.stop()
 	hostL.Close()
 	clientL.Close()
 	os.Remove(statedir.HostSocket(cfg.StateDir, cfg.Index))
@@ -190,6 +196,7 @@ func newInit(cfg *Config) (*Init, error) {
 	for _, o := range cfg.Plan.OSlets {
 		cpus[o.Index] = len(o.CPUs)
 	}
+	i.ctx, i.stop = context.WithCancel(context.Background())
 	i.loads = newLoadBoard(cfg.Cgroups, cpus)
 	i.direct = &trap.Supervisor{Devices: cfg.Devices, Open: i.openDevice, Log: i.log, Timeout: time.Minute, Place: i.placeExec}
 	return i, nil

@@ -138,8 +138,14 @@ func (i *Init) connectPeers() error {
 func (i *Init) keep(p *peer) {
 	wasUp := true
 	missed := 0
+	tick := time.NewTicker(heartbeat)
+	defer tick.Stop()
 	for {
-		time.Sleep(heartbeat)
+		select {
+		case <-i.ctx.Done():
+			return // the init is stopping
+		case <-tick.C:
+		}
 		if !p.up() {
 			if wasUp {
 				i.log.Warn("peer down", "peer", p.index)
@@ -152,7 +158,7 @@ func (i *Init) keep(p *peer) {
 			i.log.Info("peer up", "peer", p.index)
 		}
 		wasUp = true
-		ctx, cancel := context.WithTimeout(context.Background(), beatTimeout)
+		ctx, cancel := context.WithTimeout(i.ctx, beatTimeout)
 		_, err := p.call(ctx, fabric.OpPing, fabric.Empty{}, nil, &fabric.Empty{})
 		cancel()
 		if !errors.Is(err, context.DeadlineExceeded) {

@@ -114,8 +114,21 @@ func (i *Init) channelClosed(who *caller) {
 		if k == i.cfg.Index {
 			i.table.Orphan(toPIDs(list))
 		} else if p := i.peers[k]; p != nil {
-			go p.call(context.Background(), fabric.OpOrphan, fabric.OrphanRequest{PIDs: list}, nil, &fabric.Empty{})
+			go i.notifyOrphans(p, list)
 		}
+	}
+}
+
+// notifyOrphans tells peer p that the remote parent of its processes pids
+// is gone, so that their ends are kept for a later wait. A peer that is down
+// took them with it; any other failure is logged, since their statuses then
+// wait for a parent that will not come.
+func (i *Init) notifyOrphans(p *peer, pids []int32) {
+	ctx, cancel := context.WithTimeout(i.ctx, 10*time.Second)
+	defer cancel()
+	_, err := p.call(ctx, fabric.OpOrphan, fabric.OrphanRequest{PIDs: pids}, nil, &fabric.Empty{})
+	if err != nil && !errors.Is(err, fabric.ErrDown) && i.ctx.Err() == nil {
+		i.log.Warn("tell a peer its processes lost their parent", "peer", p.index, "pids", len(pids), "err", err)
 	}
 }
 
@@ -200,7 +213,7 @@ var handlers = map[fabric.Op]handlerFunc{
 		if who.role == fabric.RolePeer {
 			return nil, nil, fabric.Errorf(fabric.CodeInvalid, "oslet %d: ping-peer is not served to peers", i.cfg.Index)
 		}
-		return i.pingPeer(req)
+		return i.pingPeer(who.ctx, req)
 	}),
 	fabric.OpShm: handler(func(i *Init, who *caller, r *fabric.Request, req *fabric.ShmRequest) (any, []*os.File, error) {
 		return i.shmServe(who, req)
@@ -549,7 +562,10 @@ func (i *Init) status(who *caller, cluster bool) fabric.StatusReply {
 	return reply
 }
 
-func (i *Init) pingPeer(req *fabric.PingPeerRequest) (any, []*os.File, error) {
+// pingPeer times Count null calls to a peer. It stops when its caller's
+// channel closes (ctx), checked between calls: a context on each call would
+// add a poll to the very call it times.
+func (i *Init) pingPeer(ctx context.Context, req *fabric.PingPeerRequest) (any, []*os.File, error) {
 	p, ok := i.peers[req.To]
 	if !ok {
 		return nil, nil, fabric.Errorf(fabric.CodeInvalid, "oslet %d: no peer oslet %d", i.cfg.Index, req.To)
@@ -559,6 +575,9 @@ func (i *Init) pingPeer(req *fabric.PingPeerRequest) (any, []*os.File, error) {
 	}
 	start := time.Now()
 	for n := 0; n < req.Count; n++ {
+		if err := ctx.Err(); err != nil {
+			return nil, nil, err
+		}
 		if _, err := p.call(context.Background(), fabric.OpPing, fabric.Empty{}, nil, &fabric.Empty{}); err != nil {
 			return nil, nil, err
 		}
