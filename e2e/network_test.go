@@ -482,3 +482,34 @@ func isZombie(pid int) bool {
 	i := strings.LastIndexByte(string(b), ')')
 	return i > 0 && i+2 < len(b) && b[i+2] == 'Z'
 }
+
+// A UDP client that sends before its server exists (started just before
+// it) reaches the server once the forward appears: the host's connection
+// tracking forgets the flow's first, unforwarded entry.
+func TestUDPClientBeforeServer(t *testing.T) {
+	c := boot(t, "--subnet", "10.79.0.0/24")
+	const port = 18555
+	conn, err := net.Dial("udp4", fmt.Sprintf("127.0.0.1:%d", port))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	stop := make(chan struct{})
+	defer close(stop)
+	go func() {
+		for i := 0; ; i++ {
+			select {
+			case <-stop:
+				return
+			case <-time.After(50 * time.Millisecond):
+				conn.Write([]byte(fmt.Sprintf("ping %d", i))) // refused until the forward: no matter
+			}
+		}
+	}()
+	time.Sleep(500 * time.Millisecond) // the flow is tracked, unforwarded
+	out := c.must("run", "--on", "2", "--", "timeout", "10", "python3", "-c",
+		fmt.Sprintf("import socket\ns = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)\ns.bind(('0.0.0.0', %d))\nprint(s.recvfrom(100)[0].decode())", port))
+	if !strings.HasPrefix(out, "ping ") {
+		t.Errorf("the server on OSlet 2 got %q from the client that started first", out)
+	}
+}

@@ -161,6 +161,9 @@ func (f *Forwarder) Scan() error {
 				return errors.Join(append(errs, err)...)
 			}
 		}
+		if err := forgetUDPFlows(f.fwds, fwds); err != nil {
+			errs = append(errs, err) // the forward is in; only early flows miss it
+		}
 		f.fwds, f.applied = fwds, true
 	}
 	ports := f.portMap(seen, holders, inits)
