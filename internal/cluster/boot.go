@@ -548,18 +548,13 @@ func (c *Cluster) teardown() error {
 	if c.ns != nil {
 		c.ns.Close()
 	}
-	if c.state.Network != nil {
-		if err := network.Teardown(c.state.Network); err != nil {
-			errs = append(errs, err)
-		}
-	}
+	cgroups := make([]*partition.Cgroup, 0, len(c.cgroups))
 	for _, cg := range c.cgroups {
-		if err := cg.Destroy(); err != nil {
-			errs = append(errs, err)
-		}
-		partition.RemoveParents(cg.Group, c.state.CgroupTop)
+		cgroups = append(cgroups, cg)
 	}
-	removeStateFiles(c.state)
+	if err := removeAll(c.state, cgroups); err != nil {
+		errs = append(errs, err)
+	}
 	c.lock.Close()
 	os.Remove(c.state.StateDir) // only if empty: a state dir the user keeps other files in stays
 	return errors.Join(errs...)
@@ -629,26 +624,41 @@ func cleanStale(s *State) error {
 	if s.Reaper > 0 && isReaper(s.Reaper) {
 		unix.Kill(s.Reaper, unix.SIGKILL)
 	}
+	var cgroups []*partition.Cgroup
+	for _, group := range s.Cgroups {
+		if cg, err := partition.Load(group); err == nil {
+			cgroups = append(cgroups, cg)
+		} // else gone already
+	}
+	if err := removeAll(s, cgroups); err != nil {
+		errs = append(errs, err)
+	}
+	if err := errors.Join(errs...); err != nil {
+		return fmt.Errorf("clean up after the cluster on %s: %w", s.StateDir, err)
+	}
+	return nil
+}
+
+// removeAll removes what a boot made, once the cluster's processes are
+// stopped: its network, its cgroups and the groups above them that no other
+// cluster uses, its mounts and its state files. The one way to remove it,
+// whether the cluster stops or a crashed one is cleaned up after: every
+// error is reported, and the rest goes on.
+func removeAll(s *State, cgroups []*partition.Cgroup) error {
+	var errs []error
 	if s.Network != nil {
 		if err := network.Teardown(s.Network); err != nil {
 			errs = append(errs, err)
 		}
 	}
-	for _, group := range s.Cgroups {
-		cg, err := partition.Load(group)
-		if err != nil {
-			continue // gone already
-		}
+	for _, cg := range cgroups {
 		if err := cg.Destroy(); err != nil {
 			errs = append(errs, err)
 		}
-		partition.RemoveParents(group, s.CgroupTop)
+		partition.RemoveParents(cg.Group, s.CgroupTop)
 	}
 	removeStateFiles(s)
-	if err := errors.Join(errs...); err != nil {
-		return fmt.Errorf("clean up after the cluster on %s: %w", s.StateDir, err)
-	}
-	return nil
+	return errors.Join(errs...)
 }
 
 func isInit(pid int) bool { return cmdlineHas(pid, oslet.InitCommand) }

@@ -44,8 +44,9 @@ const (
 
 // Cgroup is one OSlet's cgroup and its two leaves.
 type Cgroup struct {
-	// Group is the cgroup path below the hierarchy root, the same in every v1
-	// hierarchy (under this process's own cgroup there) and in v2.
+	// Group is the cgroup's path as Create was given it (below this
+	// process's own cgroup in every v1 hierarchy, and in v2), the same
+	// name RemoveParents takes.
 	Group              string
 	oslet, init, procs cgroupHandle
 	Stats              StatFiles
@@ -236,9 +237,6 @@ func Create(group string, o plan.OSlet, devices []specs.LinuxDeviceCgroup) (*Cgr
 				return nil, fmt.Errorf("create cgroup %s (v2): %w", p, err)
 			}
 			made[n].v2 = m
-			if n == 0 {
-				c.Group = p
-			}
 			continue
 		}
 		cg, err := cgroup1.New(cgroup1.NestedPath(path), &specs.LinuxResources{
