@@ -9,6 +9,7 @@ import (
 	"net/http"
 	"os"
 	"os/exec"
+	"path/filepath"
 	"slices"
 	"strconv"
 	"strings"
@@ -23,6 +24,7 @@ import (
 
 	"github.com/smpc-cluster/smpc/internal/network"
 	"github.com/smpc-cluster/smpc/internal/partition"
+	"github.com/smpc-cluster/smpc/internal/statedir"
 )
 
 // TestNetHelper is a server run inside an OSlet by TestNetwork: with
@@ -55,13 +57,14 @@ func TestNetHelper(t *testing.T) {
 }
 
 type portEntry struct {
-	Proto     string `json:"proto"`
-	Port      int    `json:"port"`
-	OSlet     int    `json:"oslet"`
-	PID       int    `json:"pid"`
-	Command   string `json:"command"`
-	Holder    int    `json:"holder"`
-	Forwarded bool   `json:"forwarded"`
+	Proto       string `json:"proto"`
+	Port        int    `json:"port"`
+	OSlet       int    `json:"oslet"`
+	PID         int    `json:"pid"`
+	Command     string `json:"command"`
+	Holder      int    `json:"holder"`
+	Forwarded   bool   `json:"forwarded"`
+	HostClients bool   `json:"host_clients"`
 }
 
 func (c *cluster) ports() []portEntry {
@@ -110,14 +113,27 @@ func forwarded(p portEntry) bool { return p.Forwarded }
 
 func httpGet(t *testing.T, url string) string {
 	t.Helper()
-	cl := http.Client{Timeout: 3 * time.Second}
+	body, err := tryGet(url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return body
+}
+
+// tryGet fetches url with a client that does not keep connections: each
+// GET is a new connection, which the forwards of the moment decide.
+func tryGet(url string) (string, error) {
+	cl := http.Client{Timeout: 3 * time.Second, Transport: &http.Transport{DisableKeepAlives: true}}
 	r, err := cl.Get(url)
 	if err != nil {
-		t.Fatalf("GET %s: %v", url, err)
+		return "", fmt.Errorf("GET %s: %w", url, err)
 	}
 	defer r.Body.Close()
-	b, _ := io.ReadAll(r.Body)
-	return string(b)
+	b, err := io.ReadAll(r.Body)
+	if err != nil {
+		return "", fmt.Errorf("GET %s: %w", url, err)
+	}
+	return string(b), nil
 }
 
 // smpcLinks lists the host's interfaces whose names smpc would make.
@@ -511,5 +527,43 @@ func TestUDPClientBeforeServer(t *testing.T) {
 		fmt.Sprintf("import socket\ns = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)\ns.bind(('0.0.0.0', %d))\nprint(s.recvfrom(100)[0].decode())", port))
 	if !strings.HasPrefix(out, "ping ") {
 		t.Errorf("the server on OSlet 2 got %q from the client that started first", out)
+	}
+}
+
+// The conflict rule, for a port the host and an OSlet both listen on: the
+// host's own clients reach the host's server; everyone else reaches whoever
+// listened first.
+func TestHostAndOSletOnOnePort(t *testing.T) {
+	c := boot(t, "--subnet", "10.79.1.0/24")
+	const port = 18777
+	// OSlet 2 first, serving a file that names it.
+	os.MkdirAll(filepath.Join(c.dir, "gtmp", "oslet2"), 0o755)
+	os.WriteFile(filepath.Join(c.dir, "gtmp", "oslet2", "who"), []byte("oslet 2\n"), 0o644)
+	pid := c.pidOf(c.must("run", "--on", "2", "--detach", "--", "python3", "-m", "http.server", "--bind", "0.0.0.0", "--directory", "/gtmp/oslet2", strconv.Itoa(port)))
+	defer c.smpc("kill", strconv.Itoa(pid))
+	c.waitPort(t, "tcp", port, 2, forwarded)
+	if body := httpGet(t, fmt.Sprintf("http://127.0.0.1:%d/who", port)); body != "oslet 2\n" {
+		t.Fatalf("before the host's server, the host reached %q", body)
+	}
+	// Then the host, on the same port.
+	hostDir := t.TempDir()
+	os.WriteFile(filepath.Join(hostDir, "who"), []byte("host\n"), 0o644)
+	host := exec.Command("python3", "-m", "http.server", "--bind", "0.0.0.0", "--directory", hostDir, strconv.Itoa(port))
+	if err := host.Start(); err != nil {
+		t.Fatal(err)
+	}
+	defer func() { host.Process.Kill(); host.Wait() }()
+	c.waitPort(t, "tcp", port, statedir.HostListener, func(p portEntry) bool { return p.HostClients })
+	waitFor(t, "the host's own clients to reach the host's server", func() bool {
+		body, err := tryGet(fmt.Sprintf("http://127.0.0.1:%d/who", port))
+		return err == nil && body == "host\n"
+	})
+	// The OSlets, through the cluster's face, still reach OSlet 2's.
+	if out := c.must("run", "--on", "1", "--", "curl", "-sS", "-m", "3", fmt.Sprintf("http://smpc-cluster:%d/who", port)); out != "oslet 2\n" {
+		t.Errorf("from OSlet 1 through smpc-cluster: %q", out)
+	}
+	out := c.must("ports")
+	if !strings.Contains(out, "forwarded, but not from the host itself") || !strings.Contains(out, "the host's own clients (oslet 2 holds the port)") {
+		t.Errorf("smpc ports does not show the rule:\n%s", out)
 	}
 }

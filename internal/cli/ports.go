@@ -22,9 +22,15 @@ port holds it: connections to that port on any of the host's addresses
 (127.0.0.1 included) and on the cluster's face (smpc-cluster inside the
 OSlets) are forwarded to it, in the kernel. A process that listens on a port
 someone else holds has the port in its own OSlet's stack only; it is listed as
-a conflict, with the holder (the host itself shows as OSlet 0). Forwards
-follow listeners within a second: they appear when a process starts listening
-and go away when it stops.`,
+a conflict, with the holder (the host itself shows as "host").
+
+The host and an OSlet on one port: whoever listened first holds it for
+everyone, but the host's own clients (its processes connecting to any of its
+addresses) always reach the host's own server, as they did before the
+cluster. So a server the host starts on a port an OSlet holds serves the
+host itself, and the OSlet's keeps serving the OSlets and the outside.
+Forwards follow listeners within a second: they appear when a process starts
+listening and go away when it stops.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			return withClient(func(c *smpc.Client) error {
@@ -52,8 +58,12 @@ func osletName(k int) string {
 
 func portState(p smpc.Port) string {
 	switch {
+	case p.Forwarded && p.NotFromHost:
+		return "forwarded, but not from the host itself"
 	case p.Forwarded:
 		return "forwarded"
+	case p.HostClients:
+		return fmt.Sprintf("the host's own clients (oslet %d holds the port)", p.Holder)
 	case p.Conflict() && p.Holder == statedir.HostListener:
 		return "conflict: held by the host"
 	case p.Conflict():

@@ -95,20 +95,23 @@ type forward struct {
 }
 
 // setForwards replaces every forwarding rule at once (one transaction), so
-// that no packet ever sees half a change.
-func setForwards(r *Record, fwds []forward) error {
+// that no packet ever sees half a change: fwds for connections that come in
+// (from outside the machine, and from the OSlets through the cluster's
+// face), local for the host's own connections to itself.
+func setForwards(r *Record, fwds, local []forward) error {
 	c, err := nftables.New()
 	if err != nil {
 		return fmt.Errorf("nftables: %w", err)
 	}
 	t := r.table()
-	in, local, _ := r.chains()
+	in, out, _ := r.chains()
 	c.FlushChain(in)
-	c.FlushChain(local)
+	c.FlushChain(out)
 	for _, f := range fwds {
-		for _, ch := range []*nftables.Chain{in, local} {
-			c.AddRule(&nftables.Rule{Table: t, Chain: ch, Exprs: dnatRule(f)})
-		}
+		c.AddRule(&nftables.Rule{Table: t, Chain: in, Exprs: dnatRule(f)})
+	}
+	for _, f := range local {
+		c.AddRule(&nftables.Rule{Table: t, Chain: out, Exprs: dnatRule(f)})
 	}
 	if err := c.Flush(); err != nil {
 		return fmt.Errorf("nftables: set forwards in table ip %s: %w", r.Table, err)

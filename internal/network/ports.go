@@ -38,7 +38,8 @@ type Forwarder struct {
 
 	holders   map[portKey]int
 	owners    map[ownerKey]owner
-	fwds      []forward
+	fwds      []forward // in effect for connections that come in
+	local     []forward // in effect for the host's own connections
 	ports     []Port
 	applied   bool // the rules in fwds are in the kernel
 	published bool // ports is published
@@ -132,7 +133,7 @@ func (f *Forwarder) Scan() error {
 	// The first to listen keeps the port; among new claims in one tick,
 	// the host, then the lowest OSlet.
 	holders := map[portKey]int{}
-	var fwds []forward
+	var fwds, local []forward
 	for key, by := range seen {
 		h, ok := f.holders[key]
 		if _, still := by[h]; !ok || !still {
@@ -142,29 +143,36 @@ func (f *Forwarder) Scan() error {
 		if h != Host {
 			to, _ := netip.ParseAddr(f.Record.Addrs[h])
 			fwds = append(fwds, forward{proto: key.proto, port: key.port, to: to})
+			// The conflict rule: the host's own clients reach the host's
+			// server; everyone else reaches whoever listened first.
+			if _, hostServes := by[Host]; !hostServes {
+				local = append(local, forward{proto: key.proto, port: key.port, to: to})
+			}
 		}
 	}
 	f.holders = holders
-	slices.SortFunc(fwds, func(a, b forward) int { return cmpKey(portKey{a.proto, a.port}, portKey{b.proto, b.port}) })
+	byPort := func(a, b forward) int { return cmpKey(portKey{a.proto, a.port}, portKey{b.proto, b.port}) }
+	slices.SortFunc(fwds, byPort)
+	slices.SortFunc(local, byPort)
 	if !f.redirectTried {
 		f.redirectTried = true
 		if f.redirect, err = newLoopbackRedirect(); err != nil && f.Log != nil {
 			f.Log.Warn("connections to the loopback are forwarded by NAT alone", "err", err)
 		}
 	}
-	if !f.applied || !slices.Equal(fwds, f.fwds) {
-		if err := setForwards(f.Record, fwds); err != nil {
+	if !f.applied || !slices.Equal(fwds, f.fwds) || !slices.Equal(local, f.local) {
+		if err := setForwards(f.Record, fwds, local); err != nil {
 			return errors.Join(append(errs, err)...)
 		}
 		if f.redirect != nil {
-			if err := f.redirect.set(fwds); err != nil {
+			if err := f.redirect.set(local); err != nil {
 				return errors.Join(append(errs, err)...)
 			}
 		}
-		if err := forgetUDPFlows(f.fwds, fwds); err != nil {
+		if err := errors.Join(forgetUDPFlows(f.fwds, fwds), forgetUDPFlows(f.local, local)); err != nil {
 			errs = append(errs, err) // the forward is in; only early flows miss it
 		}
-		f.fwds, f.applied = fwds, true
+		f.fwds, f.local, f.applied = fwds, local, true
 	}
 	ports := f.portMap(seen, holders, inits)
 	if (!f.published || !slices.Equal(ports, f.ports)) && f.Publish != nil {
@@ -213,8 +221,9 @@ func (f *Forwarder) portMap(seen map[portKey]map[int]listener, holders map[portK
 			live[ok] = true
 			o := f.owners[ok]
 			h := holders[key]
+			_, hostServes := by[Host]
 			ports = append(ports, Port{Proto: key.proto, Port: key.port, OSlet: k, PID: o.pid, Command: o.command,
-				Holder: h, Forwarded: h == k && k != Host})
+				Holder: h, Forwarded: h == k && k != Host, HostClients: k == Host && h != Host, NotFromHost: h == k && k != Host && hostServes})
 		}
 	}
 	for ok := range f.owners {

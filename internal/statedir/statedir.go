@@ -172,6 +172,12 @@ type Port struct {
 	Holder int `json:"holder"`
 	// Forwarded says that the cluster's port leads to this listener.
 	Forwarded bool `json:"forwarded"`
+	// The conflict rule, for a port the host and an OSlet both listen on
+	// when the OSlet listened first: the host's own clients reach the
+	// host's server (HostClients, on the host's listener), everyone else the
+	// OSlet's (NotFromHost, on the OSlet's).
+	HostClients bool `json:"host_clients,omitempty"`
+	NotFromHost bool `json:"not_from_host,omitempty"`
 }
 
 // Conflict says whether p listens on a port another holds.
