@@ -29,6 +29,11 @@ func TestMain(m *testing.M) {
 	// What the shell that ran go test left open is not the tests' to hand
 	// on (smpc run hands over every descriptor its caller leaves open).
 	vproc.CloseOnExecAbove(2)
+	if dir := os.Getenv("SMPC_E2E_BINARIES"); dir != "" {
+		// Built already, as e2e/vm/run builds them for its guest.
+		smpcBin = filepath.Join(dir, "smpc")
+		os.Exit(m.Run())
+	}
 	// The binary lives outside /tmp, which is private inside OSlets, and is
 	// readable by everyone, since tests run it as nobody too.
 	dir, err := os.MkdirTemp("/var/tmp", "smpc-e2e-")
@@ -201,9 +206,19 @@ func (c *cluster) pidOf(out string) int {
 	return pid
 }
 
+// patience scales the tests' deadlines: SMPC_E2E_SLOWDOWN=N gives every
+// wait N times as long, for a machine that runs N times slower (e2e/vm/run's
+// emulated guest).
+var patience = func() time.Duration {
+	if n, err := strconv.Atoi(os.Getenv("SMPC_E2E_SLOWDOWN")); err == nil && n > 1 {
+		return time.Duration(n)
+	}
+	return 1
+}()
+
 func waitFor(t *testing.T, what string, f func() bool) {
 	t.Helper()
-	deadline := time.Now().Add(5 * time.Second)
+	deadline := time.Now().Add(5 * time.Second * patience)
 	for !f() {
 		if time.Now().After(deadline) {
 			t.Fatalf("timed out waiting for %s", what)

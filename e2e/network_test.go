@@ -84,7 +84,7 @@ func (c *cluster) ports() []portEntry {
 // 200 ms; the deadline leaves a loaded machine the time to start a server.
 func (c *cluster) waitPort(t *testing.T, proto string, port, k int, want func(portEntry) bool) portEntry {
 	t.Helper()
-	deadline := time.Now().Add(5 * time.Second)
+	deadline := time.Now().Add(5 * time.Second * patience)
 	for {
 		var got *portEntry
 		any := false
