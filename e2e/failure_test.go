@@ -385,6 +385,15 @@ func TestShutdownIsGraceful(t *testing.T) {
 		b, _ := os.ReadFile(record)
 		return strings.TrimSpace(string(b)) == "running"
 	})
+	// It ignores SIGTERM once its shell has set the trap and become sleep.
+	waitFor(t, "the stubborn program to ignore SIGTERM", func() bool {
+		for _, p := range c.ps() {
+			if strconv.Itoa(int(p.PID)) == stubborn && p.Cmd == "sleep 1000" {
+				return true
+			}
+		}
+		return false
+	})
 	start := time.Now()
 	out, code := c.smpc("shutdown", "--grace", "1s")
 	took := time.Since(start)
