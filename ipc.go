@@ -53,7 +53,16 @@ type SemOp = ipc.SemOp
 func ParseIPCKey(s string) (int32, error) { return ipc.ParseKey(s) }
 
 // sysv runs f in the cluster's IPC namespace.
-func (c *Client) sysv(f func() error) error { return c.ipcNS.Do(f) }
+func (c *Client) sysv(f func() error) error {
+	if c.inside {
+		return f()
+	}
+	c.ipcOnce.Do(func() { c.ipcNS, c.ipcErr = ipc.OpenNamespace(c.reaper) })
+	if c.ipcErr != nil {
+		return c.ipcErr
+	}
+	return c.ipcNS.Do(f)
+}
 
 // osletOf names the OSlet of a PID as the caller's /proc numbers it.
 func osletOf(pid int) int { return vproc.OSletOf(pid) }

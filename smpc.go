@@ -58,7 +58,13 @@ type Client struct {
 	self     int // the caller's OSlet, when inside
 	oslets   []int
 
-	ipcNS *ipc.Namespace // the cluster's IPC namespace; nil inside, where every process is in it
+	// The cluster's PID 1 holds its IPC namespace; SysV calls from the host
+	// run on a thread that enters it, opened at the first such call (most
+	// commands make none). Inside an OSlet every process is in it already.
+	reaper  int
+	ipcOnce sync.Once
+	ipcNS   *ipc.Namespace
+	ipcErr  error
 
 	mu     sync.Mutex
 	conns  map[int]*fabric.Caller // inside: key 0 is the own init
@@ -87,12 +93,7 @@ func Connect(stateDir string) (*Client, error) {
 	if err := statedir.Read(dir, &m); err != nil {
 		return nil, err
 	}
-	c := &Client{stateDir: dir, conns: map[int]*fabric.Caller{}, oslets: m.Indexes()}
-	// The cluster's PID 1 holds its IPC namespace; SysV calls from the host
-	// run on threads that enter it.
-	if ns, err := ipc.OpenNamespace(m.Reaper); err == nil {
-		c.ipcNS = ns
-	}
+	c := &Client{stateDir: dir, conns: map[int]*fabric.Caller{}, oslets: m.Indexes(), reaper: m.Reaper}
 	sort.Ints(c.oslets)
 	return c, nil
 }
@@ -102,7 +103,10 @@ func (c *Client) Close() error {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	c.closed = true
-	c.ipcNS.Close()
+	c.ipcOnce.Do(func() {}) // no namespace opened after this; one being opened is waited for
+	if c.ipcNS != nil {
+		c.ipcNS.Close()
+	}
 	for k, cc := range c.conns {
 		cc.Close()
 		delete(c.conns, k)

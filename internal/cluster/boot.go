@@ -665,10 +665,7 @@ func isInit(pid int) bool { return cmdlineHas(pid, oslet.InitCommand) }
 
 func isReaper(pid int) bool { return cmdlineHas(pid, ReaperCommand) }
 
-func cmdlineHas(pid int, word string) bool {
-	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/cmdline", pid))
-	return err == nil && strings.Contains(string(b), word)
-}
+func cmdlineHas(pid int, word string) bool { return strings.Contains(vproc.Cmdline(pid), word) }
 
 // mountShared mounts a tmpfs on the host that every OSlet binds in: /gtmp
 // and /dev/shm.

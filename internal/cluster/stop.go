@@ -2,10 +2,7 @@ package cluster
 
 import (
 	"fmt"
-	"os"
 	"slices"
-	"strconv"
-	"strings"
 	"time"
 
 	"golang.org/x/sys/unix"
@@ -96,9 +93,8 @@ func killAll(procs map[int][]int) []Killed {
 
 // commandOf is a process's command line, as ps shows it.
 func commandOf(pid int) string {
-	b, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/cmdline")
-	if err != nil || len(b) == 0 {
-		return "?"
+	if c := vproc.Cmdline(pid); c != "" {
+		return c
 	}
-	return strings.TrimSpace(strings.ReplaceAll(string(b), "\x00", " "))
+	return "?"
 }

@@ -256,9 +256,13 @@ func Reply(conn *Conn, req *Frame, resp any, files []*os.File, err error) error 
 	if body == nil {
 		body = Empty{}
 	}
-	f, ferr := NewFrame(req.Op, req.ID, flags, body, files)
+	b, ferr := json.Marshal(body)
+	var f *Frame
+	if ferr == nil {
+		f, ferr = frameOf(req.Op, req.ID, flags, b, files)
+	}
 	if errors.Is(ferr, errTooLarge) && flags&FlagError == 0 {
-		return sendSpanning(conn, req, body, files)
+		return sendSpanning(conn, req, b, files)
 	}
 	if ferr != nil {
 		f, _ = NewFrame(req.Op, req.ID, FlagReply|FlagError, AsError(ferr), nil)
@@ -268,10 +272,9 @@ func Reply(conn *Conn, req *Frame, resp any, files []*os.File, err error) error 
 
 // sendSpanning sends a reply too large for one frame as several (2.1), to
 // a caller that reads them; a 2.0 caller gets an error reply instead.
-func sendSpanning(conn *Conn, req *Frame, body any, files []*os.File) error {
-	b, err := json.Marshal(body)
+func sendSpanning(conn *Conn, req *Frame, b []byte, files []*os.File) error {
+	var err error
 	switch {
-	case err != nil:
 	case req.Minor < 1:
 		err = Errorf(CodeVersion, "the %s reply is %d bytes, more than one frame, which a protocol %d.%d caller cannot read (2.1 can)", req.Op, len(b), req.Major, req.Minor)
 	case len(b) > MaxReply:

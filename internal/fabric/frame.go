@@ -161,6 +161,11 @@ func NewFrame(op Op, id uint64, flags Flags, v any, files []*os.File) (*Frame, e
 	if err != nil {
 		return nil, fmt.Errorf("encode %s: %w", op, err)
 	}
+	return frameOf(op, id, flags, body, files)
+}
+
+// frameOf builds a frame around an encoded body.
+func frameOf(op Op, id uint64, flags Flags, body []byte, files []*os.File) (*Frame, error) {
 	if HeaderSize+len(body) > MaxFrame {
 		return nil, fmt.Errorf("encode %s: message of %d bytes is larger than the %d a frame holds: %w", op, len(body), MaxFrame-HeaderSize, errTooLarge)
 	}

@@ -62,11 +62,10 @@ func readStat(pid int) (procStat, error) {
 }
 
 func cmdline(pid int, comm string) string {
-	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/cmdline", pid))
-	if err != nil || len(b) == 0 {
-		return "[" + comm + "]"
+	if c := vproc.Cmdline(pid); c != "" {
+		return c
 	}
-	return strings.TrimSpace(strings.ReplaceAll(string(bytes.TrimRight(b, "\x00")), "\x00", " "))
+	return "[" + comm + "]"
 }
 
 // listPIDs returns every PID of the cluster's PID namespace.

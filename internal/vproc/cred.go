@@ -1,6 +1,7 @@
 package vproc
 
 import (
+	"bytes"
 	"fmt"
 	"os"
 	"strconv"
@@ -85,4 +86,14 @@ func FileCredOf(pid int) (Cred, error) {
 		return Cred{}, err
 	}
 	return s.FileCred(), nil
+}
+
+// Cmdline reads process pid's command line as ps shows it, its arguments
+// joined by spaces; "" for a kernel thread, a zombie or a process gone.
+func Cmdline(pid int) string {
+	b, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/cmdline")
+	if err != nil {
+		return ""
+	}
+	return strings.TrimSpace(strings.ReplaceAll(string(bytes.TrimRight(b, "\x00")), "\x00", " "))
 }
