@@ -15,6 +15,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"os"
 	"sort"
 	"sync"
@@ -154,6 +155,9 @@ func (c *Client) channel(k int) (*fabric.Caller, error) {
 		conn.Close()
 		if errors.Is(err, fabric.ErrNotAnswering) {
 			return nil, fabric.NotAnsweringError(k, err.Error())
+		}
+		if errors.Is(err, io.EOF) || errors.Is(err, syscall.ECONNRESET) || errors.Is(err, syscall.EPIPE) {
+			return nil, fabric.DownError(k) // it died as it took the channel
 		}
 		return nil, fmt.Errorf("connect to oslet %d: %w", k, err)
 	}
