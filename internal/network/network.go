@@ -33,6 +33,7 @@ import (
 	"github.com/smpc-cluster/smpc/internal/plan"
 	"github.com/vishvananda/netlink"
 	"github.com/vishvananda/netns"
+	"golang.org/x/sys/unix"
 )
 
 // DefaultSubnet is the cluster's subnet unless the plan or boot names
@@ -323,7 +324,9 @@ func Teardown(r *Record) error {
 		if err != nil {
 			continue
 		}
-		if err := netlink.LinkDel(link); err != nil {
+		// ENODEV: it went between the look-up and the delete, with the
+		// namespace of an OSlet whose init was just killed.
+		if err := netlink.LinkDel(link); err != nil && !errors.Is(err, unix.ENODEV) {
 			errs = append(errs, fmt.Errorf("network: delete %s: %w", name, err))
 		}
 	}
