@@ -9,8 +9,10 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -73,10 +75,33 @@ type cluster struct {
 
 func boot(t *testing.T, args ...string) *cluster {
 	t.Helper()
+	return bootIn(t, "", args...)
+}
+
+// bootIn boots a cluster from the cgroup v2 cgroup (a path below the
+// hierarchy's root), as smpc boot run from a login session or a service
+// would be; from the test's own cgroup when cgroup is "".
+func bootIn(t *testing.T, cgroup string, args ...string) *cluster {
+	t.Helper()
 	needRoot(t)
 	c := &cluster{t: t, dir: "/run/smpc-e2e-" + strings.ToLower(strings.ReplaceAll(t.Name(), "/", "-"))}
 	exec.Command(smpcBin, "shutdown", "--state-dir", c.dir).Run() // a previous run's leftovers
-	out, code := c.smpc(append([]string{"boot", "--detach"}, args...)...)
+	// A test asks for the OSlets it needs: the default plan follows the
+	// machine (one OSlet per NUMA node or L3 domain), and may be one.
+	if !slices.Contains(args, "--oslets") && !slices.Contains(args, "--plan") {
+		args = append([]string{"--oslets", "2"}, args...)
+	}
+	cmd := exec.Command(smpcBin, append([]string{"--state-dir", c.dir, "boot", "--detach"}, args...)...)
+	cmd.Dir = "/"
+	if cgroup != "" {
+		dir, err := os.Open(filepath.Join("/sys/fs/cgroup", cgroup))
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer dir.Close()
+		cmd.SysProcAttr = &syscall.SysProcAttr{UseCgroupFD: true, CgroupFD: int(dir.Fd())}
+	}
+	out, code := run(cmd)
 	if code != 0 {
 		t.Fatalf("boot: exit %d: %s", code, out)
 	}
@@ -133,10 +158,14 @@ func (c *cluster) inside(k int, args ...string) (string, int) {
 	return c.smpc(append([]string{"run", "--on", strconv.Itoa(k), "--", smpcBin}, args...)...)
 }
 
-func (c *cluster) state() (st struct {
-	Inits  map[string]int `json:"inits"`
-	Reaper int            `json:"reaper"`
-}) {
+// bootState is what the tests read of a cluster's boot record.
+type bootState struct {
+	Inits      map[string]int `json:"inits"`
+	Reaper     int            `json:"reaper"`
+	Supervisor int            `json:"supervisor"`
+}
+
+func (c *cluster) state() (st bootState) {
 	b, err := os.ReadFile(filepath.Join(c.dir, "cluster.json"))
 	if err != nil {
 		c.t.Fatal(err)
@@ -495,6 +524,14 @@ func TestShutdownLeavesNothing(t *testing.T) {
 	st := c.state()
 	c.must("run", "--detach", "--on", "2", "--", "sleep", "60")
 	c.must("shutdown")
+	c.checkLeftNothing(st)
+}
+
+// checkLeftNothing checks, after a shutdown, that nothing of the cluster
+// whose state was st is left: state dir, inits, PID 1, mounts, cgroups.
+func (c *cluster) checkLeftNothing(st bootState) {
+	t := c.t
+	t.Helper()
 	if _, err := os.Stat(c.dir); !os.IsNotExist(err) {
 		t.Errorf("state dir %s left behind", c.dir)
 	}

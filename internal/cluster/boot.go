@@ -126,7 +126,7 @@ func Boot(opts Options) (c *Cluster, retErr error) {
 		state: &State{Record: statedir.Record{
 			Name: opts.Name, StateDir: opts.StateDir, Plan: opts.Plan, Supervisor: os.Getpid(),
 			Inits: map[int]int{}, Cgroups: map[int]string{}, Owner: opts.Owner,
-			CgroupTop: "smpc", GTmp: filepath.Join(opts.StateDir, "gtmp"), Shm: filepath.Join(opts.StateDir, "shm"),
+			GTmp: filepath.Join(opts.StateDir, "gtmp"), Shm: filepath.Join(opts.StateDir, "shm"),
 			Protocol: fmt.Sprintf("%d.%d", fabric.Major, fabric.Minor),
 		}},
 	}
@@ -151,10 +151,16 @@ func Boot(opts Options) (c *Cluster, retErr error) {
 		return c, fmt.Errorf("boot: %w", err)
 	}
 	id := clusterID(opts.StateDir)
+	// Recorded even when placing fails half-way: teardown removes what
+	// was made (a systemd scope among it).
+	c.state.Cgroup, err = partition.Place(id, c.reaper.Process.Pid)
+	if err != nil {
+		return c, fmt.Errorf("boot: %w", err)
+	}
 	var indexes []int
 	c.files = map[int]partition.StatFiles{}
 	for _, o := range opts.Plan.OSlets {
-		group := fmt.Sprintf("smpc/%s/oslet-%d", id, o.Index)
+		group := c.state.Cgroup.OSlet(o.Index)
 		c.state.Cgroups[o.Index] = group
 		if c.files[o.Index], err = partition.FilesOf(group); err != nil {
 			return c, fmt.Errorf("boot: oslet %d: %w", o.Index, err)
@@ -626,6 +632,9 @@ func cleanStale(s *State) error {
 	}
 	var cgroups []*partition.Cgroup
 	for _, group := range s.Cgroups {
+		if !filepath.IsAbs(group) {
+			continue // a record of an older smpc, which nested its cgroups under its own
+		}
 		if cg, err := partition.Load(group); err == nil {
 			cgroups = append(cgroups, cg)
 		} // else gone already
@@ -655,7 +664,11 @@ func removeAll(s *State, cgroups []*partition.Cgroup) error {
 		if err := cg.Destroy(); err != nil {
 			errs = append(errs, err)
 		}
-		partition.RemoveParents(cg.Group, s.CgroupTop)
+	}
+	if s.Cgroup.Dir != "" {
+		if err := partition.RemoveCluster(s.Cgroup); err != nil {
+			errs = append(errs, err)
+		}
 	}
 	removeStateFiles(s)
 	return errors.Join(errs...)

@@ -6,15 +6,18 @@ package cluster
 
 import (
 	"github.com/smpc-cluster/smpc/internal/network"
+	"github.com/smpc-cluster/smpc/internal/partition"
 	"github.com/smpc-cluster/smpc/internal/statedir"
 )
 
 // State is the firmware's boot record in the state dir: the record the
-// command line reads to find the OSlets, and the network the boot made,
+// command line reads to find the OSlets, and the network and cgroups the boot made,
 // which a later boot reads to clean up after a crash.
 type State struct {
 	statedir.Record
 	Network *network.Record `json:"network,omitempty"`
+	// Cgroup is where the cluster's cgroups are.
+	Cgroup partition.Placement `json:"cgroup"`
 }
 
 // ReadState reads a running cluster's boot record.

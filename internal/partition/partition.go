@@ -44,9 +44,8 @@ const (
 
 // Cgroup is one OSlet's cgroup and its two leaves.
 type Cgroup struct {
-	// Group is the cgroup's path as Create was given it (below this
-	// process's own cgroup in every v1 hierarchy, and in v2), the same
-	// name RemoveParents takes.
+	// Group is the cgroup's absolute path as Create was given it, the
+	// same in every hierarchy.
 	Group              string
 	oslet, init, procs cgroupHandle
 	Stats              StatFiles
@@ -136,32 +135,27 @@ func (s StatFiles) PIDs() []int {
 	return pids
 }
 
-// FilesOf names the files of the OSlet cgroup group (as given to Create),
-// from the host.
+// FilesOf names the files of the OSlet cgroup group (an absolute cgroup
+// path, as Placement.OSlet gives), from the host.
 func FilesOf(group string) (StatFiles, error) {
+	if !filepath.IsAbs(group) {
+		return StatFiles{}, fmt.Errorf("cgroup %q: not an absolute cgroup path", group)
+	}
 	if Unified() {
-		path, err := v2Path(group)
-		if err != nil {
-			return StatFiles{}, err
-		}
-		dir := filepath.Join("/sys/fs/cgroup", path)
+		dir := filepath.Join(unifiedMount, group)
 		place := []string{filepath.Join(dir, ProcsLeaf, "cgroup.procs")}
 		return StatFiles{Memory: filepath.Join(dir, "memory.current"), Tasks: filepath.Join(dir, "pids.current"),
 			Procs: []string{filepath.Join(dir, InitLeaf, "cgroup.procs"), place[0]}, PlaceProcs: place,
 			SpawnDir: filepath.Join(dir, ProcsLeaf), OOMEvents: filepath.Join(dir, ProcsLeaf, "memory.events")}, nil
 	}
-	paths, err := cgroup1.ParseCgroupFile("/proc/self/cgroup")
-	if err != nil {
-		return StatFiles{}, fmt.Errorf("find own cgroup: %w", err)
-	}
 	dir := func(subsystem string) string {
-		return filepath.Join("/sys/fs/cgroup", subsystem, paths[subsystem], group)
+		return filepath.Join("/sys/fs/cgroup", subsystem, group)
 	}
 	s := StatFiles{Memory: filepath.Join(dir("memory"), "memory.usage_in_bytes"), Tasks: filepath.Join(dir("pids"), "pids.current"),
 		Procs:     []string{filepath.Join(dir("pids"), InitLeaf, "cgroup.procs"), filepath.Join(dir("pids"), ProcsLeaf, "cgroup.procs")},
 		OOMEvents: filepath.Join(dir("memory"), ProcsLeaf, "memory.oom_control")}
 	for _, sub := range v1Names {
-		if _, err := os.Stat(filepath.Join("/sys/fs/cgroup", sub)); err == nil && paths[sub] != "" {
+		if _, err := os.Stat(filepath.Join("/sys/fs/cgroup", sub)); err == nil {
 			s.SpawnTasks = append(s.SpawnTasks, filepath.Join(dir(sub), ProcsLeaf, "tasks"))
 			if sub == "pids" || sub == "cpuset" || sub == "memory" {
 				s.PlaceProcs = append(s.PlaceProcs, filepath.Join(dir(sub), ProcsLeaf, "cgroup.procs"))
@@ -200,8 +194,8 @@ func v1Hierarchy() ([]cgroup1.Subsystem, error) {
 	return keep, nil
 }
 
-// Create makes the cgroup named group (relative, e.g. "smpc/run-ab12/oslet-1")
-// for OSlet o, with the device rules devices (a devices cgroup on v1, the
+// Create makes the cgroup named group (an absolute path below the
+// cluster's placement, e.g. "/smpc/run-ab12/oslet-1") for OSlet o, with the device rules devices (a devices cgroup on v1, the
 // equivalent eBPF program on v2), and its two leaves.
 func Create(group string, o plan.OSlet, devices []specs.LinuxDeviceCgroup) (*Cgroup, error) {
 	cpus, mems := o.CPUs.String(), o.Mems.String()
@@ -222,11 +216,7 @@ func Create(group string, o plan.OSlet, devices []specs.LinuxDeviceCgroup) (*Cgr
 		path := filepath.Join(group, l.name)
 		memory, pids := l.memory, l.pids
 		if Unified() {
-			p, err := v2Path(path)
-			if err != nil {
-				return nil, err
-			}
-			m, err := cgroup2.NewManager("/sys/fs/cgroup", p, &cgroup2.Resources{
+			m, err := cgroup2.NewManager(unifiedMount, path, &cgroup2.Resources{
 				CPU:     &cgroup2.CPU{Cpus: cpus, Mems: mems},
 				Memory:  &cgroup2.Memory{Max: &memory},
 				Pids:    &cgroup2.Pids{Max: pids},
@@ -234,12 +224,12 @@ func Create(group string, o plan.OSlet, devices []specs.LinuxDeviceCgroup) (*Cgr
 			})
 			if err != nil {
 				c.Destroy()
-				return nil, fmt.Errorf("create cgroup %s (v2): %w", p, err)
+				return nil, fmt.Errorf("create cgroup %s (v2): %w", path, err)
 			}
 			made[n].v2 = m
 			continue
 		}
-		cg, err := cgroup1.New(cgroup1.NestedPath(path), &specs.LinuxResources{
+		cg, err := cgroup1.New(cgroup1.StaticPath(path), &specs.LinuxResources{
 			CPU:     &specs.LinuxCPU{Cpus: cpus, Mems: mems},
 			Memory:  &specs.LinuxMemory{Limit: &memory},
 			Pids:    &specs.LinuxPids{Limit: &pids},
@@ -278,18 +268,14 @@ func Load(group string) (*Cgroup, error) {
 	}{{"", &c.oslet}, {InitLeaf, &c.init}, {ProcsLeaf, &c.procs}} {
 		path := filepath.Join(group, l.name)
 		if Unified() {
-			p, err := v2Path(path)
+			m, err := cgroup2.Load(path)
 			if err != nil {
-				return nil, err
-			}
-			m, err := cgroup2.Load(p)
-			if err != nil {
-				return nil, fmt.Errorf("load cgroup %s: %w", p, err)
+				return nil, fmt.Errorf("load cgroup %s: %w", path, err)
 			}
 			l.g.v2 = m
 			continue
 		}
-		cg, err := cgroup1.Load(cgroup1.NestedPath(path), cgroup1.WithHierarchy(v1Hierarchy), allowMissing)
+		cg, err := cgroup1.Load(cgroup1.StaticPath(path), cgroup1.WithHierarchy(v1Hierarchy), allowMissing)
 		if err != nil {
 			if l.name != "" {
 				continue // a crash before the leaves were made
@@ -311,15 +297,6 @@ func Load(group string) (*Cgroup, error) {
 func allowMissing(c *cgroup1.InitConfig) error {
 	c.InitCheck = cgroup1.AllowAny
 	return nil
-}
-
-// v2Path nests group under this process's own cgroup, as v1's NestedPath does.
-func v2Path(group string) (string, error) {
-	p, err := cgroup2.NestedGroupPath(group)
-	if err != nil {
-		return "", fmt.Errorf("find own cgroup: %w", err)
-	}
-	return p, nil
 }
 
 // AddInit moves the OSlet's init (a host PID) into its leaf.
@@ -413,31 +390,6 @@ func (g *cgroupHandle) destroy() error {
 		}
 	}
 	return nil
-}
-
-// RemoveParents removes the now-empty groups above an OSlet's cgroup, up to
-// and including top (e.g. "smpc"), where no other cluster still uses them.
-func RemoveParents(group, top string) {
-	var roots []string
-	if Unified() {
-		if p, err := v2Path(""); err == nil {
-			roots = []string{filepath.Join("/sys/fs/cgroup", p)}
-		}
-	} else if paths, err := cgroup1.ParseCgroupFile("/proc/self/cgroup"); err == nil {
-		for _, s := range v1Names {
-			if p, ok := paths[s]; ok {
-				roots = append(roots, filepath.Join("/sys/fs/cgroup", s, p))
-			}
-		}
-	}
-	for _, root := range roots {
-		for dir := filepath.Dir(group); dir != "." && dir != "/"; dir = filepath.Dir(dir) {
-			os.Remove(filepath.Join(root, dir)) // fails harmlessly while in use
-			if dir == top {
-				break
-			}
-		}
-	}
 }
 
 // Cgroup2Root finds where the cgroup v2 hierarchy is mounted: /sys/fs/cgroup

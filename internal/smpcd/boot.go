@@ -14,6 +14,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/coreos/go-systemd/v22/daemon"
 	"github.com/spf13/cobra"
 	"golang.org/x/sys/unix"
 
@@ -42,7 +43,14 @@ PATH.
 
 smpc boot runs in the foreground and stops the cluster on Ctrl-C; with
 --detach it returns once the cluster is up. 'smpc shutdown' stops it either
-way, removing every cgroup, mount, socket and state file it made.`,
+way, removing every cgroup, mount, socket and state file it made.
+
+The cluster's cgroups never go below the cgroup smpc boot runs in: on
+cgroup v2 they go in that cgroup when it was delegated to it (a systemd
+service with Delegate=yes: docs/smpc.service), else in a transient systemd
+scope smpc-ID.scope where systemd runs the host, else under a top-level
+"smpc" cgroup (docs/cgroups.md). In the foreground it tells systemd when the
+cluster is up (Type=notify).`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			dir, err := statedir.Resolve(cli.StateDir())
@@ -79,6 +87,9 @@ way, removing every cgroup, mount, socket and state file it made.`,
 			} else {
 				fmt.Fprintln(out, "Ctrl-C or 'smpc shutdown' stops it.")
 			}
+			// A systemd service of Type=notify (docs/smpc.service) is
+			// started once the cluster is up; elsewhere this does nothing.
+			daemon.SdNotify(false, daemon.SdNotifyReady)
 			for {
 				select {
 				case k := <-c.Exited():
@@ -88,6 +99,7 @@ way, removing every cgroup, mount, socket and state file it made.`,
 				}
 				break
 			}
+			daemon.SdNotify(false, daemon.SdNotifyStopping)
 			killed, err := c.State().StopProcesses(cluster.DefaultGrace)
 			if err != nil {
 				fmt.Fprintln(os.Stderr, "smpc:", err)

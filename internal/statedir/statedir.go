@@ -57,8 +57,7 @@ type Record struct {
 	Reaper     int            `json:"reaper"`     // host PID of the cluster's PID 1
 	Bin        string         `json:"bin"`        // the directory holding smpc for the OSlets
 	Inits      map[int]int    `json:"inits"`      // OSlet index to host PID of its init
-	Cgroups    map[int]string `json:"cgroups"`
-	CgroupTop  string         `json:"cgroup_top"`
+	Cgroups    map[int]string `json:"cgroups"`    // OSlet index to its absolute cgroup path
 	GTmp       string         `json:"gtmp"`
 	Shm        string         `json:"shm"` // host path of the tmpfs every OSlet sees as /dev/shm
 	Owner      uint32         `json:"owner"`

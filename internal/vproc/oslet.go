@@ -2,6 +2,7 @@ package vproc
 
 import (
 	"os"
+	"slices"
 	"strconv"
 	"strings"
 )
@@ -22,18 +23,23 @@ func OSletOf(pid int) int {
 }
 
 // OSletOfCgroupFile finds the OSlet in the text of a /proc/PID/cgroup file:
-// the first hierarchy whose path names an OSlet's cgroup under smpc's
-// (".../smpc/RUN/oslet-K", then its init's or its processes' leaf, and
-// whatever cgroups root made below that).
+// the first hierarchy whose path names an OSlet's cgroup below a cluster's
+// ("oslet-K" below an element "smpc" or "smpc-...": "/smpc/ID/oslet-K",
+// "/system.slice/smpc-ID.scope/oslet-K", ".../smpc-ID/oslet-K"; then its
+// init's or its processes' leaf, and whatever cgroups root made below that).
 func OSletOfCgroupFile(text string) int {
 	for _, line := range strings.Split(text, "\n") {
 		// ID:CONTROLLERS:PATH
 		parts := strings.SplitN(line, ":", 3)
-		if len(parts) != 3 || !strings.Contains(parts[2], "/smpc/") {
+		if len(parts) != 3 {
 			continue
 		}
-		elems := strings.Split(parts[2][strings.Index(parts[2], "/smpc/"):], "/")
-		for n := len(elems) - 1; n >= 0; n-- {
+		elems := strings.Split(parts[2], "/")
+		first := slices.IndexFunc(elems, func(e string) bool { return e == "smpc" || strings.HasPrefix(e, "smpc-") })
+		if first < 0 {
+			continue
+		}
+		for n := len(elems) - 1; n > first; n-- {
 			if rest, ok := strings.CutPrefix(elems[n], CgroupName); ok {
 				if k, err := strconv.Atoi(rest); err == nil && k > 0 {
 					return k
