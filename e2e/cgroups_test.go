@@ -1,6 +1,8 @@
 package e2e
 
 import (
+	"bufio"
+	"bytes"
 	"encoding/json"
 	"fmt"
 	"os"
@@ -409,4 +411,99 @@ func TestFourOSlets(t *testing.T) {
 	}
 	c.must("shutdown")
 	c.checkLeftNothing(st)
+}
+
+// TestBootInContainer: smpc boot from a shell in a container with a
+// cgroup namespace of its own (the root it sees holds the container's
+// processes): the container's processes move into a leaf, as
+// docker-in-docker's entry point moves them, and the cluster's cgroups go
+// beside it, with their limits.
+func TestBootInContainer(t *testing.T) {
+	needRoot(t)
+	if !unified() || systemdRuns() {
+		t.Skip("a container's cgroup namespace on a cgroup v2 host without systemd: e2e/vm/run tests it")
+	}
+	// What a container runtime does: the controllers reach the
+	// container's cgroup.
+	if err := os.WriteFile("/sys/fs/cgroup/cgroup.subtree_control", []byte("+cpu +cpuset +memory +pids"), 0); err != nil {
+		t.Fatal(err)
+	}
+	const container = "/smpc-e2e-container"
+	dir := makeCgroup(t, container)
+	shell := startContainer(t, dir, "rw")
+	c := &cluster{t: t, dir: "/run/smpc-e2e-container", in: shell}
+	c.smpc("shutdown")
+	if out, code := c.smpc("boot", "--detach", "--oslets", "2"); code != 0 {
+		t.Fatalf("boot in a container: exit %d: %s", code, out)
+	}
+	defer c.smpc("shutdown")
+	p := c.placement()
+	if p.Kind != "delegated" || !strings.HasPrefix(p.Dir, "/smpc-") {
+		t.Fatalf("booted in a container, the cluster's cgroups are %+v, want them at the root of its namespace", p)
+	}
+	if got := cgroupOf(t, shell); got != container+"/supervisor" {
+		t.Errorf("the container's process is in cgroup %q, want %s/supervisor", got, container)
+	}
+	st := c.state()
+	for k := 1; k <= 2; k++ {
+		osletDir := fmt.Sprintf("%s/oslet-%d", p.Dir, k)
+		if got := cgroupOf(t, st.Inits[strconv.Itoa(k)]); got != container+osletDir+"/init" {
+			t.Errorf("oslet %d's init is in cgroup %q, want %q", k, got, container+osletDir+"/init")
+		}
+		if got := cgroupIn(c.must("run", "--on", strconv.Itoa(k), "--", "cat", "/proc/self/cgroup")); got != osletDir+"/procs" {
+			t.Errorf("a process on oslet %d sees itself in cgroup %q, want %q", k, got, osletDir+"/procs")
+		}
+		if mem, _ := os.ReadFile(filepath.Join(dir, osletDir, "procs", "memory.max")); len(mem) == 0 || string(mem) == "max\n" {
+			t.Errorf("oslet %d's processes have no memory limit: %q", k, mem)
+		}
+	}
+	c.must("shutdown")
+	if _, err := os.Stat(filepath.Join(dir, p.Dir)); err == nil {
+		t.Errorf("cgroup %s left behind", filepath.Join(dir, p.Dir))
+	}
+
+	// A container whose cgroup file system is read-only: one line says so.
+	ro := &cluster{t: t, dir: "/run/smpc-e2e-container-ro", in: startContainer(t, makeCgroup(t, container+"-ro"), "ro")}
+	out, code := ro.smpc("boot", "--detach", "--oslets", "2")
+	if code == 0 {
+		ro.smpc("shutdown")
+		t.Fatalf("boot on a read-only cgroup file system succeeded: %s", out)
+	}
+	if !strings.Contains(out, "read-only cgroup file system") || strings.Count(strings.TrimSpace(out), "\n") > 0 {
+		t.Errorf("boot on a read-only cgroup file system said (exit %d):\n%s\nwant one line saying so", code, out)
+	}
+	if entries, _ := os.ReadDir(ro.dir); len(entries) > 0 {
+		t.Errorf("a refused boot left %d files in %s", len(entries), ro.dir)
+	}
+	os.Remove(ro.dir)
+}
+
+// startContainer starts a stand-in for a container's shell in the v2
+// cgroup dir: its own cgroup and mount namespaces, the cgroup file system
+// mounted again (with options opts) to show its own root, and a process
+// that stays until the test ends. It returns that process's PID.
+func startContainer(t *testing.T, dir, opts string) int {
+	t.Helper()
+	d, err := os.Open(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer d.Close()
+	shell := exec.Command("unshare", "--cgroup", "--mount", "--propagation", "private", "sh", "-c",
+		"umount -l /sys/fs/cgroup && mount -t cgroup2 -o "+opts+" container /sys/fs/cgroup && echo ready && exec sleep 600")
+	shell.SysProcAttr = &unix.SysProcAttr{UseCgroupFD: true, CgroupFD: int(d.Fd())}
+	out, err := shell.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var stderr bytes.Buffer
+	shell.Stderr = &stderr
+	if err := shell.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { shell.Process.Kill(); shell.Wait() })
+	if line, _ := bufio.NewReader(out).ReadString('\n'); line != "ready\n" {
+		t.Fatalf("the container did not start: %s", stderr.String())
+	}
+	return shell.Process.Pid
 }

@@ -71,6 +71,9 @@ func needRoot(t *testing.T) {
 type cluster struct {
 	t   *testing.T
 	dir string
+	// in, when set, runs smpc in the namespaces of that process (a
+	// container's), with nsenter.
+	in int
 }
 
 func boot(t *testing.T, args ...string) *cluster {
@@ -123,6 +126,9 @@ func bootIn(t *testing.T, cgroup string, args ...string) *cluster {
 func (c *cluster) smpc(args ...string) (string, int) {
 	c.t.Helper()
 	cmd := exec.Command(smpcBin, append([]string{"--state-dir", c.dir}, args...)...)
+	if c.in != 0 {
+		cmd = exec.Command("nsenter", append([]string{"-t", strconv.Itoa(c.in), "-C", "-m", "--", smpcBin, "--state-dir", c.dir}, args...)...)
+	}
 	// A directory every OSlet sees: the test's own may lie under the
 	// host's /tmp, and programs that read $PWD (a pyenv shim) would not
 	// find it. Tests of the working directory set their own.

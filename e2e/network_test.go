@@ -170,6 +170,17 @@ func nftTables(t *testing.T) []string {
 // redirectPrograms lists smpc's loopback redirect programs attached to the
 // root of the cgroup v2 hierarchy.
 func redirectPrograms(t *testing.T) []string {
+	return rootPrograms(t, network.RedirectPrograms[:], []ebpf.AttachType{ebpf.AttachCGroupInet4Connect, ebpf.AttachCgroupInet4GetPeername})
+}
+
+// watchPrograms lists the listen watch's programs attached there.
+func watchPrograms(t *testing.T) []string {
+	return rootPrograms(t, network.WatchPrograms[:], network.WatchAttachTypes[:])
+}
+
+// rootPrograms lists the programs named names attached to the root of the
+// cgroup v2 hierarchy at the attach points given.
+func rootPrograms(t *testing.T, names []string, attaches []ebpf.AttachType) []string {
 	root, err := partition.Cgroup2Root()
 	if err != nil {
 		t.Log(err)
@@ -180,24 +191,54 @@ func redirectPrograms(t *testing.T) []string {
 		t.Fatal(err)
 	}
 	defer dir.Close()
-	var names []string
-	for _, attach := range []ebpf.AttachType{ebpf.AttachCGroupInet4Connect, ebpf.AttachCgroupInet4GetPeername} {
+	var found []string
+	for _, attach := range attaches {
 		res, err := link.QueryPrograms(link.QueryOptions{Target: int(dir.Fd()), Attach: attach})
 		if err != nil {
-			t.Fatalf("query %s programs of %s: %v", attach, root, err)
+			continue // an attach point this kernel lacks
 		}
 		for _, p := range res.Programs {
 			prog, err := ebpf.NewProgramFromID(p.ID)
 			if err != nil {
 				continue
 			}
-			if info, err := prog.Info(); err == nil && slices.Contains(network.RedirectPrograms[:], info.Name) {
-				names = append(names, info.Name)
+			if info, err := prog.Info(); err == nil && slices.Contains(names, info.Name) {
+				found = append(found, info.Name)
 			}
 			prog.Close()
 		}
 	}
-	return names
+	return found
+}
+
+// TestListenersFoundByEvents: the forwarder of an idle cluster does not
+// scan the OSlets' stacks; the listen watch wakes it, so that a new server
+// is forwarded, and a stopped one forgotten, at once.
+func TestListenersFoundByEvents(t *testing.T) {
+	c := boot(t, "--subnet", "10.79.2.0/24")
+	if progs := watchPrograms(t); len(progs) < 3 {
+		t.Skipf("no listen watch on this kernel (programs attached: %v): the forwarder scans every second instead", progs)
+	}
+	// The forwarder backs off while nothing changes: its next scan of its
+	// own is seconds away now.
+	time.Sleep(4 * time.Second)
+	const port = 18600
+	start := time.Now()
+	out := c.must("run", "--detach", "--on", "2", "--", "python3", "-m", "http.server", strconv.Itoa(port))
+	c.waitPort(t, "tcp", port, 2, forwarded)
+	if d := time.Since(start); d > time.Second*patience {
+		t.Errorf("a new server was forwarded %v after it started, want it at once", d)
+	}
+	start = time.Now()
+	c.must("kill", strings.TrimSpace(out))
+	c.waitPort(t, "tcp", port, 2, nil)
+	if d := time.Since(start); d > time.Second*patience {
+		t.Errorf("a stopped server left the port map %v after it stopped, want at once", d)
+	}
+	c.must("shutdown")
+	if progs := watchPrograms(t); len(progs) != 0 {
+		t.Errorf("listen watch programs left after shutdown: %v", progs)
+	}
 }
 
 func readSysctl(t *testing.T, name string) string {
@@ -405,7 +446,7 @@ func TestNetwork(t *testing.T) {
 	})
 
 	c.must("shutdown")
-	if progs := redirectPrograms(t); len(progs) != 0 {
+	if progs := append(redirectPrograms(t), watchPrograms(t)...); len(progs) != 0 {
 		t.Errorf("BPF programs left after shutdown: %v", progs)
 	}
 	if links := smpcLinks(t); len(links) != len(linksBefore) {
@@ -459,11 +500,12 @@ func TestNetworkAfterCrash(t *testing.T) {
 	if len(smpcLinks(t)) == 0 {
 		t.Fatal("the crashed cluster left no bridge: the test does not test anything")
 	}
-	// The kernel detaches the loopback redirect with its links, once the
+	// The kernel detaches the BPF programs with their links, once the
 	// dead process's descriptors are released.
 	var progs []string
 	deadline := time.Now().Add(5 * time.Second)
-	for progs = redirectPrograms(t); len(progs) != 0 && time.Now().Before(deadline); progs = redirectPrograms(t) {
+	smpcPrograms := func() []string { return append(redirectPrograms(t), watchPrograms(t)...) }
+	for progs = smpcPrograms(); len(progs) != 0 && time.Now().Before(deadline); progs = smpcPrograms() {
 		time.Sleep(20 * time.Millisecond)
 	}
 	if len(progs) != 0 {

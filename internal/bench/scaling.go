@@ -29,6 +29,10 @@ type Scaling struct {
 	For          time.Duration // how long each round runs
 }
 
+// idleSettle is how long a cluster runs after its boot before its idle
+// cost is measured: the port forwarder's scans after boot are over.
+const idleSettle = 2 * time.Second
+
 // DefaultSizes returns the cluster sizes of 1, 2, 4 and 8 OSlets that a
 // machine of ncpu CPUs holds, with the CPUs per OSlet that lets 8 fit.
 func DefaultSizes(ncpu int) (sizes []int, cpusPer int) {
@@ -52,7 +56,7 @@ func (s *Scaling) Run(ctx context.Context) ([]Result, error) {
 		if err != nil {
 			return out, err
 		}
-		out = append(out, m.boot,
+		out = append(out, m.boot, m.idle,
 			// The machine's own scaling, without smpc: the ceiling for smpc's.
 			against(fmt.Sprintf("scale-native-fork-%d", n), n, 1, &native1, 0,
 				Measure{fmt.Sprintf("%d host processes on the same CPUs forking /bin/true", n), m.native, "spawns/s"}, "x one process"),
@@ -100,7 +104,7 @@ func Boot(ctx context.Context, binary, dir string, flags ...string) (took time.D
 
 // sizeMeasures are what one cluster size gave.
 type sizeMeasures struct {
-	boot                Result
+	boot, idle          Result
 	spawn, null, native float64 // aggregate rates
 }
 
@@ -122,6 +126,14 @@ func (s *Scaling) one(ctx context.Context, n int) (m sizeMeasures, err error) {
 		SMPC:   Measure{fmt.Sprintf("smpc boot --detach, %d OSlets, to ready", n), float64(took.Nanoseconds()), "ns"},
 		Target: "< 100ms per OSlet", Met: &met,
 	}
+	// Idle first, before any process ran: after the forwarder's first
+	// scans (a second or so of back-off), over at least two seconds.
+	time.Sleep(idleSettle)
+	idle, err := idleCost(dir, max(2*time.Second, s.For))
+	if err != nil {
+		return fail("idle cost", err)
+	}
+	m.idle = idleResult(n, idle)
 	c, err := smpc.Connect(dir)
 	if err != nil {
 		return fail("connect", err)

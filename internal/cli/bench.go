@@ -69,9 +69,11 @@ It uses the cluster of the state dir when one runs there (or the caller's own,
 inside an OSlet), and otherwise boots one for the run and shuts it down after.
 
 --scaling also boots clusters of 1, 2, 4 and 8 OSlets of equal size (as many
-as this machine holds) and measures each one's boot time and its aggregate
-rates, every OSlet creating processes on, then calling, the next: the seed's
-goal of linear scalability. --failure boots two clusters of 2 OSlets and
+as this machine holds) and measures each one's boot time, its idle cost (the
+CPU its boot process, PID 1 and inits use while nothing runs, per OSlet,
+beside zero: an OSlet must not slow its own work) and its aggregate rates,
+every OSlet creating processes on, then calling, the next: the seed's goal of
+linear scalability. --failure boots two clusters of 2 OSlets and
 times how soon OSlet 1 is told that OSlet 2 is down, once after OSlet 2's
 init is killed (detect-death) and once after it is stopped (detect-hang).`,
 		Args: cobra.NoArgs,

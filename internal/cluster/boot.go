@@ -65,6 +65,7 @@ type Cluster struct {
 	done     map[int]chan struct{}
 
 	devices       []device.Device
+	forwarder     *network.Forwarder // guarded by mu
 	stopForwarder context.CancelFunc
 	forwarderDone chan struct{}
 }
@@ -275,6 +276,9 @@ func (c *Cluster) startForwarder() {
 		Publish: func(ports []network.Port) error { return network.WritePorts(path, ports) },
 		Log:     c.log,
 	}
+	c.mu.Lock()
+	c.forwarder = f
+	c.mu.Unlock()
 	// The first scan before boot returns: the port map is there, and the
 	// loopback redirect in place, once the cluster says it is up.
 	if err := f.Scan(); err != nil {
@@ -408,6 +412,11 @@ func (c *Cluster) startInit(o plan.OSlet, opts *Options) (*syncChannel, error) {
 			}
 			c.log.Warn("oslet died", "oslet", o.Index, "err", err, "lost", len(lost), "kill", killErr)
 			os.Remove(statedir.HostSocket(c.state.StateDir, o.Index))
+			c.mu.Lock()
+			if c.forwarder != nil {
+				c.forwarder.Rescan() // what it held is forwarded no more
+			}
+			c.mu.Unlock()
 			c.exited <- o.Index
 		}
 	}()

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"os"
 	"sync"
+	"sync/atomic"
 	"time"
 )
 
@@ -20,6 +21,9 @@ type Caller struct {
 	broken func(error) error // maps a channel failure to the error callers see
 
 	reader chan struct{} // holds a token while some caller reads
+	// answered is when a frame last came in (UnixNano): a channel with
+	// traffic needs no heartbeat to show that its peer is alive.
+	answered atomic.Int64
 
 	mu      sync.Mutex
 	nextID  uint64                 // guarded by mu
@@ -44,6 +48,15 @@ func (c *Caller) Err() error {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	return c.err
+}
+
+// Answered returns when the peer last sent a frame on the channel (the zero
+// time before it ever did).
+func (c *Caller) Answered() time.Time {
+	if n := c.answered.Load(); n != 0 {
+		return time.Unix(0, n)
+	}
+	return time.Time{}
 }
 
 // Close closes the channel; pending calls fail.
@@ -125,6 +138,7 @@ func (c *Caller) await(ctx context.Context, id uint64, ch chan *Frame) (*Frame, 
 			}
 			f, err := c.conn.Recv()
 			if err == nil {
+				c.answered.Store(time.Now().UnixNano())
 				f, err = c.assemble(f)
 			}
 			if err != nil {

@@ -12,6 +12,7 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/smpc-cluster/smpc/internal/statedir"
@@ -25,10 +26,10 @@ const Host = statedir.HostListener
 type Port = statedir.Port
 
 // Forwarder keeps the cluster's forwarding rules equal to the OSlets'
-// listening sockets. The kernel has no event for a new listening socket, so
-// it asks each stack's socket diagnostics for its listeners on every tick,
-// a request whose cost does not grow with the number of connections; a
-// listener that closes loses its forward on the next tick.
+// listening sockets. It asks each stack's socket diagnostics for its
+// listeners, a request whose cost does not grow with the number of
+// connections: when the listen watch says a listener may have come or gone,
+// and otherwise now and then (see Run).
 type Forwarder struct {
 	Record   *Record
 	Inits    func() map[int]int // the OSlets up now: index to the host PID of its init
@@ -48,6 +49,9 @@ type Forwarder struct {
 	// and the nftables rules carry them alone.
 	redirect      *loopbackRedirect
 	redirectTried bool
+
+	rescanOnce sync.Once
+	rescanCh   chan struct{}
 }
 
 type portKey struct {
@@ -65,11 +69,15 @@ type owner struct {
 	command string
 }
 
-// Run scans until ctx ends: every Interval while listeners come and go,
-// and, while nothing changes, less and less often, down to once a second
-// (idleInterval), so that an idle cluster costs little: a scan asks every
-// stack, and five a second cost the boot process about 1.4% of a CPU on
-// the development VM. A change brings the next scan back to Interval.
+// Run scans until ctx ends. Where the kernel runs the listen watch's BPF
+// programs (cgroup v2, kernel 5.8 or later), a scan follows each bind,
+// listen or release of a listener, then a few more while listeners keep
+// changing (every Interval, doubling while nothing changes), and, while
+// nothing happens, one every watchedIdleInterval as a safety net: an idle
+// cluster costs the boot process nothing measurable. Elsewhere it scans
+// every Interval while listeners come and go and backs off to once a
+// second (idleInterval), since a scan asks every stack (five a second cost
+// the boot process about 1.4% of a CPU on the development VM).
 func (f *Forwarder) Run(ctx context.Context) {
 	if f.Interval == 0 {
 		f.Interval = 200 * time.Millisecond
@@ -79,6 +87,11 @@ func (f *Forwarder) Run(ctx context.Context) {
 			f.redirect.Close()
 		}
 	}()
+	idle := idleInterval
+	changed := f.watchListeners(ctx)
+	if changed != nil {
+		idle = watchedIdleInterval
+	}
 	wait := f.Interval
 	for {
 		before := f.ports
@@ -86,7 +99,7 @@ func (f *Forwarder) Run(ctx context.Context) {
 			f.Log.Warn("port scan", "err", err)
 		}
 		if slices.Equal(before, f.ports) {
-			wait = min(2*wait, max(idleInterval, f.Interval))
+			wait = min(2*wait, max(idle, f.Interval))
 		} else {
 			wait = f.Interval
 		}
@@ -94,13 +107,67 @@ func (f *Forwarder) Run(ctx context.Context) {
 		case <-ctx.Done():
 			return
 		case <-time.After(wait):
+		case <-changed:
+			// The calls of one server's start come together (socket,
+			// bind, listen): one scan takes them all.
+			time.Sleep(watchSettle)
+			wait = f.Interval
+		case <-f.rescan():
+			wait = f.Interval
 		}
 	}
 }
 
-// idleInterval is how often the forwarder scans while nothing changes:
-// a new listener is forwarded within it.
-const idleInterval = time.Second
+// Rescan asks for a scan now: an OSlet died, and what it held goes.
+func (f *Forwarder) Rescan() {
+	select {
+	case f.rescan() <- struct{}{}:
+	default:
+	}
+}
+
+func (f *Forwarder) rescan() chan struct{} {
+	f.rescanOnce.Do(func() { f.rescanCh = make(chan struct{}, 1) })
+	return f.rescanCh
+}
+
+// watchListeners starts the listen watch and returns the channel it
+// signals on, or nil where the kernel cannot run it.
+func (f *Forwarder) watchListeners(ctx context.Context) <-chan struct{} {
+	w, err := newListenWatch()
+	if err != nil {
+		if f.Log != nil {
+			f.Log.Info("no listen watch: scanning every second", "err", err)
+		}
+		return nil
+	}
+	changed := make(chan struct{}, 1)
+	go func() {
+		<-ctx.Done()
+		w.Close()
+	}()
+	go func() {
+		for w.wait() == nil {
+			select {
+			case changed <- struct{}{}:
+			default: // a scan is due already
+			}
+		}
+	}()
+	return changed
+}
+
+const (
+	// idleInterval is how often the forwarder scans while nothing changes,
+	// without the listen watch: a new listener is forwarded within it.
+	idleInterval = time.Second
+	// watchedIdleInterval is the safety net's, with it.
+	watchedIdleInterval = 30 * time.Second
+	// watchSettle lets a server's bind and listen both happen before the
+	// scan they wake, and bounds the scans that a storm of binds on the
+	// host can cause to twenty a second.
+	watchSettle = 50 * time.Millisecond
+)
 
 // Scan reads every stack's listeners once, decides who holds each port,
 // and applies and publishes what changed.

@@ -26,9 +26,11 @@ import (
 //
 //   - Delegated: on cgroup v2, when smpc boot runs in a cgroup that was
 //     delegated to it (a systemd service with Delegate=yes, which systemd
-//     marks with the trusted.delegate attribute), the cluster is that
-//     cgroup's own: the boot's processes move into a leaf "supervisor" and
-//     the OSlets go beside it, so that the service is the cluster.
+//     marks with the trusted.delegate attribute, or the root of a
+//     container's cgroup namespace), the cluster is that cgroup's own: the
+//     processes in it move into a leaf "supervisor" (as docker-in-docker's
+//     entry point moves a container's) and the OSlets go beside it, so
+//     that the service, or the container, is the cluster.
 //   - Systemd: on a cgroup v2 host that systemd runs, a transient scope
 //     "smpc-ID.scope" with Delegate=yes, made over D-Bus, holds the
 //     cluster's PID 1 (in a leaf "reaper") and the OSlets. systemd then
@@ -80,6 +82,10 @@ func Place(id string, reaper int) (Placement, error) {
 	switch {
 	case own != "/" && delegated(own):
 		return placeDelegated(id, own)
+	case own == "/" && namespaceRoot():
+		// A container's cgroup namespace, whose root its runtime
+		// delegated to it.
+		return placeDelegated(id, own)
 	case systemdRuns():
 		return placeSystemd(id, reaper)
 	}
@@ -97,6 +103,14 @@ func delegated(path string) bool {
 		}
 	}
 	return false
+}
+
+// namespaceRoot reports whether the root of the cgroup v2 hierarchy that
+// this process sees is the root of a cgroup namespace, not the host's: the
+// host's root cgroup alone has no cgroup.type.
+func namespaceRoot() bool {
+	_, err := os.Stat(filepath.Join(unifiedMount, "cgroup.type"))
+	return err == nil
 }
 
 // systemdRuns reports whether systemd manages this host, as sd_booted(3)
@@ -129,13 +143,13 @@ func placeTop(id string) (Placement, error) {
 // process now in own moves into own's leaf "supervisor", so that own may
 // enable controllers for the OSlets' cgroups beside it.
 func placeDelegated(id, own string) (Placement, error) {
-	p := Placement{Kind: PlacedDelegated, Dir: own + "/smpc-" + id}
+	p := Placement{Kind: PlacedDelegated, Dir: filepath.Join(own, "smpc-"+id)}
 	p.Top = p.Dir
 	// Before anything moves: a refused boot leaves the service as it was.
 	if err := checkOffered(filepath.Join(unifiedMount, own)); err != nil {
 		return p, err
 	}
-	if err := moveAll(own, own+"/"+SupervisorLeaf); err != nil {
+	if err := moveAll(own, filepath.Join(own, SupervisorLeaf)); err != nil {
 		return p, err
 	}
 	return p, makeV2(p.Dir, own)
