@@ -213,9 +213,15 @@ func TestBenchCommand(t *testing.T) {
 	seen := map[string]bench.Result{}
 	for _, r := range got.Results {
 		seen[r.Name] = r
-		// An idle cluster's cost stands beside zero, the cost of none.
-		zeroNative := strings.HasPrefix(r.Name, "idle-")
-		if r.SMPC.Value <= 0 || (r.Native != nil && !zeroNative && (r.Native.Value <= 0 || r.Ratio <= 0)) {
+		// An idle cluster's cost stands beside zero, the cost of none, and
+		// may be zero itself.
+		if strings.HasPrefix(r.Name, "idle-") {
+			if r.SMPC.Value < 0 || r.Native == nil || r.Native.Value != 0 {
+				t.Errorf("%s: %+v", r.Name, r)
+			}
+			continue
+		}
+		if r.SMPC.Value <= 0 || (r.Native != nil && (r.Native.Value <= 0 || r.Ratio <= 0)) {
 			t.Errorf("%s: empty figure: %+v", r.Name, r)
 		}
 	}

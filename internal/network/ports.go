@@ -71,10 +71,10 @@ type owner struct {
 
 // Run scans until ctx ends. Where the kernel runs the listen watch's BPF
 // programs (cgroup v2, kernel 5.8 or later), a scan follows each bind,
-// listen or release of a listener, then a few more while listeners keep
-// changing (every Interval, doubling while nothing changes), and, while
-// nothing happens, one every watchedIdleInterval as a safety net: an idle
-// cluster costs the boot process nothing measurable. Elsewhere it scans
+// listen or release of a listener (and one more an Interval later if it
+// found a change), and, while nothing happens, one every
+// watchedIdleInterval as a safety net: an idle cluster costs the boot
+// process nothing measurable. Elsewhere it scans
 // every Interval while listeners come and go and backs off to once a
 // second (idleInterval), since a scan asks every stack (five a second cost
 // the boot process about 1.4% of a CPU on the development VM).
@@ -98,10 +98,13 @@ func (f *Forwarder) Run(ctx context.Context) {
 		if err := f.Scan(); err != nil && f.Log != nil {
 			f.Log.Warn("port scan", "err", err)
 		}
-		if slices.Equal(before, f.ports) {
+		switch {
+		case !slices.Equal(before, f.ports):
+			wait = f.Interval // one more look while listeners change
+		case changed != nil:
+			wait = idle // the watch says when to look again
+		default:
 			wait = min(2*wait, max(idle, f.Interval))
-		} else {
-			wait = f.Interval
 		}
 		select {
 		case <-ctx.Done():

@@ -147,8 +147,15 @@ func (i *Init) keep(p *peer) {
 		// wake-up, and the pings and answers of the whole cluster come in
 		// one burst, so that the idle cost of an OSlet grows little with
 		// the number of its peers.
+		// A ping that went unanswered is followed by the next at once,
+		// so that a hang is reported within missedBeats timeouts of the
+		// first.
 		now := time.Now()
-		beat := time.NewTimer(now.Truncate(heartbeat).Add(heartbeat).Sub(now))
+		wait := now.Truncate(heartbeat).Add(heartbeat).Sub(now)
+		if missed > 0 {
+			wait = 0
+		}
+		beat := time.NewTimer(wait)
 		select {
 		case <-i.ctx.Done():
 			beat.Stop()
