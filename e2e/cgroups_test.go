@@ -183,7 +183,7 @@ func TestCgroupsNotUnderCaller(t *testing.T) {
 	c := bootIn(t, session, "--oslets", "2")
 	p := c.placement()
 	switch {
-	case unified() && systemdRuns():
+	case systemdRuns():
 		if p.Kind != "systemd" {
 			t.Fatalf("on a systemd host the cluster's cgroups are %+v, want a systemd scope", p)
 		}
@@ -263,12 +263,15 @@ func TestBootRefusesWithoutControllers(t *testing.T) {
 
 // TestBootUnderSystemd: on a host that systemd runs, the cluster is a
 // transient scope of systemd's, delegated to smpc, which holds the
-// cluster's PID 1 and the OSlets; shutdown stops it.
+// cluster's PID 1, the inits and the OSlets' cgroups; shutdown stops it.
+// On cgroup v1 (a hybrid host) systemd manages no cpuset: smpc makes the
+// scope's path there, and removes it.
 func TestBootUnderSystemd(t *testing.T) {
 	needRoot(t)
-	if !unified() || !systemdRuns() {
-		t.Skip("no systemd on a cgroup v2 host here (e2e/vm/run --systemd boots one)")
+	if !systemdRuns() {
+		t.Skip("no systemd here (e2e/vm/run --systemd boots one)")
 	}
+	_, slicedBefore := os.Stat("/sys/fs/cgroup/cpuset/system.slice")
 	c := boot(t, "--oslets", "2")
 	p := c.placement()
 	if p.Kind != "systemd" || !strings.HasPrefix(p.Unit, "smpc-") || !strings.HasSuffix(p.Dir, "/"+p.Unit) {
@@ -281,8 +284,19 @@ func TestBootUnderSystemd(t *testing.T) {
 	if got := show(); !strings.Contains(got, "ActiveState=active") || !strings.Contains(got, "Delegate=yes") {
 		t.Errorf("systemctl show %s:\n%s\nwant an active, delegated scope", p.Unit, got)
 	}
-	if got := cgroupOf(t, c.state().Reaper); got != p.Dir+"/reaper" {
-		t.Errorf("the cluster's PID 1 is in cgroup %q, want %s/reaper", got, p.Dir)
+	st := c.state()
+	if unified() {
+		if got := cgroupOf(t, st.Reaper); got != p.Dir+"/reaper" {
+			t.Errorf("the cluster's PID 1 is in cgroup %q, want %s/reaper", got, p.Dir)
+		}
+	} else {
+		// systemd knows a unit's processes by its own hierarchy.
+		for what, pid := range map[string]int{"the cluster's PID 1": st.Reaper, "oslet 1's init": st.Inits["1"], "oslet 2's init": st.Inits["2"]} {
+			b, _ := os.ReadFile(fmt.Sprintf("/proc/%d/cgroup", pid))
+			if !strings.Contains(string(b), ":name=systemd:"+p.Dir+"\n") {
+				t.Errorf("%s is not in the scope in systemd's hierarchy:\n%s", what, b)
+			}
+		}
 	}
 	c.checkPlaced(p, 2)
 	c.must("shutdown")
@@ -290,15 +304,19 @@ func TestBootUnderSystemd(t *testing.T) {
 		t.Errorf("after shutdown, systemctl show %s:\n%s\nwant the scope gone", p.Unit, got)
 	}
 	checkRemoved(t, p)
+	if _, err := os.Stat("/sys/fs/cgroup/cpuset/system.slice"); err == nil && slicedBefore != nil {
+		t.Error("the cpuset hierarchy's system.slice, which smpc made, is left after shutdown")
+	}
 }
 
 // TestSystemdService: the unit that docs/smpc.service ships boots a
 // cluster with the service (Type=notify: started once it is up) in the
-// service's own cgroup, and stops it with the service.
+// service's own cgroup (on cgroup v2; a scope beside it on v1), and stops
+// it with the service.
 func TestSystemdService(t *testing.T) {
 	needRoot(t)
-	if !unified() || !systemdRuns() {
-		t.Skip("no systemd on a cgroup v2 host here (e2e/vm/run --systemd boots one)")
+	if !systemdRuns() {
+		t.Skip("no systemd here (e2e/vm/run --systemd boots one)")
 	}
 	unit, err := os.ReadFile("../docs/smpc.service")
 	if err != nil {
@@ -330,7 +348,14 @@ func TestSystemdService(t *testing.T) {
 	t.Logf("systemctl start: %v", time.Since(start))
 	c := &cluster{t: t, dir: stateDir}
 	p := c.placement()
-	if p.Kind != "delegated" || !strings.HasPrefix(p.Dir, "/system.slice/smpc-e2e.service/smpc-") {
+	switch {
+	case !unified():
+		// cgroup v1 knows no delegation of a service's own cgroup: the
+		// cluster is a scope beside the service.
+		if p.Kind != "systemd" {
+			t.Fatalf("the service's cluster's cgroups are %+v, want a systemd scope", p)
+		}
+	case p.Kind != "delegated" || !strings.HasPrefix(p.Dir, "/system.slice/smpc-e2e.service/smpc-"):
 		t.Fatalf("the service's cluster's cgroups are %+v, want them in the service's cgroup", p)
 	}
 	c.checkPlaced(p, 2)
@@ -469,7 +494,7 @@ func TestBootInContainer(t *testing.T) {
 		ro.smpc("shutdown")
 		t.Fatalf("boot on a read-only cgroup file system succeeded: %s", out)
 	}
-	if !strings.Contains(out, "read-only cgroup file system") || strings.Count(strings.TrimSpace(out), "\n") > 0 {
+	if !strings.Contains(out, "cgroup file system is read-only") || strings.Count(strings.TrimSpace(out), "\n") > 0 {
 		t.Errorf("boot on a read-only cgroup file system said (exit %d):\n%s\nwant one line saying so", code, out)
 	}
 	if entries, _ := os.ReadDir(ro.dir); len(entries) > 0 {

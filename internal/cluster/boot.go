@@ -426,6 +426,10 @@ func (c *Cluster) startInit(o plan.OSlet, opts *Options) (*syncChannel, error) {
 		parentEnd.Close()
 		return nil, fmt.Errorf("oslet %d: %w", o.Index, err)
 	}
+	if err := c.state.Cgroup.Adopt(cmd.Process.Pid); err != nil {
+		parentEnd.Close()
+		return nil, fmt.Errorf("oslet %d: %w", o.Index, err)
+	}
 	sc := &syncChannel{f: parentEnd, in: bufio.NewReader(parentEnd)}
 	cfg := oslet.Config{Index: o.Index, Cluster: c.state.Name, StateDir: c.state.StateDir, Plan: opts.Plan,
 		Cgroup: cg.Stats, Cgroups: c.files, Bin: c.state.Bin, GTmp: c.state.GTmp, Shm: c.state.Shm, Owner: opts.Owner,

@@ -146,10 +146,9 @@ func (i *Init) keep(p *peer) {
 		// second: the timers of all its peers' goroutines fire as one
 		// wake-up, and the pings and answers of the whole cluster come in
 		// one burst, so that the idle cost of an OSlet grows little with
-		// the number of its peers.
-		// A ping that went unanswered is followed by the next at once,
-		// so that a hang is reported within missedBeats timeouts of the
-		// first.
+		// the number of its peers. A ping that went unanswered (for
+		// beatTimeout) is followed by the next at once, so that a hang is
+		// reported within missedBeats timeouts of the first.
 		now := time.Now()
 		wait := now.Truncate(heartbeat).Add(heartbeat).Sub(now)
 		if missed > 0 {
@@ -163,6 +162,7 @@ func (i *Init) keep(p *peer) {
 		case <-beat.C:
 		}
 		if !p.up() {
+			missed = 0 // a down peer is dialled once a beat, not at once
 			if wasUp {
 				i.log.Warn("peer down", "peer", p.index)
 				i.table.OrphanFrom(p.index)

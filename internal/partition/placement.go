@@ -73,6 +73,9 @@ var controllers = []string{"cpu", "cpuset", "memory", "pids"}
 // host cannot give is said in one line with how to give it.
 func Place(id string, reaper int) (Placement, error) {
 	if !Unified() {
+		if systemdRuns() {
+			return placeSystemd(id, reaper)
+		}
 		return placeTop(id)
 	}
 	own, err := cgroup2.NestedGroupPath("")
@@ -133,7 +136,7 @@ func placeTop(id string) (Placement, error) {
 			continue
 		}
 		if err := os.MkdirAll(filepath.Join(root, p.Dir), 0o755); err != nil {
-			return p, explain(err, filepath.Join(root, p.Dir))
+			return p, explain("make "+filepath.Join(root, p.Dir), err)
 		}
 	}
 	return p, nil
@@ -192,6 +195,7 @@ func placeSystemd(id string, reaper int) (Placement, error) {
 	}
 	if err := startScope(ctx, conn, unit, props); err != nil {
 		// systemd before 236 knows no DelegateControllers.
+		conn.ResetFailedUnitContext(ctx, unit)
 		if err2 := startScope(ctx, conn, unit, props[:len(props)-1]); err2 != nil {
 			return Placement{}, fmt.Errorf("cgroup: make systemd scope %s: %w", unit, err)
 		}
@@ -201,10 +205,41 @@ func placeSystemd(id string, reaper int) (Placement, error) {
 		return Placement{}, err
 	}
 	p := Placement{Kind: PlacedSystemd, Dir: path, Top: path, Unit: unit}
+	if !Unified() {
+		// cgroup v1: systemd made the scope in the hierarchies it manages
+		// (not cpuset, where Create makes the same path, as runc's v1
+		// systemd driver does, its slice included: the shutdown removes
+		// that slice where it is empty, which is where systemd does not
+		// use it); a v1 cgroup may hold processes and children both, so
+		// the PID 1 stays where it is.
+		p.Top = filepath.Dir(p.Dir)
+		return p, nil
+	}
 	if err := moveAll(p.Dir, p.Dir+"/"+ReaperLeaf); err != nil {
 		return p, err
 	}
 	return p, makeV2(p.Dir, p.Dir)
+}
+
+// Adopt makes process pid (an OSlet's init, just started) a process of
+// the cluster's systemd scope where its cgroups are v1: there systemd knows
+// a unit's processes by its own hierarchies (name=systemd, and the unified
+// one of a hybrid host), where smpc makes no OSlet cgroups. On cgroup v2
+// an OSlet's cgroup is below the scope already.
+func (p Placement) Adopt(pid int) error {
+	if p.Kind != PlacedSystemd || Unified() {
+		return nil
+	}
+	for _, mount := range []string{"/sys/fs/cgroup/systemd", "/sys/fs/cgroup/unified"} {
+		dir := filepath.Join(mount, p.Dir)
+		if _, err := os.Stat(dir); err != nil {
+			continue
+		}
+		if err := os.WriteFile(filepath.Join(dir, "cgroup.procs"), []byte(strconv.Itoa(pid)), 0); err != nil {
+			return explain(fmt.Sprintf("move pid %d into systemd scope %s", pid, p.Unit), err)
+		}
+	}
+	return nil
 }
 
 func startScope(ctx context.Context, conn *systemd.Conn, unit string, props []systemd.Property) error {
@@ -253,31 +288,45 @@ func StopUnit(unit string) error {
 	return nil
 }
 
-// cgroupOf reads the v2 cgroup of process pid.
+// cgroupOf reads the cgroup systemd put process pid in: its path in
+// systemd's own v1 hierarchy (name=systemd) where there is one, else in
+// the unified hierarchy.
 func cgroupOf(pid int) (string, error) {
 	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/cgroup", pid))
 	if err != nil {
 		return "", fmt.Errorf("cgroup: find the cgroup of pid %d: %w", pid, err)
 	}
+	var unified, named string
 	for _, line := range strings.Split(string(b), "\n") {
-		if path, ok := strings.CutPrefix(line, "0::"); ok {
-			return path, nil
+		parts := strings.SplitN(line, ":", 3) // ID:CONTROLLERS:PATH
+		switch {
+		case len(parts) != 3:
+		case parts[0] == "0" && parts[1] == "":
+			unified = parts[2]
+		case parts[1] == "name=systemd":
+			named = parts[2]
 		}
 	}
-	return "", fmt.Errorf("cgroup: pid %d is in no cgroup v2", pid)
+	if named != "" {
+		return named, nil
+	}
+	if unified != "" {
+		return unified, nil
+	}
+	return "", fmt.Errorf("cgroup: pid %d is in no cgroup of systemd's", pid)
 }
 
 // moveAll moves every process of the v2 cgroup from into the new leaf to.
 func moveAll(from, to string) error {
 	dir := filepath.Join(unifiedMount, to)
 	if err := os.MkdirAll(dir, 0o755); err != nil {
-		return explain(err, dir)
+		return explain("make "+dir, err)
 	}
 	// A process forked while the list was read is found the next time.
 	for range 100 {
 		b, err := os.ReadFile(filepath.Join(unifiedMount, from, "cgroup.procs"))
 		if err != nil {
-			return explain(err, filepath.Join(unifiedMount, from))
+			return explain("list the processes of "+filepath.Join(unifiedMount, from), err)
 		}
 		pids := strings.Fields(string(b))
 		if len(pids) == 0 {
@@ -285,7 +334,7 @@ func moveAll(from, to string) error {
 		}
 		for _, pid := range pids {
 			if err := os.WriteFile(filepath.Join(dir, "cgroup.procs"), []byte(pid), 0); err != nil && !errors.Is(err, unix.ESRCH) {
-				return fmt.Errorf("cgroup: move pid %s from %s to %s: %w", pid, from, to, explain(err, dir))
+				return explain(fmt.Sprintf("move pid %s from %s to %s", pid, from, to), err)
 			}
 		}
 	}
@@ -298,7 +347,7 @@ func moveAll(from, to string) error {
 func makeV2(dir, from string) error {
 	full := filepath.Join(unifiedMount, dir)
 	if err := os.MkdirAll(full, 0o755); err != nil {
-		return explain(err, full)
+		return explain("make "+full, err)
 	}
 	rel, err := filepath.Rel(from, dir)
 	if err != nil || strings.HasPrefix(rel, "..") {
@@ -326,7 +375,7 @@ func enableControllers(dir string) error {
 	}
 	enabled, err := os.ReadFile(filepath.Join(dir, "cgroup.subtree_control"))
 	if err != nil {
-		return explain(err, dir)
+		return explain("read the controllers enabled below "+dir, err)
 	}
 	for _, c := range controllers {
 		if slices.Contains(strings.Fields(string(enabled)), c) {
@@ -338,7 +387,7 @@ func enableControllers(dir string) error {
 					"move them into a leaf cgroup first (mkdir %s/init; write each PID into %s/init/cgroup.procs)",
 					c, dir, procsOf(dir), dir, dir)
 			}
-			return fmt.Errorf("cgroup: enable the %s controller below %s: %w", c, dir, explain(err, dir))
+			return explain(fmt.Sprintf("enable the %s controller below %s", c, dir), err)
 		}
 	}
 	return nil
@@ -349,7 +398,7 @@ func enableControllers(dir string) error {
 func checkOffered(dir string) error {
 	offered, err := os.ReadFile(filepath.Join(dir, "cgroup.controllers"))
 	if err != nil {
-		return explain(err, dir)
+		return explain("read the controllers of "+dir, err)
 	}
 	var missing []string
 	for _, c := range controllers {
@@ -378,16 +427,16 @@ func procsOf(dir string) string {
 	return strings.Join(pids, " ")
 }
 
-// explain turns the errors a host's cgroup file system gives into what to
-// do about them.
-func explain(err error, path string) error {
+// explain turns an error of the host's cgroup file system in operation op
+// into what to do about it.
+func explain(op string, err error) error {
 	switch {
 	case errors.Is(err, unix.EROFS):
-		return fmt.Errorf("cgroup: %s is on a read-only cgroup file system: smpc makes cgroups; mount it read-write (a container: give it a writable cgroup, e.g. docker run --privileged --cgroupns=private)", path)
+		return fmt.Errorf("cgroup: %s: the cgroup file system is read-only, and smpc makes cgroups: mount it read-write (a container: give it a writable cgroup, e.g. docker run --privileged --cgroupns=private)", op)
 	case errors.Is(err, unix.EACCES), errors.Is(err, unix.EPERM):
-		return fmt.Errorf("cgroup: %s: %w: this cgroup was not delegated to smpc (systemd: Delegate=yes; run smpc boot as root)", path, err)
+		return fmt.Errorf("cgroup: %s: %w: this cgroup was not delegated to smpc (systemd: Delegate=yes; run smpc boot as root)", op, err)
 	}
-	return fmt.Errorf("cgroup: %s: %w", path, err)
+	return fmt.Errorf("cgroup: %s: %w", op, err)
 }
 
 // RemoveCluster removes the cluster's cgroup and what smpc made above it
