@@ -130,11 +130,7 @@ func placeTop(id string) (Placement, error) {
 	if Unified() {
 		return p, makeV2(p.Dir, "/")
 	}
-	for _, sub := range v1Names {
-		root := filepath.Join("/sys/fs/cgroup", sub)
-		if _, err := os.Stat(root); err != nil {
-			continue
-		}
+	for _, root := range v1Roots() {
 		if err := os.MkdirAll(filepath.Join(root, p.Dir), 0o755); err != nil {
 			return p, explain("make "+filepath.Join(root, p.Dir), err)
 		}
@@ -439,19 +435,30 @@ func explain(op string, err error) error {
 	return fmt.Errorf("cgroup: %s: %w", op, err)
 }
 
+// v1Roots lists the mount points of the v1 hierarchies smpc uses that this
+// host has.
+func v1Roots() []string {
+	var roots []string
+	for _, sub := range v1Names {
+		if root := filepath.Join("/sys/fs/cgroup", sub); exists(root) {
+			roots = append(roots, root)
+		}
+	}
+	return roots
+}
+
+func exists(path string) bool {
+	_, err := os.Stat(path)
+	return err == nil
+}
+
 // RemoveCluster removes the cluster's cgroup and what smpc made above it
 // once its processes are gone: its leaves, its own cgroup, then each
 // parent up to top that no other cluster uses; then its systemd scope.
 func RemoveCluster(p Placement) error {
-	var roots []string
-	if Unified() {
-		roots = []string{unifiedMount}
-	} else {
-		for _, s := range v1Names {
-			if _, err := os.Stat(filepath.Join("/sys/fs/cgroup", s)); err == nil {
-				roots = append(roots, filepath.Join("/sys/fs/cgroup", s))
-			}
-		}
+	roots := []string{unifiedMount}
+	if !Unified() {
+		roots = v1Roots()
 	}
 	for _, root := range roots {
 		os.Remove(filepath.Join(root, p.Dir, ReaperLeaf))
