@@ -49,6 +49,15 @@ func unified() bool {
 	return unix.Statfs("/sys/fs/cgroup", &fs) == nil && fs.Type == unix.CGROUP2_SUPER_MAGIC
 }
 
+// spawnedLeaf is where, below its OSlet's cgroup, a process that an init
+// started runs (partition.SpawnedLeaf).
+func spawnedLeaf() string {
+	if unified() {
+		return "/procs/spawned"
+	}
+	return "/procs"
+}
+
 func systemdRuns() bool {
 	_, err := os.Stat("/run/systemd/system")
 	return err == nil
@@ -100,8 +109,8 @@ func (c *cluster) checkPlaced(p placement, n int) {
 			t.Errorf("oslet %d's init is in cgroup %q, want %q", k, got, dir+"/init")
 		}
 		out := c.must("run", "--on", strconv.Itoa(k), "--", "cat", "/proc/self/cgroup")
-		if got := cgroupIn(out); got != dir+"/procs" {
-			t.Errorf("a process run on oslet %d is in cgroup %q, want %q", k, got, dir+"/procs")
+		if got := cgroupIn(out); got != dir+spawnedLeaf() {
+			t.Errorf("a process run on oslet %d is in cgroup %q, want %q", k, got, dir+spawnedLeaf())
 		}
 		cpus, _ := os.ReadFile(filepath.Join(hierarchyDir("cpuset", dir), "cpuset.cpus"))
 		memory := "memory.max"
@@ -476,8 +485,8 @@ func TestBootInContainer(t *testing.T) {
 		if got := cgroupOf(t, st.Inits[strconv.Itoa(k)]); got != container+osletDir+"/init" {
 			t.Errorf("oslet %d's init is in cgroup %q, want %q", k, got, container+osletDir+"/init")
 		}
-		if got := cgroupIn(c.must("run", "--on", strconv.Itoa(k), "--", "cat", "/proc/self/cgroup")); got != osletDir+"/procs" {
-			t.Errorf("a process on oslet %d sees itself in cgroup %q, want %q", k, got, osletDir+"/procs")
+		if got := cgroupIn(c.must("run", "--on", strconv.Itoa(k), "--", "cat", "/proc/self/cgroup")); got != osletDir+spawnedLeaf() {
+			t.Errorf("a process on oslet %d sees itself in cgroup %q, want %q", k, got, osletDir+spawnedLeaf())
 		}
 		if mem, _ := os.ReadFile(filepath.Join(dir, osletDir, "procs", "memory.max")); len(mem) == 0 || string(mem) == "max\n" {
 			t.Errorf("oslet %d's processes have no memory limit: %q", k, mem)

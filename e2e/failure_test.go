@@ -129,8 +129,15 @@ func bootSmall(t *testing.T, memory int64, pids int) *cluster {
 // are smaller than the init (about 9 MB each against its 11), so that an
 // OOM killer that could choose the init would.
 func TestInitSurvivesOOM(t *testing.T) {
-	c := bootSmall(t, 128<<20, 8192)
 	py := systemPython(t)
+	// The kernel charges a file's pages to the cgroup that first reads
+	// them. Read python's here, outside the OSlet: charged to the OSlet,
+	// its 60 copies' shared text would be reclaimed and read again, over
+	// and over, before the OOM killer ran (minutes in the TCG guest).
+	if out, err := exec.Command(py, "-c", "import time").CombinedOutput(); err != nil {
+		t.Fatalf("%s: %v: %s", py, err, out)
+	}
+	c := bootSmall(t, 128<<20, 8192)
 	out, code := c.smpc("run", "--on", "1", "--", "setpriv", "--reuid", "65534", "--regid", "65534", "--clear-groups",
 		"sh", "-c", "for i in $(seq 60); do "+py+" -c 'import time; b = bytearray(1 << 20); b[::4096] = b\"x\" * len(b[::4096]); time.sleep(6)' & done; wait")
 	t.Logf("the processes: exit %d: %.200s", code, out)

@@ -5,6 +5,7 @@ import (
 	"os"
 	"os/exec"
 	"os/user"
+	"path"
 	"path/filepath"
 	"regexp"
 	"strconv"
@@ -239,6 +240,75 @@ func TestMakeSpreads(t *testing.T) {
 	}
 	if out, code := make("--policy", "nearest", "--", "make"); code == 0 || !strings.Contains(out, "unknown launch policy") {
 		t.Errorf("an unknown policy: %d %s", code, out)
+	}
+}
+
+// placedExecScript is a python3 program that fills 32 MiB, runs five
+// children that print their cgroup, and after each prints how many of its
+// own anonymous pages lie on memory nodes its cpuset does not allow:
+// "CGROUP AWAY".
+// Python's subprocess starts children with vfork, so a child shares its
+// parent's memory until it executes its program.
+const placedExecScript = `
+import os, re, subprocess
+allowed = set()
+status = open("/proc/self/status").read()
+for part in re.search(r"Mems_allowed_list:\s*(\S+)", status).group(1).split(","):
+    a, _, b = part.partition("-")
+    allowed.update(range(int(a), int(b or a) + 1))
+data = b"x" * (32 << 20)
+def away():
+    n = 0
+    for line in open("/proc/self/numa_maps"):
+        if " file=" in line:
+            continue  # the page cache's, shared with every process
+        for node, pages in re.findall(r" N(\d+)=(\d+)", line):
+            if int(node) not in allowed:
+                n += int(pages)
+    return n
+def cgroup(text):
+    lines = text.strip().split("\n")
+    pids = [l for l in lines if ":pids:" in l]  # cgroup v1
+    return (pids or lines)[-1].split(":")[-1]
+print("parent", cgroup(open("/proc/self/cgroup").read()))
+for i in range(5):
+    out = subprocess.run(["cat", "/proc/self/cgroup"], capture_output=True, text=True, check=True).stdout
+    print(cgroup(out), away())
+`
+
+// TestPlacedExecLeavesParentMemory checks that placing a program at its
+// exec moves none of its parent's memory. cgroup v2's cpuset migrates a
+// process's pages when it moves to other memory nodes, and a vfork child
+// shares its parent's: a spreading make would drag its memory from node to
+// node with every recipe. It needs two memory nodes (e2e/vm/run's guest
+// has them).
+func TestPlacedExecLeavesParentMemory(t *testing.T) {
+	if _, err := os.Stat("/sys/devices/system/node/node1"); err != nil {
+		t.Skip("needs two NUMA nodes, one per OSlet; e2e/vm/run's guest has them")
+	}
+	c := boot(t, "--oslets", "2")
+	out := c.must("run", "--policy", "round-robin", "--", "python3", "-c", placedExecScript)
+	lines := strings.Split(strings.TrimSpace(out), "\n")
+	if len(lines) != 6 || !strings.HasPrefix(lines[0], "parent ") {
+		t.Fatalf("the placing program printed:\n%s", out)
+	}
+	parent := strings.TrimPrefix(lines[0], "parent ")
+	osletOf := regexp.MustCompile(`/oslet-\d+/`).FindString
+	moved := 0
+	for _, line := range lines[1:] {
+		cgroup, away, _ := strings.Cut(line, " ")
+		if away != "0" {
+			t.Errorf("after a child ran in %s, %s of the parent's pages (in %s) lay on nodes its cpuset does not allow", cgroup, away, parent)
+		}
+		if osletOf(cgroup) != osletOf(parent) {
+			moved++
+			if unified() && path.Base(cgroup) != "placed" {
+				t.Errorf("a program placed at its exec runs in %s, want the OSlet's placed leaf", cgroup)
+			}
+		}
+	}
+	if moved == 0 {
+		t.Errorf("no child of %s was placed on the other OSlet:\n%s", parent, out)
 	}
 }
 

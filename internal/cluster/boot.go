@@ -353,7 +353,7 @@ func (c *Cluster) startInit(o plan.OSlet, opts *Options) (*syncChannel, error) {
 		return nil, fmt.Errorf("oslet %d: %w", o.Index, err)
 	}
 	group := c.state.Cgroups[o.Index]
-	cg, err := partition.Create(group, o, device.CgroupRules(o.Index, c.devices))
+	cg, err := partition.Create(group, o, opts.Plan.Mems(), device.CgroupRules(o.Index, c.devices))
 	if err != nil {
 		return nil, fmt.Errorf("oslet %d: %w", o.Index, err)
 	}

@@ -25,16 +25,34 @@ import (
 
 // An OSlet's cgroup holds two: its init's alone (InitLeaf) and that of
 // every process the OSlet runs (ProcsLeaf). The OSlet's limits are the
-// plan's on the processes' leaf; the init's leaf has a reserve of its own
+// plan's on the processes' cgroup; the init's leaf has a reserve of its own
 // (InitMemory, InitPids), and the OSlet's cgroup the sum. So the OOM killer
 // of an OSlet whose processes fill its memory chooses among them, never the
 // init, and a fork bomb that reaches the OSlet's pids limit leaves the init
 // its threads: the init's death would end the whole OSlet. (A lower
 // oom_score_adj would need CAP_SYS_RESOURCE, which root lacks on some
 // hosts, and would not keep the init's threads.)
+//
+// On cgroup v2 the processes' cgroup has two leaves of its own, under its
+// limits: SpawnedLeaf, where the init starts processes, bound to the
+// OSlet's memory nodes, and PlacedLeaf, where a launch policy moves a
+// program at its exec. cgroup v2's cpuset always migrates a process's
+// memory when it moves to a cpuset of other memory nodes, and at an exec
+// that memory is still the parent's: a vfork child (make's, a shell's
+// posix_spawn) shares its parent's whole address space, a fork child its
+// parent's pages copy-on-write. Moving them would copy the parent's memory
+// to the other node at every placed exec and take its pages away from the
+// CPUs it runs on. So PlacedLeaf's processes may use every memory node of
+// the cluster (the move then migrates nothing) and get the OSlet's own by
+// running on its CPUs: the kernel allocates from the CPU's node first,
+// and from another only when that one is full. cgroup v1 migrates nothing
+// unless cpuset.memory_migrate is set, which smpc does not set, so there
+// ProcsLeaf is one leaf for both.
 const (
-	InitLeaf  = "init"
-	ProcsLeaf = "procs"
+	InitLeaf    = "init"
+	ProcsLeaf   = "procs"
+	SpawnedLeaf = "spawned"
+	PlacedLeaf  = "placed"
 	// InitMemory and InitPids are the init's reserve: what it may use
 	// whatever the OSlet's processes do (its own use is bounded by the
 	// limits of package oslet).
@@ -42,13 +60,14 @@ const (
 	InitPids   int64 = 1024
 )
 
-// Cgroup is one OSlet's cgroup and its two leaves.
+// Cgroup is one OSlet's cgroup and the cgroups below it.
 type Cgroup struct {
 	// Group is the cgroup's absolute path as Create was given it, the
 	// same in every hierarchy.
-	Group              string
-	oslet, init, procs cgroupHandle
-	Stats              StatFiles
+	Group string
+	// spawned and placed are made on cgroup v2 only.
+	oslet, init, procs, spawned, placed cgroupHandle
+	Stats                               StatFiles
 }
 
 // cgroupHandle is one cgroup as the library handles it, on v1 or v2.
@@ -64,22 +83,24 @@ type StatFiles struct {
 	Memory string `json:"memory"` // bytes in use, the OSlet's whole
 	Tasks  string `json:"pids"`   // tasks, the OSlet's whole
 	// Procs are the cgroup.procs files that list the OSlet's processes:
-	// its init's leaf's and its processes' leaf's (on v1, in the pids
-	// hierarchy).
+	// its init's leaf's first, then its processes' leaves' (on v1, in the
+	// pids hierarchy).
 	Procs []string `json:"procs"`
-	// PlaceProcs are the processes' leaf's cgroup.procs files that a
-	// launch policy moves a process through: on v1 the hierarchies that
+	// PlaceProcs are the cgroup.procs files that a launch policy moves a
+	// process through: on v1 the processes' leaf's in the hierarchies that
 	// say where it runs and what it uses (pids, cpuset, memory), so that a
-	// move costs three writes, not six. On v2 the one file.
+	// move costs three writes, not six; on v2 PlacedLeaf's one file.
 	PlaceProcs []string `json:"place_procs"`
 	// SpawnTasks are, on v1, the processes' leaf's tasks files in every
 	// hierarchy: the thread of the init that starts processes moves itself
 	// there, so that what it forks starts in the leaf. SpawnDir is, on
-	// v2, the leaf's directory, which a fork enters with CLONE_INTO_CGROUP.
+	// v2, SpawnedLeaf's directory, which a fork enters with
+	// CLONE_INTO_CGROUP.
 	SpawnTasks []string `json:"spawn_tasks,omitempty"`
 	SpawnDir   string   `json:"spawn_dir,omitempty"`
-	// OOMEvents is the processes' leaf's file that counts its OOM kills
-	// (memory.oom_control on v1, memory.events on v2: "oom_kill N").
+	// OOMEvents is the processes' cgroup's file that counts its OOM kills
+	// (memory.oom_control on v1, memory.events on v2, which counts its
+	// leaves': "oom_kill N").
 	OOMEvents string `json:"oom_events,omitempty"`
 }
 
@@ -143,10 +164,12 @@ func FilesOf(group string) (StatFiles, error) {
 	}
 	if Unified() {
 		dir := filepath.Join(unifiedMount, group)
-		place := []string{filepath.Join(dir, ProcsLeaf, "cgroup.procs")}
+		procs := filepath.Join(dir, ProcsLeaf)
+		spawned, placed := filepath.Join(procs, SpawnedLeaf), filepath.Join(procs, PlacedLeaf)
 		return StatFiles{Memory: filepath.Join(dir, "memory.current"), Tasks: filepath.Join(dir, "pids.current"),
-			Procs: []string{filepath.Join(dir, InitLeaf, "cgroup.procs"), place[0]}, PlaceProcs: place,
-			SpawnDir: filepath.Join(dir, ProcsLeaf), OOMEvents: filepath.Join(dir, ProcsLeaf, "memory.events")}, nil
+			Procs:      []string{filepath.Join(dir, InitLeaf, "cgroup.procs"), filepath.Join(spawned, "cgroup.procs"), filepath.Join(placed, "cgroup.procs")},
+			PlaceProcs: []string{filepath.Join(placed, "cgroup.procs")},
+			SpawnDir:   spawned, OOMEvents: filepath.Join(procs, "memory.events")}, nil
 	}
 	dir := func(subsystem string) string {
 		return filepath.Join("/sys/fs/cgroup", subsystem, group)
@@ -195,51 +218,39 @@ func v1Hierarchy() ([]cgroup1.Subsystem, error) {
 }
 
 // Create makes the cgroup named group (an absolute path below the
-// cluster's placement, e.g. "/smpc/run-ab12/oslet-1") for OSlet o, with the device rules devices (a devices cgroup on v1, the
-// equivalent eBPF program on v2), and its two leaves.
-func Create(group string, o plan.OSlet, devices []specs.LinuxDeviceCgroup) (*Cgroup, error) {
-	cpus, mems := o.CPUs.String(), o.Mems.String()
-	limits := []struct {
-		name         string
-		memory, pids int64
-		deviceRules  []specs.LinuxDeviceCgroup
-	}{
-		{"", o.Memory + InitMemory, o.Pids + InitPids, devices},
-		{InitLeaf, InitMemory, InitPids, nil},
-		// On v1 the init's spawning thread is a task of the processes'
-		// leaf too: one more, so that the processes have the plan's.
-		{ProcsLeaf, o.Memory, o.Pids + spawnThreads(), nil},
-	}
+// cluster's placement, e.g. "/smpc/run-ab12/oslet-1") for OSlet o, with the
+// device rules devices (a devices cgroup on v1, the equivalent eBPF program
+// on v2), and the cgroups below it. clusterMems are the memory nodes of
+// every OSlet, which PlacedLeaf may use (v2).
+func Create(group string, o plan.OSlet, clusterMems plan.Set, devices []specs.LinuxDeviceCgroup) (*Cgroup, error) {
 	c := &Cgroup{Group: group}
-	made := []*cgroupHandle{&c.oslet, &c.init, &c.procs}
-	for n, l := range limits {
+	for _, l := range c.layout(o, clusterMems, devices) {
 		path := filepath.Join(group, l.name)
-		memory, pids := l.memory, l.pids
 		if Unified() {
-			m, err := cgroup2.NewManager(unifiedMount, path, &cgroup2.Resources{
-				CPU:     &cgroup2.CPU{Cpus: cpus, Mems: mems},
-				Memory:  &cgroup2.Memory{Max: &memory},
-				Pids:    &cgroup2.Pids{Max: pids},
-				Devices: l.deviceRules,
-			})
+			r := &cgroup2.Resources{CPU: &cgroup2.CPU{Cpus: l.cpus, Mems: l.mems}, Devices: l.deviceRules}
+			if l.memory > 0 {
+				r.Memory = &cgroup2.Memory{Max: &l.memory}
+				r.Pids = &cgroup2.Pids{Max: l.pids}
+			}
+			m, err := cgroup2.NewManager(unifiedMount, path, r)
 			if err != nil {
 				c.Destroy()
 				return nil, fmt.Errorf("create cgroup %s (v2): %w", path, err)
 			}
-			made[n].v2 = m
+			l.handle.v2 = m
 			continue
 		}
 		cg, err := cgroup1.New(cgroup1.StaticPath(path), &specs.LinuxResources{
-			CPU:     &specs.LinuxCPU{Cpus: cpus, Mems: mems},
-			Memory:  &specs.LinuxMemory{Limit: &memory},
-			Pids:    &specs.LinuxPids{Limit: &pids},
+			CPU:     &specs.LinuxCPU{Cpus: l.cpus, Mems: l.mems},
+			Memory:  &specs.LinuxMemory{Limit: &l.memory},
+			Pids:    &specs.LinuxPids{Limit: &l.pids},
 			Devices: l.deviceRules,
 		}, cgroup1.WithHierarchy(v1Hierarchy), allowMissing)
 		if err != nil {
 			c.Destroy()
 			return nil, fmt.Errorf("create cgroup %s (v1): %w", path, err)
 		}
-		made[n].v1 = cg
+		l.handle.v1 = cg
 	}
 	files, err := FilesOf(group)
 	if err != nil {
@@ -250,29 +261,52 @@ func Create(group string, o plan.OSlet, devices []specs.LinuxDeviceCgroup) (*Cgr
 	return c, nil
 }
 
-// spawnThreads is how many tasks of the processes' leaf are the init's.
-func spawnThreads() int64 {
-	if Unified() {
-		return 0
+// cgroupSpec is one cgroup of an OSlet's: where it is below the OSlet's,
+// the handle that keeps it, and what it may use (no memory limit: its
+// parent's bounds it).
+type cgroupSpec struct {
+	name         string
+	handle       *cgroupHandle
+	cpus, mems   string
+	memory, pids int64
+	deviceRules  []specs.LinuxDeviceCgroup
+}
+
+// layout lists the OSlet's cgroups, each parent before its children. A
+// zero o lists them for Load and Destroy.
+func (c *Cgroup) layout(o plan.OSlet, clusterMems plan.Set, devices []specs.LinuxDeviceCgroup) []cgroupSpec {
+	cpus, mems := o.CPUs.String(), o.Mems.String()
+	if !Unified() {
+		return []cgroupSpec{
+			{"", &c.oslet, cpus, mems, o.Memory + InitMemory, o.Pids + InitPids, devices},
+			{InitLeaf, &c.init, cpus, mems, InitMemory, InitPids, nil},
+			// The init's spawning thread is a task of the processes' leaf
+			// too: one more, so that the processes have the plan's.
+			{ProcsLeaf, &c.procs, cpus, mems, o.Memory, o.Pids + 1, nil},
+		}
 	}
-	return 1
+	all := clusterMems.String()
+	return []cgroupSpec{
+		{"", &c.oslet, cpus, all, o.Memory + InitMemory, o.Pids + InitPids, devices},
+		{InitLeaf, &c.init, cpus, mems, InitMemory, InitPids, nil},
+		{ProcsLeaf, &c.procs, cpus, all, o.Memory, o.Pids, nil},
+		{filepath.Join(ProcsLeaf, SpawnedLeaf), &c.spawned, cpus, mems, 0, 0, nil},
+		{filepath.Join(ProcsLeaf, PlacedLeaf), &c.placed, cpus, all, 0, 0, nil},
+	}
 }
 
 // Load re-opens an OSlet's cgroup from the host side, so that a later boot
 // can clean up after a crash.
 func Load(group string) (*Cgroup, error) {
 	c := &Cgroup{Group: group}
-	for _, l := range []struct {
-		name string
-		g    *cgroupHandle
-	}{{"", &c.oslet}, {InitLeaf, &c.init}, {ProcsLeaf, &c.procs}} {
+	for _, l := range c.layout(plan.OSlet{}, nil, nil) {
 		path := filepath.Join(group, l.name)
 		if Unified() {
 			m, err := cgroup2.Load(path)
 			if err != nil {
 				return nil, fmt.Errorf("load cgroup %s: %w", path, err)
 			}
-			l.g.v2 = m
+			l.handle.v2 = m
 			continue
 		}
 		cg, err := cgroup1.Load(cgroup1.StaticPath(path), cgroup1.WithHierarchy(v1Hierarchy), allowMissing)
@@ -282,7 +316,7 @@ func Load(group string) (*Cgroup, error) {
 			}
 			return nil, fmt.Errorf("load cgroup %s: %w", path, err)
 		}
-		l.g.v1 = cg
+		l.handle.v1 = cg
 	}
 	files, err := FilesOf(group)
 	if err != nil {
@@ -322,7 +356,7 @@ func readInt(path string) int64 {
 	return n
 }
 
-// Kill ends every process in the OSlet's cgroup, both leaves, at once:
+// Kill ends every process in the OSlet's cgroup, every leaf, at once:
 // cgroup.kill on v2; on v1 the cgroup is frozen first, so that nothing in
 // it forks while it is killed, then thawed so that the kills land. before,
 // if not nil, sees each process's host PID while the process still exists.
@@ -358,11 +392,12 @@ func (c *Cgroup) Kill(before func(hostPID int)) error {
 }
 
 // Destroy kills whatever is left in the OSlet's cgroup and removes it, its
-// leaves first.
+// children first.
 func (c *Cgroup) Destroy() error {
 	var errs []error
-	for _, g := range []*cgroupHandle{&c.procs, &c.init, &c.oslet} {
-		if err := g.destroy(); err != nil {
+	specs := c.layout(plan.OSlet{}, nil, nil)
+	for n := len(specs) - 1; n >= 0; n-- {
+		if err := specs[n].handle.destroy(); err != nil {
 			errs = append(errs, err)
 		}
 	}

@@ -359,3 +359,13 @@ func FormatBytes(n int64) string {
 	}
 	return fmt.Sprintf("%.1f%c", float64(n)/float64(div), "KMGTPE"[exp])
 }
+
+// Mems are the memory nodes of all the plan's OSlets together.
+func (p *Plan) Mems() Set {
+	var all Set
+	for _, o := range p.OSlets {
+		all = append(all, o.Mems...)
+	}
+	slices.Sort(all)
+	return slices.Compact(all)
+}

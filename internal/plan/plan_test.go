@@ -190,3 +190,15 @@ func TestMemorySharesAddUp(t *testing.T) {
 		}
 	}
 }
+
+// A plan's memory nodes are its OSlets' together, each once, in order:
+// the nodes a program placed at its exec may use (partition.PlacedLeaf).
+func TestPlanMems(t *testing.T) {
+	p := &Plan{OSlets: []OSlet{{Mems: Set{2}}, {Mems: Set{0}}, {Mems: Set{0, 2}}, {Mems: Set{1}}}}
+	if got := p.Mems().String(); got != "0-2" {
+		t.Errorf("Mems = %q, want 0-2", got)
+	}
+	if got := (&Plan{}).Mems().String(); got != "" {
+		t.Errorf("an empty plan's Mems = %q, want none", got)
+	}
+}

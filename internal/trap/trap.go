@@ -165,14 +165,29 @@ func filterFor(calls []uint32) ([]unix.SockFilter, error) {
 	return out, nil
 }
 
+// installFilter installs prog on this thread and returns its listener.
+//
+// Once the init has received a notification, the trapped call waits for
+// its answer killable only (WAIT_KILLABLE_RECV, Linux 5.19), not ended by
+// any other signal: an interrupted call would be restarted as a new
+// notification, and the init would take the restarted exec of the stage
+// for one of its program's own (and place it), or place an exec twice. The
+// stage's exec is a Go raw system call, which the Go scheduler preempts
+// with SIGURG after 10 ms. Older kernels install the filter without it.
 func installFilter(prog []unix.SockFilter) (int, error) {
 	fprog := unix.SockFprog{Len: uint16(len(prog)), Filter: &prog[0]}
-	fd, _, errno := unix.RawSyscall(unix.SYS_SECCOMP, unix.SECCOMP_SET_MODE_FILTER,
-		unix.SECCOMP_FILTER_FLAG_NEW_LISTENER, uintptr(unsafe.Pointer(&fprog)))
-	if errno != 0 {
-		return -1, errno
+	flags := uintptr(unix.SECCOMP_FILTER_FLAG_NEW_LISTENER | unix.SECCOMP_FILTER_FLAG_WAIT_KILLABLE_RECV)
+	for {
+		fd, _, errno := unix.RawSyscall(unix.SYS_SECCOMP, unix.SECCOMP_SET_MODE_FILTER, flags, uintptr(unsafe.Pointer(&fprog)))
+		if errno == unix.EINVAL && flags&unix.SECCOMP_FILTER_FLAG_WAIT_KILLABLE_RECV != 0 {
+			flags &^= unix.SECCOMP_FILTER_FLAG_WAIT_KILLABLE_RECV
+			continue
+		}
+		if errno != 0 {
+			return -1, errno
+		}
+		return int(fd), nil
 	}
-	return int(fd), nil
 }
 
 // ListenerPair is the socket pair a spawn hands the stage: the child end
