@@ -130,24 +130,17 @@ func TestRedirectProgramsLoad(t *testing.T) {
 	if os.Geteuid() != 0 {
 		t.Skip("loading BPF programs needs root")
 	}
-	maps := make([]*ebpf.Map, 2)
-	for i, spec := range []*ebpf.MapSpec{
-		{Type: ebpf.Hash, KeySize: 4, ValueSize: 4, MaxEntries: 1},
-		{Type: ebpf.LRUHash, KeySize: 8, ValueSize: 4, MaxEntries: 1},
-	} {
-		m, err := ebpf.NewMap(spec)
-		if err != nil {
-			t.Skipf("this kernel makes no BPF maps: %v", err)
-		}
-		defer m.Close()
-		maps[i] = m
+	r, err := newRedirectMaps()
+	if err != nil {
+		t.Skipf("this kernel makes no BPF maps: %v", err)
 	}
+	defer r.Close()
 	for _, p := range []struct {
 		attach ebpf.AttachType
 		insns  asm.Instructions
 	}{
-		{ebpf.AttachCGroupInet4Connect, connectProgram(maps[0], maps[1], 1)},
-		{ebpf.AttachCgroupInet4GetPeername, peernameProgram(maps[1])},
+		{ebpf.AttachCGroupInet4Connect, r.connectProgram(1)},
+		{ebpf.AttachCgroupInet4GetPeername, peernameProgram(r.peers)},
 	} {
 		// The verifier's word on each program, without attaching it.
 		prog, err := ebpf.NewProgram(&ebpf.ProgramSpec{Type: ebpf.CGroupSockAddr, AttachType: p.attach, Instructions: p.insns, License: "GPL"})

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"maps"
 	"net/netip"
 	"os"
 	"path/filepath"
@@ -44,11 +45,14 @@ type Forwarder struct {
 	ports     []Port
 	applied   bool // the rules in fwds are in the kernel
 	published bool // ports is published
-	// redirect takes the host's TCP connections to its loopback at
-	// connect(2); nil where the kernel has no cgroup v2 or BPF for it,
-	// and the nftables rules carry them alone.
+	// redirect takes the host's and the OSlets' TCP connections to
+	// their loopback at connect(2); nil where the kernel has no cgroup v2
+	// or BPF for it, and the nftables rules carry the host's alone.
 	redirect      *loopbackRedirect
 	redirectTried bool
+	// netns caches each OSlet's network namespace cookie, by its init.
+	netns     map[int]initNetns
+	loopbacks map[int][]uint16 // the TCP ports each OSlet's localhost serves
 
 	rescanOnce sync.Once
 	rescanCh   chan struct{}
@@ -197,6 +201,7 @@ func (f *Forwarder) Scan() error {
 		note(Host, l)
 	}
 	var errs []error
+	loopbacks := map[int][]uint16{}
 	for k, pid := range inits {
 		own, _ := netip.ParseAddr(f.Record.Addrs[k])
 		ls, err := listenersOf(pid)
@@ -211,7 +216,12 @@ func (f *Forwarder) Scan() error {
 			if reachable(l.addr, own) {
 				note(k, l)
 			}
+			if l.proto == "tcp" && servesLoopback4(l.addr) {
+				loopbacks[k] = append(loopbacks[k], l.port)
+			}
 		}
+		slices.Sort(loopbacks[k])
+		loopbacks[k] = slices.Compact(loopbacks[k])
 	}
 	// The first to listen keeps the port; among new claims in one tick,
 	// the host, then the lowest OSlet.
@@ -243,15 +253,17 @@ func (f *Forwarder) Scan() error {
 			f.Log.Warn("connections to the loopback are forwarded by NAT alone", "err", err)
 		}
 	}
-	if !f.applied || !slices.Equal(fwds, f.fwds) || !slices.Equal(local, f.local) {
+	netns := f.netnsCookies(inits)
+	if !f.applied || !slices.Equal(fwds, f.fwds) || !slices.Equal(local, f.local) || !maps.EqualFunc(loopbacks, f.loopbacks, slices.Equal) {
 		if err := setForwards(f.Record, fwds, local); err != nil {
 			return errors.Join(append(errs, err)...)
 		}
 		if f.redirect != nil {
-			if err := f.redirect.set(local); err != nil {
+			if err := f.redirect.set(local, fwds, netns, loopbacks); err != nil {
 				return errors.Join(append(errs, err)...)
 			}
 		}
+		f.loopbacks = loopbacks
 		if err := errors.Join(forgetUDPFlows(f.fwds, fwds), forgetUDPFlows(f.local, local)); err != nil {
 			errs = append(errs, err) // the forward is in; only early flows miss it
 		}
@@ -410,4 +422,52 @@ func WritePorts(path string, ports []Port) error {
 		return fmt.Errorf("write port map: %w", err)
 	}
 	return os.Rename(tmp, path)
+}
+
+// servesLoopback4 says whether a listener bound to addr takes IPv4
+// connections to 127.0.0.1: bound to any address (a dual-stack IPv6
+// socket's :: too) or to the loopback.
+func servesLoopback4(addr netip.Addr) bool {
+	return !addr.IsValid() || addr.IsUnspecified() || (addr.Unmap().Is4() && addr.Unmap().IsLoopback())
+}
+
+// initNetns is an OSlet's network namespace cookie, found from its init.
+type initNetns struct {
+	init   int
+	cookie uint64
+}
+
+// netnsCookies returns each running OSlet's network namespace cookie, as
+// the redirect knows the OSlets' sockets by. A cookie stays while the
+// OSlet's init does; one that cannot be read leaves the OSlet out (its
+// processes' localhost is then their own alone).
+func (f *Forwarder) netnsCookies(inits map[int]int) map[int]uint64 {
+	if f.redirect == nil {
+		return nil
+	}
+	if f.netns == nil {
+		f.netns = map[int]initNetns{}
+	}
+	out := map[int]uint64{}
+	for k, pid := range inits {
+		n, ok := f.netns[k]
+		if !ok || n.init != pid {
+			c, err := netnsCookieOf(pid)
+			if err != nil {
+				if f.Log != nil {
+					f.Log.Warn("oslet's localhost is its own alone", "oslet", k, "err", err)
+				}
+				continue
+			}
+			n = initNetns{pid, c}
+			f.netns[k] = n
+		}
+		out[k] = n.cookie
+	}
+	for k := range f.netns {
+		if _, ok := inits[k]; !ok {
+			delete(f.netns, k)
+		}
+	}
+	return out
 }

@@ -4,10 +4,12 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"runtime"
 
 	"github.com/cilium/ebpf"
 	"github.com/cilium/ebpf/asm"
 	"github.com/cilium/ebpf/link"
+	"github.com/vishvananda/netns"
 	"golang.org/x/sys/unix"
 
 	"github.com/smpc-cluster/smpc/internal/partition"
@@ -22,14 +24,31 @@ import (
 // second program gives getpeername(2) the address the program was asked
 // for, so the client still sees 127.0.0.1:P as its peer.
 //
-// It takes only TCP sockets of the host's own network stack that are not
-// bound to an address (a loopback source could not reach an OSlet without
-// NAT). The programs hang from the root of the cgroup v2 hierarchy by BPF
-// links, which the kernel removes when the boot process exits, even if it
+// It serves the OSlets' processes too, so that localhost is the cluster's
+// as on one machine: a process that connects to 127.x.y.z:P, where its own
+// OSlet listens on no P, reaches the OSlet that holds P; where its own
+// OSlet listens on P, it connects there as always.
+//
+// It takes only TCP sockets that are not bound to an address (a loopback
+// source could not reach an OSlet without NAT), of the host's own network
+// stack or an OSlet's: the cgroup root's programs see every process on
+// the machine, and a container's localhost is not the cluster's. The
+// programs hang from the root of the cgroup v2 hierarchy by BPF links,
+// which the kernel removes when the boot process exits, even if it
 // crashes.
 type loopbackRedirect struct {
-	ports, peers *ebpf.Map
-	links        []link.Link
+	// ports are the host's forwards (port to the holder's address), and
+	// osletPorts every port an OSlet holds; oslets the OSlets' network
+	// namespaces (by cookie), and held the ports each listens on itself.
+	ports, osletPorts, oslets, held, peers *ebpf.Map
+	links                                  []link.Link
+}
+
+// heldKey is a key of the held map: a network namespace's cookie and a
+// port as user_port holds it.
+type heldKey struct {
+	Netns uint64
+	Port  uint32
 }
 
 // RedirectPrograms are the names of the redirect's BPF programs, as the
@@ -60,20 +79,16 @@ func newLoopbackRedirect() (*loopbackRedirect, error) {
 	if err != nil {
 		return nil, err
 	}
-	r := &loopbackRedirect{}
-	if r.ports, err = ebpf.NewMap(&ebpf.MapSpec{Name: "smpc_ports", Type: ebpf.Hash, KeySize: 4, ValueSize: 4, MaxEntries: 1 << 16}); err != nil {
-		return nil, fmt.Errorf("loopback redirect: port map: %w", err)
-	}
-	if r.peers, err = ebpf.NewMap(&ebpf.MapSpec{Name: "smpc_peers", Type: ebpf.LRUHash, KeySize: 8, ValueSize: 4, MaxEntries: redirectEntries}); err != nil {
-		r.Close()
-		return nil, fmt.Errorf("loopback redirect: peer map: %w", err)
+	r, err := newRedirectMaps()
+	if err != nil {
+		return nil, err
 	}
 	for _, p := range []struct {
 		name   string
 		attach ebpf.AttachType
 		insns  asm.Instructions
 	}{
-		{RedirectPrograms[0], ebpf.AttachCGroupInet4Connect, connectProgram(r.ports, r.peers, cookie)},
+		{RedirectPrograms[0], ebpf.AttachCGroupInet4Connect, r.connectProgram(cookie)},
 		{RedirectPrograms[1], ebpf.AttachCgroupInet4GetPeername, peernameProgram(r.peers)},
 	} {
 		prog, err := ebpf.NewProgram(&ebpf.ProgramSpec{Name: p.name, Type: ebpf.CGroupSockAddr, AttachType: p.attach, Instructions: p.insns, License: "GPL"})
@@ -93,10 +108,33 @@ func newLoopbackRedirect() (*loopbackRedirect, error) {
 	return r, nil
 }
 
-// connectProgram: for a TCP socket of the host's stack with no source
-// address connecting to 127.x.y.z:P, where port P is forwarded, connect to
-// the OSlet's address instead, and remember 127.x.y.z for getpeername.
-func connectProgram(ports, peers *ebpf.Map, hostCookie uint64) asm.Instructions {
+// newRedirectMaps makes the redirect's maps, empty.
+func newRedirectMaps() (*loopbackRedirect, error) {
+	var err error
+	r := &loopbackRedirect{}
+	for _, m := range []struct {
+		m    **ebpf.Map
+		spec ebpf.MapSpec
+	}{
+		{&r.ports, ebpf.MapSpec{Name: "smpc_ports", Type: ebpf.Hash, KeySize: 4, ValueSize: 4, MaxEntries: 1 << 16}},
+		{&r.osletPorts, ebpf.MapSpec{Name: "smpc_oslet_ports", Type: ebpf.Hash, KeySize: 4, ValueSize: 4, MaxEntries: 1 << 16}},
+		{&r.oslets, ebpf.MapSpec{Name: "smpc_oslets", Type: ebpf.Hash, KeySize: 8, ValueSize: 4, MaxEntries: 1024}},
+		{&r.held, ebpf.MapSpec{Name: "smpc_held", Type: ebpf.Hash, KeySize: 12, ValueSize: 4, MaxEntries: 1 << 16}},
+		{&r.peers, ebpf.MapSpec{Name: "smpc_peers", Type: ebpf.LRUHash, KeySize: 8, ValueSize: 4, MaxEntries: redirectEntries}},
+	} {
+		if *m.m, err = ebpf.NewMap(&m.spec); err != nil {
+			r.Close()
+			return nil, fmt.Errorf("loopback redirect: map %s: %w", m.spec.Name, err)
+		}
+	}
+	return r, nil
+}
+
+// connectProgram: for a TCP socket with no source address connecting to
+// 127.x.y.z:P, of the host's stack where port P is forwarded, or of an
+// OSlet's where another OSlet holds P and its own does not, connect to the
+// holder's address instead, and remember 127.x.y.z for getpeername.
+func (r *loopbackRedirect) connectProgram(hostCookie uint64) asm.Instructions {
 	loopMask := binary.NativeEndian.Uint32([]byte{0xff, 0, 0, 0})
 	loopNet := binary.NativeEndian.Uint32([]byte{loopbackFirstByte, 0, 0, 0})
 	insns := asm.Instructions{
@@ -110,15 +148,32 @@ func connectProgram(ports, peers *ebpf.Map, hostCookie uint64) asm.Instructions 
 		asm.LoadMem(asm.R2, asm.R6, sockAddrSk, asm.DWord),
 		asm.LoadMem(asm.R2, asm.R2, bpfSockSrcIP4, asm.Word),
 		asm.JNE.Imm(asm.R2, 0, "allow"),
+		asm.LoadMem(asm.R2, asm.R6, sockAddrUserPort, asm.Word),
+		asm.StoreMem(asm.RFP, -4, asm.R2, asm.Word), // the port: the forward maps' key
 		asm.Mov.Reg(asm.R1, asm.R6),
 		asm.FnGetNetnsCookie.Call(),
+		asm.Mov.Reg(asm.R8, asm.R0),
 		asm.LoadImm(asm.R1, int64(hostCookie), asm.DWord),
-		asm.JNE.Reg(asm.R0, asm.R1, "allow"),
-		// to := ports[user_port]
-		asm.LoadMem(asm.R2, asm.R6, sockAddrUserPort, asm.Word),
-		asm.StoreMem(asm.RFP, -4, asm.R2, asm.Word),
-		asm.LoadMapPtr(asm.R1, ports.FD()),
+		asm.JEq.Reg(asm.R8, asm.R1, "host"),
+		// An OSlet's socket: oslets[netns] must be, held[netns, port] not.
+		asm.StoreMem(asm.RFP, -32, asm.R8, asm.DWord),
+		asm.LoadMapPtr(asm.R1, r.oslets.FD()),
 		asm.Mov.Reg(asm.R2, asm.RFP),
+		asm.Add.Imm(asm.R2, -32),
+		asm.FnMapLookupElem.Call(),
+		asm.JEq.Imm(asm.R0, 0, "allow"),
+		asm.LoadMem(asm.R2, asm.RFP, -4, asm.Word),
+		asm.StoreMem(asm.RFP, -24, asm.R2, asm.Word),
+		asm.LoadMapPtr(asm.R1, r.held.FD()),
+		asm.Mov.Reg(asm.R2, asm.RFP),
+		asm.Add.Imm(asm.R2, -32),
+		asm.FnMapLookupElem.Call(),
+		asm.JNE.Imm(asm.R0, 0, "allow"),
+		asm.LoadMapPtr(asm.R1, r.osletPorts.FD()),
+		asm.Ja.Label("lookup"),
+		asm.LoadMapPtr(asm.R1, r.ports.FD()).WithSymbol("host"),
+		// to := map[port]
+		asm.Mov.Reg(asm.R2, asm.RFP).WithSymbol("lookup"),
 		asm.Add.Imm(asm.R2, -4),
 		asm.FnMapLookupElem.Call(),
 		asm.JEq.Imm(asm.R0, 0, "allow"),
@@ -127,7 +182,7 @@ func connectProgram(ports, peers *ebpf.Map, hostCookie uint64) asm.Instructions 
 		// peers[socket cookie] = the asked-for address
 		asm.StoreMem(asm.RFP, -12, asm.R7, asm.Word),
 	}
-	insns = append(insns, cookieKey(peers)...)
+	insns = append(insns, cookieKey(r.peers)...)
 	return append(insns,
 		asm.Mov.Reg(asm.R3, asm.RFP),
 		asm.Add.Imm(asm.R3, -12),
@@ -166,40 +221,66 @@ func cookieKey(peers *ebpf.Map) asm.Instructions {
 	}
 }
 
-// set makes the port map the TCP forwards of fwds.
-func (r *loopbackRedirect) set(fwds []forward) error {
-	want := map[uint32]uint32{}
-	for _, f := range fwds {
-		if f.proto != "tcp" {
-			continue
+// userPort is port as a sock_addr's user_port holds it: network order in
+// its first two bytes.
+func userPort(port uint16) uint32 {
+	return binary.NativeEndian.Uint32([]byte{byte(port >> 8), byte(port), 0, 0})
+}
+
+// set makes the maps say what the forwarder found: local, the host's TCP
+// forwards; fwds, every port an OSlet holds; netns, each OSlet's network
+// namespace cookie; own, the TCP ports each OSlet listens on itself, at
+// any address.
+func (r *loopbackRedirect) set(local, fwds []forward, netns map[int]uint64, own map[int][]uint16) error {
+	byPort := func(fwds []forward) map[uint32]uint32 {
+		want := map[uint32]uint32{}
+		for _, f := range fwds {
+			if f.proto == "tcp" {
+				to := f.to.As4()
+				want[userPort(f.port)] = binary.NativeEndian.Uint32(to[:])
+			}
 		}
-		to := f.to.As4()
-		// user_port holds the port in network order in its first two bytes.
-		want[binary.NativeEndian.Uint32([]byte{byte(f.port >> 8), byte(f.port), 0, 0})] = binary.NativeEndian.Uint32(to[:])
+		return want
 	}
+	oslets, held := map[uint64]uint32{}, map[heldKey]uint32{}
+	for k, cookie := range netns {
+		oslets[cookie] = uint32(k)
+		for _, port := range own[k] {
+			held[heldKey{cookie, userPort(port)}] = 1
+		}
+	}
+	err := errors.Join(syncMap(r.ports, byPort(local)), syncMap(r.osletPorts, byPort(fwds)),
+		syncMap(r.oslets, oslets), syncMap(r.held, held))
+	if err != nil {
+		return fmt.Errorf("loopback redirect: set ports: %w", err)
+	}
+	return nil
+}
+
+// syncMap makes m hold want: it deletes the keys want lacks and puts the
+// rest.
+func syncMap[K comparable, V any](m *ebpf.Map, want map[K]V) error {
 	var errs []error
-	var key, val uint32
-	var stale []uint32
-	it := r.ports.Iterate()
+	var key K
+	var val V
+	var stale []K
+	it := m.Iterate()
 	for it.Next(&key, &val) {
 		if _, ok := want[key]; !ok {
 			stale = append(stale, key)
 		}
 	}
 	for _, k := range stale {
-		if err := r.ports.Delete(k); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
+		if err := m.Delete(k); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
 			errs = append(errs, err)
 		}
 	}
 	for k, v := range want {
-		if err := r.ports.Put(k, v); err != nil {
+		if err := m.Put(k, v); err != nil {
 			errs = append(errs, err)
 		}
 	}
-	if err := errors.Join(append(errs, it.Err())...); err != nil {
-		return fmt.Errorf("loopback redirect: set ports: %w", err)
-	}
-	return nil
+	return errors.Join(append(errs, it.Err())...)
 }
 
 // Close detaches the programs and frees the maps.
@@ -208,7 +289,7 @@ func (r *loopbackRedirect) Close() {
 		l.Close()
 	}
 	r.links = nil
-	for _, m := range []*ebpf.Map{r.ports, r.peers} {
+	for _, m := range []*ebpf.Map{r.ports, r.osletPorts, r.oslets, r.held, r.peers} {
 		if m != nil {
 			m.Close()
 		}
@@ -228,4 +309,50 @@ func hostNetnsCookie() (uint64, error) {
 		return 0, fmt.Errorf("loopback redirect: netns cookie: %w", err)
 	}
 	return c, nil
+}
+
+// netnsCookieOf is the cookie of process pid's network namespace. The
+// kernel tells a namespace's cookie only to a socket in it, so a thread
+// enters it for a moment, as netlink's NetNS dial does; a goroutine of its
+// own holds that thread, so that a thread that cannot come back ends with
+// it rather than serve others from the wrong namespace.
+func netnsCookieOf(pid int) (uint64, error) {
+	type result struct {
+		cookie uint64
+		err    error
+	}
+	done := make(chan result, 1)
+	go func() {
+		runtime.LockOSThread()
+		cookie, err, back := cookieIn(pid)
+		if back {
+			runtime.UnlockOSThread()
+		}
+		done <- result{cookie, err}
+	}()
+	r := <-done
+	return r.cookie, r.err
+}
+
+// cookieIn enters pid's network namespace on this locked thread, reads its
+// cookie and comes back; back says whether the thread is home again.
+func cookieIn(pid int) (cookie uint64, err error, back bool) {
+	target, err := netns.GetFromPid(pid)
+	if err != nil {
+		return 0, fmt.Errorf("network namespace of pid %d: %w", pid, err), true
+	}
+	defer target.Close()
+	home, err := netns.Get()
+	if err != nil {
+		return 0, fmt.Errorf("this thread's network namespace: %w", err), true
+	}
+	defer home.Close()
+	if err := netns.Set(target); err != nil {
+		return 0, fmt.Errorf("enter the network namespace of pid %d: %w", pid, err), true
+	}
+	cookie, err = hostNetnsCookie()
+	if serr := netns.Set(home); serr != nil {
+		return 0, fmt.Errorf("return from the network namespace of pid %d: %w", pid, serr), false
+	}
+	return cookie, err, true
 }
