@@ -65,6 +65,7 @@ type portEntry struct {
 	Holder      int    `json:"holder"`
 	Forwarded   bool   `json:"forwarded"`
 	HostClients bool   `json:"host_clients"`
+	Scope       string `json:"scope"`
 }
 
 func (c *cluster) ports() []portEntry {
@@ -660,4 +661,77 @@ func TestLocalhostAcrossOSlets(t *testing.T) {
 	// OSlet 2's server goes: OSlet 2's localhost reaches OSlet 1's.
 	c.must("kill", strconv.Itoa(server2))
 	waitFor(t, "OSlet 2's localhost to reach OSlet 1's server", func() bool { return get(2, "127.0.0.1") == "oslet 1\n" })
+}
+
+// TestLoopbackServerIsTheClusters checks that a TCP server bound to its
+// OSlet's 127.0.0.1 alone, as databases listen by default, serves the
+// cluster's localhost: the host and another OSlet reach it at their own
+// 127.0.0.1, smpc ports lists it with its scope, and a machine on the
+// cluster's bridge (a network namespace standing in for one) does not
+// reach it.
+func TestLoopbackServerIsTheClusters(t *testing.T) {
+	if _, err := partition.Cgroup2Root(); err != nil {
+		t.Skip("the connect-time redirect needs a cgroup v2 hierarchy")
+	}
+	c := boot(t, "--subnet", "10.79.3.0/24")
+	const port = 18779
+	os.MkdirAll(filepath.Join(c.dir, "gtmp", "lo"), 0o755)
+	os.WriteFile(filepath.Join(c.dir, "gtmp", "lo", "who"), []byte("oslet 2's loopback\n"), 0o644)
+	pid := c.pidOf(c.must("run", "--on", "2", "--detach", "--", "python3", "-m", "http.server", "--bind", "127.0.0.1", "--directory", "/gtmp/lo", strconv.Itoa(port)))
+	defer c.smpc("kill", strconv.Itoa(pid))
+	c.waitPort(t, "tcp", port, 2, func(p portEntry) bool { return p.Forwarded && p.Scope == "loopback" })
+	if body := httpGet(t, fmt.Sprintf("http://127.0.0.1:%d/who", port)); body != "oslet 2's loopback\n" {
+		t.Errorf("the host's 127.0.0.1:%d reached %q", port, body)
+	}
+	if out, _ := c.smpc("run", "--on", "1", "--", "curl", "-sS", "-m", "3", fmt.Sprintf("http://localhost:%d/who", port)); out != "oslet 2's loopback\n" {
+		t.Errorf("OSlet 1's localhost:%d reached %q", port, out)
+	}
+	if out, _ := c.smpc("run", "--on", "2", "--", "curl", "-sS", "-m", "3", fmt.Sprintf("http://127.0.0.1:%d/who", port)); out != "oslet 2's loopback\n" {
+		t.Errorf("OSlet 2's own 127.0.0.1:%d reached %q", port, out)
+	}
+	if out := c.must("ports"); !strings.Contains(out, "localhost of the cluster") {
+		t.Errorf("smpc ports does not show the loopback server's scope:\n%s", out)
+	}
+
+	// Another machine on the bridge: OSlet 2's address does not serve it.
+	var st struct {
+		Network struct {
+			Bridge string         `json:"bridge"`
+			Addrs  map[int]string `json:"addresses"`
+		} `json:"network"`
+	}
+	b, _ := os.ReadFile(filepath.Join(c.dir, "cluster.json"))
+	if err := json.Unmarshal(b, &st); err != nil || st.Network.Bridge == "" {
+		t.Fatalf("cluster.json has no network record: %v", err)
+	}
+	const ns, outer, inner = "smpc-e2e-outside", "smpce2eout0", "smpce2eout1"
+	ip := func(args ...string) {
+		if out, err := exec.Command("ip", args...).CombinedOutput(); err != nil {
+			t.Fatalf("ip %v: %v: %s", args, err, out)
+		}
+	}
+	exec.Command("ip", "netns", "del", ns).Run()
+	ip("netns", "add", ns)
+	defer exec.Command("ip", "netns", "del", ns).Run()
+	ip("link", "add", outer, "type", "veth", "peer", "name", inner)
+	defer exec.Command("ip", "link", "del", outer).Run()
+	ip("link", "set", inner, "netns", ns)
+	ip("link", "set", outer, "master", st.Network.Bridge, "up")
+	ip("-n", ns, "addr", "add", "10.79.3.200/24", "dev", inner)
+	ip("-n", ns, "link", "set", inner, "up")
+	ip("-n", ns, "link", "set", "lo", "up")
+	url := fmt.Sprintf("http://%s:%d/who", st.Network.Addrs[2], port)
+	if out, err := exec.Command("ip", "netns", "exec", ns, "curl", "-sS", "-m", "3", url).CombinedOutput(); err == nil {
+		t.Errorf("a machine on the bridge reached the loopback server at %s: %q", url, out)
+	}
+	// The server goes, and so does the relay.
+	c.must("kill", strconv.Itoa(pid))
+	waitFor(t, "the loopback server's port to go", func() bool {
+		for _, p := range c.ports() {
+			if p.Port == port {
+				return false
+			}
+		}
+		return true
+	})
 }

@@ -24,6 +24,16 @@ OSlets) are forwarded to it, in the kernel. A process that listens on a port
 someone else holds has the port in its own OSlet's stack only; it is listed as
 a conflict, with the holder (the host itself shows as "host").
 
+A TCP server bound to its OSlet's loopback alone (127.0.0.1:P, as databases
+and caches listen unless told otherwise) is the cluster's localhost's: the
+host's and every OSlet's processes reach it at their own 127.0.0.1:P and
+localhost:P, and nothing outside the machine does (scope "loopback" in
+--json).
+
+An OSlet's processes reach any OSlet's server at their own localhost:P too,
+unless their own OSlet listens on P: then they reach their own, as on one
+machine.
+
 The host and an OSlet on one port: whoever listened first holds it for
 everyone, but the host's own clients (its processes connecting to any of its
 addresses) always reach the host's own server, as they did before the
@@ -58,6 +68,10 @@ func osletName(k int) string {
 
 func portState(p smpc.Port) string {
 	switch {
+	case p.Forwarded && p.Scope == statedir.ScopeLoopback && p.NotFromHost:
+		return "localhost of the OSlets (bound to 127.0.0.1), but not of the host itself"
+	case p.Forwarded && p.Scope == statedir.ScopeLoopback:
+		return "localhost of the cluster (bound to 127.0.0.1; not from outside)"
 	case p.Forwarded && p.NotFromHost:
 		return "forwarded, but not from the host itself"
 	case p.Forwarded:

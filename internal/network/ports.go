@@ -53,6 +53,10 @@ type Forwarder struct {
 	// netns caches each OSlet's network namespace cookie, by its init.
 	netns     map[int]initNetns
 	loopbacks map[int][]uint16 // the TCP ports each OSlet's localhost serves
+	all       []forward        // every port an OSlet holds, loopback-bound ones too
+	// relays serve the OSlets' loopback-bound TCP servers to the rest of
+	// the cluster (relay.go).
+	relays map[relayKey]*relay
 
 	rescanOnce sync.Once
 	rescanCh   chan struct{}
@@ -89,6 +93,9 @@ func (f *Forwarder) Run(ctx context.Context) {
 	defer func() {
 		if f.redirect != nil {
 			f.redirect.Close()
+		}
+		for _, r := range f.relays {
+			r.Close()
 		}
 	}()
 	idle := idleInterval
@@ -202,6 +209,11 @@ func (f *Forwarder) Scan() error {
 	}
 	var errs []error
 	loopbacks := map[int][]uint16{}
+	type loopListener struct {
+		k int
+		l listener
+	}
+	var loopOnly []loopListener
 	for k, pid := range inits {
 		own, _ := netip.ParseAddr(f.Record.Addrs[k])
 		ls, err := listenersOf(pid)
@@ -213,8 +225,14 @@ func (f *Forwarder) Scan() error {
 			continue
 		}
 		for _, l := range ls {
-			if reachable(l.addr, own) {
+			if r := f.relays[relayKey{k, l.port}]; r != nil && r.inode == l.inode && l.proto == "tcp" {
+				continue // smpc's own relay, not a server
+			}
+			switch {
+			case reachable(l.addr, own):
 				note(k, l)
+			case l.proto == "tcp" && l.addr.Unmap().Is4() && l.addr.Unmap().IsLoopback():
+				loopOnly = append(loopOnly, loopListener{k, l})
 			}
 			if l.proto == "tcp" && servesLoopback4(l.addr) {
 				loopbacks[k] = append(loopbacks[k], l.port)
@@ -223,10 +241,26 @@ func (f *Forwarder) Scan() error {
 		slices.Sort(loopbacks[k])
 		loopbacks[k] = slices.Compact(loopbacks[k])
 	}
+	// A TCP server bound to its OSlet's loopback alone is the cluster's
+	// localhost's, through a relay: where its OSlet has no other listener
+	// on the port.
+	scoped := map[portKey]map[int]bool{}
+	for _, ll := range loopOnly {
+		key := portKey{ll.l.proto, ll.l.port}
+		if _, reachable := seen[key][ll.k]; reachable {
+			continue
+		}
+		note(ll.k, ll.l)
+		if scoped[key] == nil {
+			scoped[key] = map[int]bool{}
+		}
+		scoped[key][ll.k] = true
+	}
 	// The first to listen keeps the port; among new claims in one tick,
 	// the host, then the lowest OSlet.
 	holders := map[portKey]int{}
-	var fwds, local []forward
+	var all, fwds, local []forward
+	relays := map[relayKey]netip.AddrPort{}
 	for key, by := range seen {
 		h, ok := f.holders[key]
 		if _, still := by[h]; !ok || !still {
@@ -235,16 +269,27 @@ func (f *Forwarder) Scan() error {
 		holders[key] = h
 		if h != Host {
 			to, _ := netip.ParseAddr(f.Record.Addrs[h])
-			fwds = append(fwds, forward{proto: key.proto, port: key.port, to: to})
+			fwd := forward{proto: key.proto, port: key.port, to: to}
+			all = append(all, fwd)
+			if scoped[key][h] {
+				// Not from outside the machine: a loopback server's.
+				relays[relayKey{h, key.port}] = netip.AddrPortFrom(by[h].addr.Unmap(), key.port)
+			} else {
+				fwds = append(fwds, fwd)
+			}
 			// The conflict rule: the host's own clients reach the host's
 			// server; everyone else reaches whoever listened first.
 			if _, hostServes := by[Host]; !hostServes {
-				local = append(local, forward{proto: key.proto, port: key.port, to: to})
+				local = append(local, fwd)
 			}
 		}
 	}
+	if err := f.syncRelays(relays, inits); err != nil {
+		errs = append(errs, err)
+	}
 	f.holders = holders
 	byPort := func(a, b forward) int { return cmpKey(portKey{a.proto, a.port}, portKey{b.proto, b.port}) }
+	slices.SortFunc(all, byPort)
 	slices.SortFunc(fwds, byPort)
 	slices.SortFunc(local, byPort)
 	if !f.redirectTried {
@@ -254,22 +299,22 @@ func (f *Forwarder) Scan() error {
 		}
 	}
 	netns := f.netnsCookies(inits)
-	if !f.applied || !slices.Equal(fwds, f.fwds) || !slices.Equal(local, f.local) || !maps.EqualFunc(loopbacks, f.loopbacks, slices.Equal) {
+	if !f.applied || !slices.Equal(fwds, f.fwds) || !slices.Equal(local, f.local) || !slices.Equal(all, f.all) || !maps.EqualFunc(loopbacks, f.loopbacks, slices.Equal) {
 		if err := setForwards(f.Record, fwds, local); err != nil {
 			return errors.Join(append(errs, err)...)
 		}
 		if f.redirect != nil {
-			if err := f.redirect.set(local, fwds, netns, loopbacks); err != nil {
+			if err := f.redirect.set(local, all, netns, loopbacks); err != nil {
 				return errors.Join(append(errs, err)...)
 			}
 		}
-		f.loopbacks = loopbacks
+		f.loopbacks, f.all = loopbacks, all
 		if err := errors.Join(forgetUDPFlows(f.fwds, fwds), forgetUDPFlows(f.local, local)); err != nil {
 			errs = append(errs, err) // the forward is in; only early flows miss it
 		}
 		f.fwds, f.local, f.applied = fwds, local, true
 	}
-	ports := f.portMap(seen, holders, inits)
+	ports := f.portMap(seen, holders, inits, scoped)
 	if (!f.published || !slices.Equal(ports, f.ports)) && f.Publish != nil {
 		if err := f.Publish(ports); err != nil {
 			errs = append(errs, err)
@@ -283,7 +328,7 @@ func (f *Forwarder) Scan() error {
 // portMap lists every OSlet listener, and the host's only where they share
 // a port with an OSlet: the host's other ports are not the cluster's
 // business.
-func (f *Forwarder) portMap(seen map[portKey]map[int]listener, holders map[portKey]int, inits map[int]int) []Port {
+func (f *Forwarder) portMap(seen map[portKey]map[int]listener, holders map[portKey]int, inits map[int]int, scoped map[portKey]map[int]bool) []Port {
 	listed := func(by map[int]listener) bool {
 		_, host := by[Host]
 		return !host || len(by) > 1
@@ -317,8 +362,12 @@ func (f *Forwarder) portMap(seen map[portKey]map[int]listener, holders map[portK
 			o := f.owners[ok]
 			h := holders[key]
 			_, hostServes := by[Host]
-			ports = append(ports, Port{Proto: key.proto, Port: key.port, OSlet: k, PID: o.pid, Command: o.command,
-				Holder: h, Forwarded: h == k && k != Host, HostClients: k == Host && h != Host, NotFromHost: h == k && k != Host && hostServes})
+			p := Port{Proto: key.proto, Port: key.port, OSlet: k, PID: o.pid, Command: o.command,
+				Holder: h, Forwarded: h == k && k != Host, HostClients: k == Host && h != Host, NotFromHost: h == k && k != Host && hostServes}
+			if scoped[key][k] {
+				p.Scope = statedir.ScopeLoopback
+			}
+			ports = append(ports, p)
 		}
 	}
 	for ok := range f.owners {
@@ -470,4 +519,56 @@ func (f *Forwarder) netnsCookies(inits map[int]int) map[int]uint64 {
 		}
 	}
 	return out
+}
+
+// relayKey names a relay: the OSlet and the port it serves.
+type relayKey struct {
+	oslet int
+	port  uint16
+}
+
+// syncRelays makes the relays those of want (a loopback server's address
+// by OSlet and port), on the OSlets' current inits.
+func (f *Forwarder) syncRelays(want map[relayKey]netip.AddrPort, inits map[int]int) error {
+	for key, r := range f.relays {
+		if server, ok := want[key]; !ok || server != r.server || inits[key.oslet] != r.init {
+			r.Close()
+			delete(f.relays, key)
+		}
+	}
+	if f.relays == nil {
+		f.relays = map[relayKey]*relay{}
+	}
+	var errs []error
+	for key, server := range want {
+		if _, ok := f.relays[key]; ok {
+			continue
+		}
+		own, err := netip.ParseAddr(f.Record.Addrs[key.oslet])
+		if err != nil {
+			errs = append(errs, fmt.Errorf("oslet %d: no address: %w", key.oslet, err))
+			continue
+		}
+		r, err := startRelay(key.oslet, inits[key.oslet], own, server, f.clusterAddress, f.Log)
+		if err != nil {
+			errs = append(errs, err)
+			continue
+		}
+		f.relays[key] = r
+	}
+	return errors.Join(errs...)
+}
+
+// clusterAddress says whether a is one of the cluster's own addresses: the
+// host's face on the bridge or an OSlet's.
+func (f *Forwarder) clusterAddress(a netip.Addr) bool {
+	if g, err := netip.ParseAddr(f.Record.Gateway); err == nil && g == a {
+		return true
+	}
+	for _, s := range f.Record.Addrs {
+		if o, err := netip.ParseAddr(s); err == nil && o == a {
+			return true
+		}
+	}
+	return false
 }

@@ -4,12 +4,10 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
-	"runtime"
 
 	"github.com/cilium/ebpf"
 	"github.com/cilium/ebpf/asm"
 	"github.com/cilium/ebpf/link"
-	"github.com/vishvananda/netns"
 	"golang.org/x/sys/unix"
 
 	"github.com/smpc-cluster/smpc/internal/partition"
@@ -312,47 +310,13 @@ func hostNetnsCookie() (uint64, error) {
 }
 
 // netnsCookieOf is the cookie of process pid's network namespace. The
-// kernel tells a namespace's cookie only to a socket in it, so a thread
-// enters it for a moment, as netlink's NetNS dial does; a goroutine of its
-// own holds that thread, so that a thread that cannot come back ends with
-// it rather than serve others from the wrong namespace.
+// kernel tells a namespace's cookie only to a socket in it.
 func netnsCookieOf(pid int) (uint64, error) {
-	type result struct {
-		cookie uint64
-		err    error
-	}
-	done := make(chan result, 1)
-	go func() {
-		runtime.LockOSThread()
-		cookie, err, back := cookieIn(pid)
-		if back {
-			runtime.UnlockOSThread()
-		}
-		done <- result{cookie, err}
-	}()
-	r := <-done
-	return r.cookie, r.err
-}
-
-// cookieIn enters pid's network namespace on this locked thread, reads its
-// cookie and comes back; back says whether the thread is home again.
-func cookieIn(pid int) (cookie uint64, err error, back bool) {
-	target, err := netns.GetFromPid(pid)
-	if err != nil {
-		return 0, fmt.Errorf("network namespace of pid %d: %w", pid, err), true
-	}
-	defer target.Close()
-	home, err := netns.Get()
-	if err != nil {
-		return 0, fmt.Errorf("this thread's network namespace: %w", err), true
-	}
-	defer home.Close()
-	if err := netns.Set(target); err != nil {
-		return 0, fmt.Errorf("enter the network namespace of pid %d: %w", pid, err), true
-	}
-	cookie, err = hostNetnsCookie()
-	if serr := netns.Set(home); serr != nil {
-		return 0, fmt.Errorf("return from the network namespace of pid %d: %w", pid, serr), false
-	}
-	return cookie, err, true
+	var cookie uint64
+	err := inNetnsOf(pid, func() error {
+		var err error
+		cookie, err = hostNetnsCookie()
+		return err
+	})
+	return cookie, err
 }

@@ -177,7 +177,14 @@ type Port struct {
 	// OSlet's (NotFromHost, on the OSlet's).
 	HostClients bool `json:"host_clients,omitempty"`
 	NotFromHost bool `json:"not_from_host,omitempty"`
+	// Scope is ScopeLoopback for a TCP server bound to its OSlet's loopback
+	// alone: the cluster's localhost reaches it, nothing outside the
+	// machine does.
+	Scope string `json:"scope,omitempty"`
 }
+
+// ScopeLoopback is the Scope of a server bound to its OSlet's loopback.
+const ScopeLoopback = "loopback"
 
 // Conflict says whether p listens on a port another holds.
 func (p Port) Conflict() bool { return p.OSlet != p.Holder }
