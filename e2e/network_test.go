@@ -661,6 +661,22 @@ func TestLocalhostAcrossOSlets(t *testing.T) {
 	// OSlet 2's server goes: OSlet 2's localhost reaches OSlet 1's.
 	c.must("kill", strconv.Itoa(server2))
 	waitFor(t, "OSlet 2's localhost to reach OSlet 1's server", func() bool { return get(2, "127.0.0.1") == "oslet 1\n" })
+
+	// Through the face, smpc-cluster:P, the connection runs from OSlet 1's
+	// address to OSlet 2's with no NAT: the server sees OSlet 1's address
+	// (the NAT path would show the face's), the client the face as its peer.
+	const facePort = port + 2
+	echo := c.pidOf(c.must("run", "--on", "2", "--detach", "--", "python3", "-c", fmt.Sprintf(
+		"import socket\ns = socket.create_server(('0.0.0.0', %d))\nwhile True:\n    c, a = s.accept(); c.sendall(a[0].encode()); c.close()", facePort)))
+	defer c.smpc("kill", strconv.Itoa(echo))
+	c.waitPort(t, "tcp", facePort, 2, forwarded)
+	out := c.must("run", "--on", "1", "--", "python3", "-c", fmt.Sprintf(
+		"import socket; s = socket.create_connection(('smpc-cluster', %d)); print(s.recv(100).decode(), s.getpeername()[0], s.getsockname()[0])", facePort))
+	nw := c.network()
+	want := fmt.Sprintf("%s %s %s", nw.Addrs[1], nw.Gateway, nw.Addrs[1])
+	if strings.TrimSpace(out) != want {
+		t.Errorf("OSlet 1 to smpc-cluster:%d: server saw, client's peer, client's own = %q, want %q", facePort, strings.TrimSpace(out), want)
+	}
 }
 
 // TestLoopbackServerIsTheClusters checks that a TCP server bound to its
@@ -694,16 +710,7 @@ func TestLoopbackServerIsTheClusters(t *testing.T) {
 	}
 
 	// Another machine on the bridge: OSlet 2's address does not serve it.
-	var st struct {
-		Network struct {
-			Bridge string         `json:"bridge"`
-			Addrs  map[int]string `json:"addresses"`
-		} `json:"network"`
-	}
-	b, _ := os.ReadFile(filepath.Join(c.dir, "cluster.json"))
-	if err := json.Unmarshal(b, &st); err != nil || st.Network.Bridge == "" {
-		t.Fatalf("cluster.json has no network record: %v", err)
-	}
+	nw := c.network()
 	const ns, outer, inner = "smpc-e2e-outside", "smpce2eout0", "smpce2eout1"
 	ip := func(args ...string) {
 		if out, err := exec.Command("ip", args...).CombinedOutput(); err != nil {
@@ -716,11 +723,11 @@ func TestLoopbackServerIsTheClusters(t *testing.T) {
 	ip("link", "add", outer, "type", "veth", "peer", "name", inner)
 	defer exec.Command("ip", "link", "del", outer).Run()
 	ip("link", "set", inner, "netns", ns)
-	ip("link", "set", outer, "master", st.Network.Bridge, "up")
+	ip("link", "set", outer, "master", nw.Bridge, "up")
 	ip("-n", ns, "addr", "add", "10.79.3.200/24", "dev", inner)
 	ip("-n", ns, "link", "set", inner, "up")
 	ip("-n", ns, "link", "set", "lo", "up")
-	url := fmt.Sprintf("http://%s:%d/who", st.Network.Addrs[2], port)
+	url := fmt.Sprintf("http://%s:%d/who", nw.Addrs[2], port)
 	if out, err := exec.Command("ip", "netns", "exec", ns, "curl", "-sS", "-m", "3", url).CombinedOutput(); err == nil {
 		t.Errorf("a machine on the bridge reached the loopback server at %s: %q", url, out)
 	}
@@ -734,4 +741,28 @@ func TestLoopbackServerIsTheClusters(t *testing.T) {
 		}
 		return true
 	})
+}
+
+// clusterNetwork is the network record of cluster.json.
+type clusterNetwork struct {
+	Bridge  string         `json:"bridge"`
+	Gateway string         `json:"gateway"`
+	Addrs   map[int]string `json:"addresses"`
+}
+
+// network reads the cluster's network record: its bridge, its face and
+// the OSlets' addresses.
+func (c *cluster) network() clusterNetwork {
+	c.t.Helper()
+	var st struct {
+		Network clusterNetwork `json:"network"`
+	}
+	b, err := os.ReadFile(filepath.Join(c.dir, "cluster.json"))
+	if err == nil {
+		err = json.Unmarshal(b, &st)
+	}
+	if err != nil || st.Network.Bridge == "" {
+		c.t.Fatalf("cluster.json has no network record: %v", err)
+	}
+	return st.Network
 }

@@ -22,10 +22,11 @@ import (
 // closed at once measures the rate of new connections.
 func tcpSink(fs *flag.FlagSet, args []string) error {
 	port := fs.Int("port", 0, "port to listen on")
+	bind := fs.String("bind", "", "address to listen on (all by default)")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
-	l, err := net.Listen("tcp", ":"+strconv.Itoa(*port))
+	l, err := net.Listen("tcp", net.JoinHostPort(*bind, strconv.Itoa(*port)))
 	if err != nil {
 		return err
 	}
@@ -96,8 +97,9 @@ const benchPort = 47311
 
 // Network measures the forwarding layer from the host: a large transfer
 // and a run of new short connections to a server on another OSlet through
-// the cluster's port on 127.0.0.1, beside the same server run on the host
-// and reached directly on its loopback.
+// the cluster's port on 127.0.0.1, and to one bound to that OSlet's own
+// loopback through its relay, beside the same server run on the host and
+// reached directly on its loopback.
 func (r *Runner) Network(ctx context.Context, bytes int64, d time.Duration) ([]Result, error) {
 	if r.Client.Self() != 0 {
 		return nil, errors.New("bench network: run it on the host: it measures the cluster's face from outside")
@@ -112,6 +114,12 @@ func (r *Runner) Network(ctx context.Context, bytes int64, d time.Duration) ([]R
 		return nil, fmt.Errorf("bench network: server on oslet %d: %w", b, err)
 	}
 	defer r.Client.Signal(context.Background(), cmd.PID, syscall.SIGKILL)
+	loopback := r.Client.Command(r.Binary, "bench-helper", "tcp-sink", "--bind", "127.0.0.1", "--port", strconv.Itoa(benchPort+2))
+	loopback.OSlet, loopback.Detach = b, true
+	if err := loopback.Start(ctx); err != nil {
+		return nil, fmt.Errorf("bench network: loopback server on oslet %d: %w", b, err)
+	}
+	defer r.Client.Signal(context.Background(), loopback.PID, syscall.SIGKILL)
 	cpus, err := r.cpusOf(ctx, b, a)
 	if err != nil {
 		return nil, err
@@ -122,22 +130,24 @@ func (r *Runner) Network(ctx context.Context, bytes int64, d time.Duration) ([]R
 		return nil, fmt.Errorf("bench network: server on the host: %w", err)
 	}
 	defer func() { host.Process.Kill(); host.Wait() }()
-	if err := r.waitForward(benchPort, b); err != nil {
-		return nil, err
+	for _, port := range []int{benchPort, benchPort + 2} {
+		if err := r.waitForward(port, b); err != nil {
+			return nil, err
+		}
 	}
-	cluster, direct := fmt.Sprintf("127.0.0.1:%d", benchPort), fmt.Sprintf("127.0.0.1:%d", benchPort+1)
+	cluster, direct, relayed := fmt.Sprintf("127.0.0.1:%d", benchPort), fmt.Sprintf("127.0.0.1:%d", benchPort+1), fmt.Sprintf("127.0.0.1:%d", benchPort+2)
 	if err := waitListen(direct); err != nil {
 		return nil, err
 	}
 	// The clients run on the other OSlet's CPUs, for either server: where
 	// the scheduler puts a client, beside its server or not, changes a
 	// transfer by half.
-	var fwdRate, dirRate, fwdConn, dirConn float64
+	var fwdRate, dirRate, fwdConn, dirConn, relayRate, relayConn float64
 	for i := 0; i < Reps; i++ {
 		for _, side := range []struct {
 			addr       string
 			rate, conn *float64
-		}{{cluster, &fwdRate, &fwdConn}, {direct, &dirRate, &dirConn}} {
+		}{{cluster, &fwdRate, &fwdConn}, {direct, &dirRate, &dirConn}, {relayed, &relayRate, &relayConn}} {
 			count, ns, err := r.helperPinned(ctx, cpus[1], "tcp-send", "--addr", side.addr, "--bytes", strconv.FormatInt(bytes, 10))
 			if err != nil {
 				return nil, fmt.Errorf("bench network: transfer to %s: %w", side.addr, err)
@@ -150,13 +160,48 @@ func (r *Runner) Network(ctx context.Context, bytes int64, d time.Duration) ([]R
 			*side.conn = max(*side.conn, count/(ns/1e9))
 		}
 	}
+	// From another OSlet: through the cluster's face (smpc-cluster) beside
+	// straight to the server's OSlet (oslet-B in every OSlet's /etc/hosts).
+	var faceRate, toRate, faceConn, toConn float64
+	face, straight := fmt.Sprintf("smpc-cluster:%d", benchPort), fmt.Sprintf("oslet-%d:%d", b, benchPort)
+	for i := 0; i < Reps; i++ {
+		for _, side := range []struct {
+			addr       string
+			rate, conn *float64
+		}{{face, &faceRate, &faceConn}, {straight, &toRate, &toConn}} {
+			count, ns, err := r.helperOn(ctx, a, "tcp-send", "--addr", side.addr, "--bytes", strconv.FormatInt(bytes, 10))
+			if err != nil {
+				return nil, fmt.Errorf("bench network: transfer from oslet %d to %s: %w", a, side.addr, err)
+			}
+			*side.rate = max(*side.rate, count/1e6/(ns/1e9))
+			count, ns, err = r.helperOn(ctx, a, "tcp-connect", "--addr", side.addr, "--for", d.String())
+			if err != nil {
+				return nil, fmt.Errorf("bench network: connections from oslet %d to %s: %w", a, side.addr, err)
+			}
+			*side.conn = max(*side.conn, count/(ns/1e9))
+		}
+	}
 	return []Result{
+		compare("net-oslet-face-throughput",
+			Measure{fmt.Sprintf("TCP transfer from oslet %d to oslet %d's server through smpc-cluster", a, b), faceRate, "MB/s"},
+			Measure{fmt.Sprintf("the same, straight to oslet-%d", b), toRate, "MB/s"}, 0.95),
+		compare("net-oslet-face-connect",
+			Measure{fmt.Sprintf("new TCP connections from oslet %d through smpc-cluster", a), faceConn, "conn/s"},
+			Measure{fmt.Sprintf("the same, straight to oslet-%d", b), toConn, "conn/s"}, 0.9),
 		compare("net-throughput",
 			Measure{fmt.Sprintf("TCP transfer from CPUs %s to oslet %d through the cluster's port on 127.0.0.1", cpus[1], b), fwdRate, "MB/s"},
 			Measure{fmt.Sprintf("the same server on the host, CPUs %s, on its loopback", cpus[0]), dirRate, "MB/s"}, 0.9),
 		compare("net-connect",
 			Measure{fmt.Sprintf("new TCP connections to oslet %d through the cluster's port", b), fwdConn, "conn/s"},
 			Measure{"new TCP connections to the host's own server", dirConn, "conn/s"}, 0.8),
+		// A relay joins two connections in the boot process: each byte
+		// crosses two stacks, and each connection is two.
+		compare("net-loopback-relay-throughput",
+			Measure{fmt.Sprintf("TCP transfer to a server bound to oslet %d's 127.0.0.1, through its relay", b), relayRate, "MB/s"},
+			Measure{"the host's own server on its loopback", dirRate, "MB/s"}, 0.5),
+		compare("net-loopback-relay-connect",
+			Measure{fmt.Sprintf("new TCP connections to oslet %d's loopback server through its relay", b), relayConn, "conn/s"},
+			Measure{"new TCP connections to the host's own server", dirConn, "conn/s"}, 0.5),
 	}, nil
 }
 

@@ -139,7 +139,7 @@ func TestRedirectProgramsLoad(t *testing.T) {
 		attach ebpf.AttachType
 		insns  asm.Instructions
 	}{
-		{ebpf.AttachCGroupInet4Connect, r.connectProgram(1)},
+		{ebpf.AttachCGroupInet4Connect, r.connectProgram(1, netip.MustParseAddr("192.168.77.129"))},
 		{ebpf.AttachCgroupInet4GetPeername, peernameProgram(r.peers)},
 	} {
 		// The verifier's word on each program, without attaching it.

@@ -294,7 +294,8 @@ func (f *Forwarder) Scan() error {
 	slices.SortFunc(local, byPort)
 	if !f.redirectTried {
 		f.redirectTried = true
-		if f.redirect, err = newLoopbackRedirect(); err != nil && f.Log != nil {
+		face, _ := netip.ParseAddr(f.Record.Gateway)
+		if f.redirect, err = newLoopbackRedirect(face); err != nil && f.Log != nil {
 			f.Log.Warn("connections to the loopback are forwarded by NAT alone", "err", err)
 		}
 	}
@@ -304,7 +305,7 @@ func (f *Forwarder) Scan() error {
 			return errors.Join(append(errs, err)...)
 		}
 		if f.redirect != nil {
-			if err := f.redirect.set(local, all, netns, loopbacks); err != nil {
+			if err := f.redirect.set(local, all, fwds, netns, loopbacks); err != nil {
 				return errors.Join(append(errs, err)...)
 			}
 		}

@@ -4,6 +4,7 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"net/netip"
 
 	"github.com/cilium/ebpf"
 	"github.com/cilium/ebpf/asm"
@@ -27,6 +28,12 @@ import (
 // OSlet listens on no P, reaches the OSlet that holds P; where its own
 // OSlet listens on P, it connects there as always.
 //
+// An OSlet's connection to the cluster's face (smpc-cluster:P) is
+// redirected the same way, to the port's holder, so that it crosses the
+// bridge between the two OSlets with no NAT either (the nftables path
+// rewrites both its ends: DNAT to the holder, and masquerade so that the
+// replies come back through the host).
+//
 // It takes only TCP sockets that are not bound to an address (a loopback
 // source could not reach an OSlet without NAT), of the host's own network
 // stack or an OSlet's: the cgroup root's programs see every process on
@@ -35,11 +42,12 @@ import (
 // which the kernel removes when the boot process exits, even if it
 // crashes.
 type loopbackRedirect struct {
-	// ports are the host's forwards (port to the holder's address), and
-	// osletPorts every port an OSlet holds; oslets the OSlets' network
+	// ports are the host's forwards (port to the holder's address),
+	// osletPorts every port an OSlet holds, facePorts those the face
+	// forwards (not the loopback servers'); oslets the OSlets' network
 	// namespaces (by cookie), and held the ports each listens on itself.
-	ports, osletPorts, oslets, held, peers *ebpf.Map
-	links                                  []link.Link
+	ports, osletPorts, facePorts, oslets, held, peers *ebpf.Map
+	links                                             []link.Link
 }
 
 // heldKey is a key of the held map: a network namespace's cookie and a
@@ -68,7 +76,7 @@ const (
 	loopbackFirstByte = 127
 )
 
-func newLoopbackRedirect() (*loopbackRedirect, error) {
+func newLoopbackRedirect(face netip.Addr) (*loopbackRedirect, error) {
 	root, err := partition.Cgroup2Root()
 	if err != nil {
 		return nil, fmt.Errorf("loopback redirect: %w", err)
@@ -86,7 +94,7 @@ func newLoopbackRedirect() (*loopbackRedirect, error) {
 		attach ebpf.AttachType
 		insns  asm.Instructions
 	}{
-		{RedirectPrograms[0], ebpf.AttachCGroupInet4Connect, r.connectProgram(cookie)},
+		{RedirectPrograms[0], ebpf.AttachCGroupInet4Connect, r.connectProgram(cookie, face)},
 		{RedirectPrograms[1], ebpf.AttachCgroupInet4GetPeername, peernameProgram(r.peers)},
 	} {
 		prog, err := ebpf.NewProgram(&ebpf.ProgramSpec{Name: p.name, Type: ebpf.CGroupSockAddr, AttachType: p.attach, Instructions: p.insns, License: "GPL"})
@@ -116,6 +124,7 @@ func newRedirectMaps() (*loopbackRedirect, error) {
 	}{
 		{&r.ports, ebpf.MapSpec{Name: "smpc_ports", Type: ebpf.Hash, KeySize: 4, ValueSize: 4, MaxEntries: 1 << 16}},
 		{&r.osletPorts, ebpf.MapSpec{Name: "smpc_oslet_ports", Type: ebpf.Hash, KeySize: 4, ValueSize: 4, MaxEntries: 1 << 16}},
+		{&r.facePorts, ebpf.MapSpec{Name: "smpc_face_ports", Type: ebpf.Hash, KeySize: 4, ValueSize: 4, MaxEntries: 1 << 16}},
 		{&r.oslets, ebpf.MapSpec{Name: "smpc_oslets", Type: ebpf.Hash, KeySize: 8, ValueSize: 4, MaxEntries: 1024}},
 		{&r.held, ebpf.MapSpec{Name: "smpc_held", Type: ebpf.Hash, KeySize: 12, ValueSize: 4, MaxEntries: 1 << 16}},
 		{&r.peers, ebpf.MapSpec{Name: "smpc_peers", Type: ebpf.LRUHash, KeySize: 8, ValueSize: 4, MaxEntries: redirectEntries}},
@@ -131,19 +140,30 @@ func newRedirectMaps() (*loopbackRedirect, error) {
 // connectProgram: for a TCP socket with no source address connecting to
 // 127.x.y.z:P, of the host's stack where port P is forwarded, or of an
 // OSlet's where another OSlet holds P and its own does not, connect to the
-// holder's address instead, and remember 127.x.y.z for getpeername.
-func (r *loopbackRedirect) connectProgram(hostCookie uint64) asm.Instructions {
+// holder's address instead; the same for an OSlet's socket connecting to
+// the face, face:P, where the face forwards P. It remembers the address
+// asked for, for getpeername.
+func (r *loopbackRedirect) connectProgram(hostCookie uint64, face netip.Addr) asm.Instructions {
 	loopMask := binary.NativeEndian.Uint32([]byte{0xff, 0, 0, 0})
 	loopNet := binary.NativeEndian.Uint32([]byte{loopbackFirstByte, 0, 0, 0})
+	if !face.Is4() {
+		face = netip.AddrFrom4([4]byte{255, 255, 255, 255}) // no face: no TCP connects there
+	}
+	f := face.As4()
+	faceIP := binary.NativeEndian.Uint32(f[:])
 	insns := asm.Instructions{
 		asm.Mov.Reg(asm.R6, asm.R1), // ctx
 		asm.LoadMem(asm.R2, asm.R6, sockAddrType, asm.Word),
 		asm.JNE.Imm(asm.R2, unix.SOCK_STREAM, "allow"),
 		asm.LoadMem(asm.R7, asm.R6, sockAddrUserIP4, asm.Word), // asked-for address, network order
+		// R9: 1 for the face, 0 for the loopback.
+		asm.Mov.Imm(asm.R9, 0),
 		asm.Mov.Reg(asm.R2, asm.R7),
 		asm.And.Imm(asm.R2, int32(loopMask)),
-		asm.JNE.Imm(asm.R2, int32(loopNet), "allow"),
-		asm.LoadMem(asm.R2, asm.R6, sockAddrSk, asm.DWord),
+		asm.JEq.Imm(asm.R2, int32(loopNet), "unbound"),
+		asm.JNE.Imm32(asm.R7, int32(faceIP), "allow"),
+		asm.Mov.Imm(asm.R9, 1),
+		asm.LoadMem(asm.R2, asm.R6, sockAddrSk, asm.DWord).WithSymbol("unbound"),
 		asm.LoadMem(asm.R2, asm.R2, bpfSockSrcIP4, asm.Word),
 		asm.JNE.Imm(asm.R2, 0, "allow"),
 		asm.LoadMem(asm.R2, asm.R6, sockAddrUserPort, asm.Word),
@@ -152,14 +172,22 @@ func (r *loopbackRedirect) connectProgram(hostCookie uint64) asm.Instructions {
 		asm.FnGetNetnsCookie.Call(),
 		asm.Mov.Reg(asm.R8, asm.R0),
 		asm.LoadImm(asm.R1, int64(hostCookie), asm.DWord),
-		asm.JEq.Reg(asm.R8, asm.R1, "host"),
-		// An OSlet's socket: oslets[netns] must be, held[netns, port] not.
-		asm.StoreMem(asm.RFP, -32, asm.R8, asm.DWord),
+		asm.JNE.Reg(asm.R8, asm.R1, "oslet"),
+		// The host's socket: to the loopback only (its face connections
+		// take dnat-local).
+		asm.JNE.Imm(asm.R9, 0, "allow"),
+		asm.LoadMapPtr(asm.R1, r.ports.FD()),
+		asm.Ja.Label("lookup"),
+		// An OSlet's socket: oslets[netns] must be.
+		asm.StoreMem(asm.RFP, -32, asm.R8, asm.DWord).WithSymbol("oslet"),
 		asm.LoadMapPtr(asm.R1, r.oslets.FD()),
 		asm.Mov.Reg(asm.R2, asm.RFP),
 		asm.Add.Imm(asm.R2, -32),
 		asm.FnMapLookupElem.Call(),
 		asm.JEq.Imm(asm.R0, 0, "allow"),
+		asm.LoadMapPtr(asm.R1, r.facePorts.FD()),
+		asm.JNE.Imm(asm.R9, 0, "lookup"),
+		// To its loopback: held[netns, port] must not be.
 		asm.LoadMem(asm.R2, asm.RFP, -4, asm.Word),
 		asm.StoreMem(asm.RFP, -24, asm.R2, asm.Word),
 		asm.LoadMapPtr(asm.R1, r.held.FD()),
@@ -168,8 +196,6 @@ func (r *loopbackRedirect) connectProgram(hostCookie uint64) asm.Instructions {
 		asm.FnMapLookupElem.Call(),
 		asm.JNE.Imm(asm.R0, 0, "allow"),
 		asm.LoadMapPtr(asm.R1, r.osletPorts.FD()),
-		asm.Ja.Label("lookup"),
-		asm.LoadMapPtr(asm.R1, r.ports.FD()).WithSymbol("host"),
 		// to := map[port]
 		asm.Mov.Reg(asm.R2, asm.RFP).WithSymbol("lookup"),
 		asm.Add.Imm(asm.R2, -4),
@@ -226,10 +252,10 @@ func userPort(port uint16) uint32 {
 }
 
 // set makes the maps say what the forwarder found: local, the host's TCP
-// forwards; fwds, every port an OSlet holds; netns, each OSlet's network
-// namespace cookie; own, the TCP ports each OSlet listens on itself, at
-// any address.
-func (r *loopbackRedirect) set(local, fwds []forward, netns map[int]uint64, own map[int][]uint16) error {
+// forwards; all, every port an OSlet holds; face, those the face forwards;
+// netns, each OSlet's network namespace cookie; own, the TCP ports each
+// OSlet listens on itself, at any address.
+func (r *loopbackRedirect) set(local, all, face []forward, netns map[int]uint64, own map[int][]uint16) error {
 	byPort := func(fwds []forward) map[uint32]uint32 {
 		want := map[uint32]uint32{}
 		for _, f := range fwds {
@@ -247,7 +273,7 @@ func (r *loopbackRedirect) set(local, fwds []forward, netns map[int]uint64, own 
 			held[heldKey{cookie, userPort(port)}] = 1
 		}
 	}
-	err := errors.Join(syncMap(r.ports, byPort(local)), syncMap(r.osletPorts, byPort(fwds)),
+	err := errors.Join(syncMap(r.ports, byPort(local)), syncMap(r.osletPorts, byPort(all)), syncMap(r.facePorts, byPort(face)),
 		syncMap(r.oslets, oslets), syncMap(r.held, held))
 	if err != nil {
 		return fmt.Errorf("loopback redirect: set ports: %w", err)
@@ -287,7 +313,7 @@ func (r *loopbackRedirect) Close() {
 		l.Close()
 	}
 	r.links = nil
-	for _, m := range []*ebpf.Map{r.ports, r.osletPorts, r.oslets, r.held, r.peers} {
+	for _, m := range []*ebpf.Map{r.ports, r.osletPorts, r.facePorts, r.oslets, r.held, r.peers} {
 		if m != nil {
 			m.Close()
 		}
