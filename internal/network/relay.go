@@ -8,7 +8,6 @@ import (
 	"net"
 	"net/netip"
 	"runtime"
-	"sync"
 
 	"github.com/vishvananda/netns"
 	"golang.org/x/sys/unix"
@@ -26,7 +25,7 @@ import (
 // localhost:P to the relay as to any other OSlet listener.
 //
 // What a server bound to loopback means stays true: the port is not
-// forwarded from outside the machine, and the relay closes at once any
+// forwarded from outside the machine, and the relay resets at once any
 // connection whose source is not one of the cluster's own addresses (the
 // host's face on the bridge or an OSlet's), such as a machine on the bridge.
 //
@@ -41,7 +40,6 @@ type relay struct {
 	init   int    // the OSlet's init: the network namespace to dial in
 	allow  func(netip.Addr) bool
 	log    *slog.Logger
-	wg     sync.WaitGroup
 }
 
 // startRelay listens on own:port in the network namespace of init (OSlet k)
@@ -65,13 +63,11 @@ func startRelay(k, init int, own netip.Addr, server netip.AddrPort, allow func(n
 			}
 		})
 	}
-	r.wg.Add(1)
 	go r.serve()
 	return r, nil
 }
 
 func (r *relay) serve() {
-	defer r.wg.Done()
 	for {
 		c, err := r.ln.AcceptTCP()
 		if err != nil {
