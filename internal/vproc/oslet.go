@@ -8,7 +8,7 @@ import (
 )
 
 // CgroupName begins the name of every OSlet's cgroup, "oslet-K": a
-// process's OSlet is the cgroup it is in (one of its two leaves).
+// process's OSlet is the cgroup it is in (any of its leaves).
 const CgroupName = "oslet-"
 
 // OSletOf returns the OSlet that process pid runs on, read from its cgroup
