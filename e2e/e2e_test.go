@@ -348,7 +348,7 @@ func TestProcessesAcrossOSlets(t *testing.T) {
 
 	// A real pipe between two OSlets, and the working directory travels.
 	sh := exec.Command("sh", "-c", smpcBin+" --state-dir "+c.dir+" run --on 1 -- seq 1 10000 | "+smpcBin+" --state-dir "+c.dir+" run --on 2 -- wc -l")
-	sh.Dir = "/" // a directory every OSlet sees (and every guest: systemd's remount of the root leaves the test's own unreachable)
+	sh.Dir = "/" // a directory every OSlet sees, wherever the test runs
 	if out, code := run(sh); code != 0 || strings.TrimSpace(out) != "10000" {
 		t.Errorf("pipe across OSlets: %d %q", code, out)
 	}
