@@ -583,9 +583,7 @@ func TestHostAndOSletOnOnePort(t *testing.T) {
 	c := boot(t, "--subnet", "10.79.1.0/24")
 	const port = 18777
 	// OSlet 2 first, serving a file that names it.
-	os.MkdirAll(filepath.Join(c.dir, "gtmp", "oslet2"), 0o755)
-	os.WriteFile(filepath.Join(c.dir, "gtmp", "oslet2", "who"), []byte("oslet 2\n"), 0o644)
-	pid := c.pidOf(c.must("run", "--on", "2", "--detach", "--", "python3", "-m", "http.server", "--bind", "0.0.0.0", "--directory", "/gtmp/oslet2", strconv.Itoa(port)))
+	pid := c.serveWho(2, "0.0.0.0", port, "oslet 2\n")
 	defer c.smpc("kill", strconv.Itoa(pid))
 	c.waitPort(t, "tcp", port, 2, forwarded)
 	if body := httpGet(t, fmt.Sprintf("http://127.0.0.1:%d/who", port)); body != "oslet 2\n" {
@@ -624,12 +622,7 @@ func TestLocalhostAcrossOSlets(t *testing.T) {
 		t.Skip("the connect-time redirect needs a cgroup v2 hierarchy")
 	}
 	const port = 18778
-	serve := func(k int) int {
-		dir := fmt.Sprintf("oslet%d", k)
-		os.MkdirAll(filepath.Join(c.dir, "gtmp", dir), 0o755)
-		os.WriteFile(filepath.Join(c.dir, "gtmp", dir, "who"), []byte(fmt.Sprintf("oslet %d\n", k)), 0o644)
-		return c.pidOf(c.must("run", "--on", strconv.Itoa(k), "--detach", "--", "python3", "-m", "http.server", "--bind", "0.0.0.0", "--directory", "/gtmp/"+dir, strconv.Itoa(port)))
-	}
+	serve := func(k int) int { return c.serveWho(k, "0.0.0.0", port, fmt.Sprintf("oslet %d\n", k)) }
 	get := func(k int, host string) string {
 		out, _ := c.smpc("run", "--on", strconv.Itoa(k), "--", "curl", "-sS", "-m", "3", fmt.Sprintf("http://%s:%d/who", host, port))
 		return out
@@ -691,9 +684,7 @@ func TestLoopbackServerIsTheClusters(t *testing.T) {
 	}
 	c := boot(t, "--subnet", "10.79.3.0/24")
 	const port = 18779
-	os.MkdirAll(filepath.Join(c.dir, "gtmp", "lo"), 0o755)
-	os.WriteFile(filepath.Join(c.dir, "gtmp", "lo", "who"), []byte("oslet 2's loopback\n"), 0o644)
-	pid := c.pidOf(c.must("run", "--on", "2", "--detach", "--", "python3", "-m", "http.server", "--bind", "127.0.0.1", "--directory", "/gtmp/lo", strconv.Itoa(port)))
+	pid := c.serveWho(2, "127.0.0.1", port, "oslet 2's loopback\n")
 	defer c.smpc("kill", strconv.Itoa(pid))
 	c.waitPort(t, "tcp", port, 2, func(p portEntry) bool { return p.Forwarded && p.Scope == "loopback" })
 	if body := httpGet(t, fmt.Sprintf("http://127.0.0.1:%d/who", port)); body != "oslet 2's loopback\n" {
@@ -765,4 +756,15 @@ func (c *cluster) network() clusterNetwork {
 		c.t.Fatalf("cluster.json has no network record: %v", err)
 	}
 	return st.Network
+}
+
+// serveWho starts python's http.server on OSlet k, bound to bind, port, in
+// a directory of /gtmp whose file "who" says text; it returns the server's
+// PID.
+func (c *cluster) serveWho(k int, bind string, port int, text string) int {
+	c.t.Helper()
+	dir := fmt.Sprintf("who-%d-%s-%d", k, bind, port)
+	os.MkdirAll(filepath.Join(c.dir, "gtmp", dir), 0o755)
+	os.WriteFile(filepath.Join(c.dir, "gtmp", dir, "who"), []byte(text), 0o644)
+	return c.pidOf(c.must("run", "--on", strconv.Itoa(k), "--detach", "--", "python3", "-m", "http.server", "--bind", bind, "--directory", "/gtmp/"+dir, strconv.Itoa(port)))
 }
