@@ -217,7 +217,14 @@ func rootPrograms(t *testing.T, names []string, attaches []ebpf.AttachType) []st
 // is forwarded, and a stopped one forgotten, at once.
 func TestListenersFoundByEvents(t *testing.T) {
 	c := boot(t, "--subnet", "10.79.2.0/24")
-	if progs := watchPrograms(t); len(progs) < 3 {
+	// The forwarder attaches the watch once the cluster is up: give it
+	// the time a slow (emulated) machine takes.
+	var progs []string
+	deadline := time.Now().Add(2 * time.Second * patience)
+	for progs = watchPrograms(t); len(progs) < 3 && time.Now().Before(deadline); progs = watchPrograms(t) {
+		time.Sleep(100 * time.Millisecond)
+	}
+	if len(progs) < 3 {
 		t.Skipf("no listen watch on this kernel (programs attached: %v): the forwarder scans every second instead", progs)
 	}
 	// The forwarder backs off while nothing changes: its next scan of its

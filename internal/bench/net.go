@@ -205,8 +205,13 @@ func (r *Runner) Network(ctx context.Context, bytes int64, d time.Duration) ([]R
 	}, nil
 }
 
+// forwardWait bounds the wait for a server's forward. It is not measured:
+// a forward follows its listener within a scan, but a new server's start
+// takes seconds on an emulated machine.
+const forwardWait = 10 * time.Second
+
 func (r *Runner) waitForward(port, k int) error {
-	deadline := time.Now().Add(3 * time.Second)
+	deadline := time.Now().Add(forwardWait)
 	for time.Now().Before(deadline) {
 		ports, err := r.Client.Ports()
 		if err != nil {
@@ -219,7 +224,7 @@ func (r *Runner) waitForward(port, k int) error {
 		}
 		time.Sleep(50 * time.Millisecond)
 	}
-	return fmt.Errorf("bench network: port %d was not forwarded to oslet %d within 3s (is it taken?)", port, k)
+	return fmt.Errorf("bench network: port %d was not forwarded to oslet %d within %v (is it taken?)", port, k, forwardWait)
 }
 
 func waitListen(addr string) error {
