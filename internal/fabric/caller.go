@@ -26,7 +26,8 @@ type Caller struct {
 	answered atomic.Int64
 
 	mu      sync.Mutex
-	nextID  uint64                 // guarded by mu
+	nextID  uint64                 // guarded by mu; also the number of calls started
+	wake    chan<- struct{}        // armed by Quiet, sent on by the next call; guarded by mu
 	pending map[uint64]chan *Frame // guarded by mu
 	// partial holds the replies whose frames are still coming (FlagMore);
 	// only the caller that holds the reader's role touches it.
@@ -59,6 +60,29 @@ func (c *Caller) Answered() time.Time {
 	return time.Time{}
 }
 
+// Calls returns how many calls were started on the channel and how many of
+// them still wait for their replies.
+func (c *Caller) Calls() (started uint64, pending int) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.nextID, len(c.pending)
+}
+
+// Quiet reports whether the channel is quiet: unbroken, with no call
+// pending and none started since the first seen. If it is, the next call to
+// start sends on wake, without blocking. It lets a keeper that watches the
+// peer's liveness sleep while nobody waits on the peer, and costs the calls
+// nothing: the send rides on the lock that a call takes anyway.
+func (c *Caller) Quiet(seen uint64, wake chan<- struct{}) bool {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.err != nil || c.nextID != seen || len(c.pending) != 0 {
+		return false
+	}
+	c.wake = wake
+	return true
+}
+
 // Close closes the channel; pending calls fail.
 func (c *Caller) Close() error { return c.conn.Close() }
 
@@ -77,6 +101,13 @@ func (c *Caller) Call(ctx context.Context, op Op, req any, files []*os.File, res
 	c.nextID++
 	id := c.nextID
 	c.pending[id] = ch
+	if c.wake != nil {
+		select {
+		case c.wake <- struct{}{}:
+		default:
+		}
+		c.wake = nil
+	}
 	c.mu.Unlock()
 
 	f, err := NewFrame(op, id, 0, req, files)

@@ -136,6 +136,44 @@ func TestConcurrentCalls(t *testing.T) {
 	}
 }
 
+func TestQuietWakesOnNextCall(t *testing.T) {
+	addr := serve(t, ServeConfig{Inline: func(op Op) bool { return op == OpPing }})
+	c := dial(t, addr, RolePeer)
+	wake := make(chan struct{}, 1)
+	started, pending := c.Calls()
+	if !c.Quiet(started, wake) || pending != 0 {
+		t.Fatalf("a fresh channel: not quiet (%d started, %d pending)", started, pending)
+	}
+	select {
+	case <-wake:
+		t.Fatal("woken with no call")
+	default:
+	}
+	if _, err := c.Call(context.Background(), OpPing, Empty{}, nil, &Empty{}); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case <-wake:
+	default:
+		t.Fatal("a call on a quiet channel sent no wake-up")
+	}
+	if c.Quiet(started, wake) {
+		t.Fatal("quiet though a call started since the keeper looked")
+	}
+	started, _ = c.Calls()
+	if !c.Quiet(started, wake) {
+		t.Fatal("not quiet after the keeper saw the call")
+	}
+	for range 2 { // one wake-up per arming, never a blocked call
+		if _, err := c.Call(context.Background(), OpPing, Empty{}, nil, &Empty{}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if len(wake) != 1 {
+		t.Fatalf("%d wake-ups queued, want 1", len(wake))
+	}
+}
+
 func TestHandshakeRefusals(t *testing.T) {
 	addr := serve(t, ServeConfig{})
 	// A 1.x OSlet (a PID namespace each, smpc's own SysV objects) and a

@@ -33,6 +33,9 @@ type listenWatch struct {
 	events *ebpf.Map
 	reader *ringbuf.Reader
 	links  []link.Link
+	// releases says whether the kernel runs the sock_release program, so
+	// that a closed listener is seen without a scan.
+	releases bool
 }
 
 // Offsets in struct bpf_sock and struct bpf_sock_ops (uapi/linux/bpf.h).
@@ -83,6 +86,7 @@ func newListenWatch() (*listenWatch, error) {
 			prog.Close() // the link holds it
 			if err == nil {
 				w.links = append(w.links, l)
+				w.releases = w.releases || p.attach == ebpf.AttachCgroupInetSockRelease
 				continue
 			}
 		}

@@ -189,7 +189,7 @@ func newInit(cfg *Config) (*Init, error) {
 	}
 	for _, o := range cfg.Plan.OSlets {
 		if o.Index != cfg.Index {
-			i.peers[o.Index] = &peer{index: o.Index, addr: statedir.HostSocket(cfg.StateDir, o.Index), cpus: len(o.CPUs)}
+			i.peers[o.Index] = &peer{index: o.Index, addr: statedir.HostSocket(cfg.StateDir, o.Index), cpus: len(o.CPUs), wake: make(chan struct{}, 1)}
 		}
 	}
 	cpus := map[int]int{}

@@ -11,20 +11,26 @@ import (
 	"github.com/smpc-cluster/smpc/internal/fabric"
 )
 
-// heartbeat is how often an init checks each outbound proxy channel. A peer
-// that dies closes its sockets, which the inbound channel sees at once; the
-// heartbeat also catches the outbound side, and a peer that is alive but
-// does not answer (stopped, or hung): one that leaves missedBeats pings in
-// a row unanswered for beatTimeout each is reported as not answering, and
-// its channel closed, failing every call pending on it. A stall shorter
-// than that, under load, passes: the bound is about 4 s. A channel on
-// which the peer answered within the last heartbeat is not pinged, and an
-// idle one once a second: each ping wakes two inits, and an idle cluster
-// should cost nothing measurable.
+// heartbeat is how often an init checks an outbound proxy channel while
+// some call on it waits for its reply. A peer that dies closes its sockets,
+// which the inbound channel sees at once; the heartbeat catches a peer that
+// is alive but does not answer (stopped, or hung): one that leaves
+// missedBeats pings in a row unanswered for beatTimeout each is reported as
+// not answering, and its channel closed, failing every call pending on it.
+// A stall shorter than that, under load, passes: the bound is about 4 s
+// from the call. A channel on which the peer answered within the last
+// heartbeat is not pinged, and a channel with no call pending is not
+// watched at all: a hung peer that nobody waits on costs nobody anything,
+// and is found by the first call that waits on it, so that an idle cluster
+// has no timer running. A down peer is dialled again after redialFirst,
+// then less and less often, and at once when it says hello again.
 const (
 	heartbeat   = time.Second
 	beatTimeout = time.Second
 	missedBeats = 3
+	firstBeat   = heartbeat / 2
+	redialFirst = heartbeat
+	redialMost  = 30 * time.Second
 )
 
 // peer is this init's proxy channel to another OSlet.
@@ -39,6 +45,18 @@ type peer struct {
 	// hung says why the channel was closed when the peer stopped
 	// answering; "" when it was not. Guarded by mu.
 	hung string
+
+	// wake rouses the channel's keeper: a call started on a quiet
+	// channel, the channel went down, or the peer said hello again.
+	wake chan struct{}
+}
+
+// nudge wakes the keeper without blocking.
+func (p *peer) nudge() {
+	select {
+	case p.wake <- struct{}{}:
+	default:
+	}
 }
 
 // initPID returns the peer init's PID in the cluster.
@@ -75,6 +93,7 @@ func (p *peer) down(cause error) {
 	if c != nil {
 		c.Close()
 	}
+	p.nudge()
 }
 
 func (p *peer) up() bool { return p.caller() != nil }
@@ -138,45 +157,65 @@ func (i *Init) connectPeers() error {
 	return nil
 }
 
+// keep watches p's outbound channel for as long as the init runs: it
+// sleeps while the channel is quiet, beats while calls wait on it, and
+// dials a down peer again.
 func (i *Init) keep(p *peer) {
 	wasUp := true
 	missed := 0
+	redial := redialFirst
+	var seen uint64 // calls started on the channel by the last look
 	for {
-		// Every init beats on the same wall-clock instants, once a
-		// second: the timers of all its peers' goroutines fire as one
-		// wake-up, and the pings and answers of the whole cluster come in
-		// one burst, so that the idle cost of an OSlet grows little with
-		// the number of its peers. A ping that went unanswered (for
-		// beatTimeout) is followed by the next at once, so that a hang is
-		// reported within missedBeats timeouts of the first.
-		now := time.Now()
-		wait := now.Truncate(heartbeat).Add(heartbeat).Sub(now)
-		if missed > 0 {
-			wait = 0
-		}
-		beat := time.NewTimer(wait)
-		select {
-		case <-i.ctx.Done():
-			beat.Stop()
-			return // the init is stopping
-		case <-beat.C:
-		}
-		if !p.up() {
-			missed = 0 // a down peer is dialled once a beat, not at once
+		c := p.caller()
+		if c == nil {
 			if wasUp {
 				i.log.Warn("peer down", "peer", p.index)
 				i.table.OrphanFrom(p.index)
-				wasUp = false
+				wasUp, redial = false, redialFirst
 			}
-			if p.dial(i.cfg.Index) != nil {
+			if !i.pause(p, redial, true) {
+				return
+			}
+			if err := p.dial(i.cfg.Index); err != nil {
+				redial = min(2*redial, redialMost)
 				continue
 			}
 			i.log.Info("peer up", "peer", p.index)
+			wasUp, missed, seen = true, 0, 0
+			continue
 		}
-		wasUp = true
-		if c := p.caller(); c != nil && time.Since(c.Answered()) < heartbeat {
+		wait := time.Duration(0) // after a missed ping, the next at once
+		if missed == 0 {
+			// Every init beats on the same wall-clock instants, so that
+			// its timers for all its busy peers fire as one wake-up.
+			now := time.Now()
+			wait = now.Truncate(heartbeat).Add(heartbeat).Sub(now)
+			select {
+			case <-p.wake: // a stale wake-up would only cost a look
+			default:
+			}
+			if c.Quiet(seen, p.wake) && p.caller() == c {
+				// Nobody waits on the peer: sleep until a call starts,
+				// the channel goes down or the peer says hello.
+				select {
+				case <-i.ctx.Done():
+					return
+				case <-p.wake:
+				}
+				if p.caller() != c {
+					continue
+				}
+				wait = firstBeat // a call that took less is not worth a ping
+			}
+		}
+		if !i.pause(p, wait, false) {
+			return
+		}
+		started, pending := c.Calls()
+		seen = started
+		if pending == 0 || time.Since(c.Answered()) < heartbeat {
 			missed = 0
-			continue // alive: it answered a call since the last beat
+			continue // nobody waits, or the peer answered since the last beat
 		}
 		ctx, cancel := context.WithTimeout(i.ctx, beatTimeout)
 		_, err := p.call(ctx, fabric.OpPing, fabric.Empty{}, nil, &fabric.Empty{})
@@ -192,4 +231,25 @@ func (i *Init) keep(p *peer) {
 			missed = 0
 		}
 	}
+}
+
+// pause waits for d, or until the init stops (false); with woken, also
+// until the keeper is nudged.
+func (i *Init) pause(p *peer, d time.Duration, woken bool) bool {
+	if d <= 0 {
+		return i.ctx.Err() == nil
+	}
+	t := time.NewTimer(d)
+	defer t.Stop()
+	var wake chan struct{}
+	if woken {
+		wake = p.wake
+	}
+	select {
+	case <-i.ctx.Done():
+		return false
+	case <-t.C:
+	case <-wake:
+	}
+	return true
 }

@@ -50,6 +50,7 @@ func (i *Init) serveChannel(fd int, clients bool, uid uint32) {
 				return false, nil, fabric.Errorf(fabric.CodeInvalid, "oslet %d: no peer oslet %d in this cluster", i.cfg.Index, h.From)
 			}
 			who = caller{role: fabric.RolePeer, from: h.From, origin: h.From}
+			i.peers[h.From].nudge() // back after a failure: dial it now, not at the next redial
 		case !clients && h.Role == fabric.RoleHost:
 			who = caller{role: fabric.RoleHost, cred: fabric.Cred{UID: cred.Uid, GID: cred.Gid, PID: h.PID}}
 		default:
