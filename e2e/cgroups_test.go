@@ -466,7 +466,10 @@ func TestBootInContainer(t *testing.T) {
 	const container = "/smpc-e2e-container"
 	dir := makeCgroup(t, container)
 	shell := startContainer(t, dir, "rw")
-	c := &cluster{t: t, dir: "/run/smpc-e2e-container", in: shell}
+	// smpc enters the container from a session's cgroup on the host, so
+	// that its own cgroup lies outside the container's namespace (which
+	// shows it as "/../smpc-e2e-admin").
+	c := &cluster{t: t, dir: "/run/smpc-e2e-container", in: shell, from: makeCgroup(t, "/smpc-e2e-admin")}
 	c.smpc("shutdown")
 	if out, code := c.smpc("boot", "--detach", "--oslets", "2"); code != 0 {
 		t.Fatalf("boot in a container: exit %d: %s", code, out)

@@ -74,6 +74,9 @@ type cluster struct {
 	// in, when set, runs smpc in the namespaces of that process (a
 	// container's), with nsenter.
 	in int
+	// from, when set, is the cgroup (a directory) nsenter starts in: an
+	// administrator's session, outside the container's cgroup namespace.
+	from string
 }
 
 func boot(t *testing.T, args ...string) *cluster {
@@ -128,6 +131,14 @@ func (c *cluster) smpc(args ...string) (string, int) {
 	cmd := exec.Command(smpcBin, append([]string{"--state-dir", c.dir}, args...)...)
 	if c.in != 0 {
 		cmd = exec.Command("nsenter", append([]string{"-t", strconv.Itoa(c.in), "-C", "-m", "--", smpcBin, "--state-dir", c.dir}, args...)...)
+		if c.from != "" {
+			from, err := os.Open(c.from)
+			if err != nil {
+				c.t.Fatal(err)
+			}
+			defer from.Close()
+			cmd.SysProcAttr = &syscall.SysProcAttr{UseCgroupFD: true, CgroupFD: int(from.Fd())}
+		}
 	}
 	// A directory every OSlet sees: the test's own may lie under the
 	// host's /tmp, and programs that read $PWD (a pyenv shim) would not

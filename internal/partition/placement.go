@@ -78,9 +78,9 @@ func Place(id string, reaper int) (Placement, error) {
 		}
 		return placeTop(id)
 	}
-	own, err := cgroup2.NestedGroupPath("")
+	own, err := ownCgroup()
 	if err != nil {
-		return Placement{}, fmt.Errorf("cgroup: find own cgroup: %w", err)
+		return Placement{}, err
 	}
 	switch {
 	case own != "/" && delegated(own):
@@ -93,6 +93,24 @@ func Place(id string, reaper int) (Placement, error) {
 		return placeSystemd(id, reaper)
 	}
 	return placeTop(id)
+}
+
+// ownCgroup returns this process's v2 cgroup as its cgroup namespace sees
+// it. A process that joined a container's cgroup namespace from outside
+// (nsenter -C, as an administrator does) is in a cgroup above that
+// namespace's root, which the kernel shows as a path that climbs out of it
+// ("/../user.slice/..."): for it the highest cgroup it may change is the
+// namespace's root, "/" (a cleaned path would name a cgroup of the
+// namespace that is not its own).
+func ownCgroup() (string, error) {
+	own, err := cgroup2.PidGroupPath(os.Getpid())
+	if err != nil {
+		return "", fmt.Errorf("cgroup: find own cgroup: %w", err)
+	}
+	if own == "/.." || strings.HasPrefix(own, "/../") {
+		return "/", nil
+	}
+	return filepath.Clean(own), nil
 }
 
 // delegated reports whether the v2 cgroup path was delegated to its
