@@ -28,7 +28,8 @@ type Detection struct {
 
 // The bounds the design promises (docs/failure.md): an init's death is
 // seen at once, from its closed channels; a hung init within three missed
-// heartbeats.
+// heartbeats of a call that waits on it (the helper's status call; the
+// clock starts at the signal, just before that call).
 const (
 	deathBound = 500 * time.Millisecond
 	hangBound  = 5 * time.Second
