@@ -171,7 +171,7 @@ func nftTables(t *testing.T) []string {
 // redirectPrograms lists smpc's loopback redirect programs attached to the
 // root of the cgroup v2 hierarchy.
 func redirectPrograms(t *testing.T) []string {
-	return rootPrograms(t, network.RedirectPrograms[:], []ebpf.AttachType{ebpf.AttachCGroupInet4Connect, ebpf.AttachCgroupInet4GetPeername})
+	return rootPrograms(t, network.RedirectPrograms[:], network.RedirectAttachTypes[:])
 }
 
 // watchPrograms lists the listen watch's programs attached there.
@@ -356,7 +356,7 @@ func TestNetwork(t *testing.T) {
 		conn.Close()
 		if _, err := partition.Cgroup2Root(); err != nil {
 			t.Logf("no cgroup v2 here, so no loopback redirect: %v", err)
-		} else if progs := redirectPrograms(t); len(progs) != 2 {
+		} else if progs := redirectPrograms(t); len(progs) != len(network.RedirectPrograms) {
 			t.Errorf("loopback redirect programs attached: %v", progs)
 		} else if local.IP.IsLoopback() || remote != fmt.Sprintf("127.0.0.1:%d", port) {
 			t.Errorf("connection to the loopback: from %s to %s, want from the bridge to 127.0.0.1:%d", local, remote, port)
@@ -676,6 +676,54 @@ func TestLocalhostAcrossOSlets(t *testing.T) {
 	want := fmt.Sprintf("%s %s %s", nw.Addrs[1], nw.Gateway, nw.Addrs[1])
 	if strings.TrimSpace(out) != want {
 		t.Errorf("OSlet 1 to smpc-cluster:%d: server saw, client's peer, client's own = %q, want %q", facePort, strings.TrimSpace(out), want)
+	}
+}
+
+// TestLocalhostUDPAcrossOSlets checks the cluster's localhost for UDP, as
+// a DNS or statsd client uses it: a process on OSlet 1 that sends to its
+// own 127.0.0.1:P (connected or not) reaches OSlet 2's UDP server, and the
+// replies come from 127.0.0.1:P as on one machine; once OSlet 1 serves P
+// itself, its own server wins.
+func TestLocalhostUDPAcrossOSlets(t *testing.T) {
+	c := boot(t, "--subnet", "10.79.2.0/24")
+	if _, err := partition.Cgroup2Root(); err != nil {
+		t.Skip("the connect-time redirect needs a cgroup v2 hierarchy")
+	}
+	const port = 18781
+	serve := func(k int) int {
+		return c.pidOf(c.must("run", "--on", strconv.Itoa(k), "--detach", "--", "python3", "-c", fmt.Sprintf(
+			"import socket\ns = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)\ns.bind(('0.0.0.0', %d))\n"+
+				"while True:\n    d, a = s.recvfrom(100); s.sendto(b'oslet %d', a)", port, k)))
+	}
+	// Each client waits a second for its answer, and says "none" if none
+	// came: a datagram, unlike a connection, is not refused.
+	unconnected := fmt.Sprintf("import socket\ns = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); s.settimeout(1)\n"+
+		"s.sendto(b'who', ('127.0.0.1', %d))\ntry:\n    d, a = s.recvfrom(100); print(d.decode(), a[0], a[1])\nexcept OSError:\n    print('none')", port)
+	connected := fmt.Sprintf("import socket\ns = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); s.settimeout(1)\n"+
+		"s.connect(('localhost', %d)); s.send(b'who')\ntry:\n    print(s.recv(100).decode(), s.getpeername()[0])\nexcept OSError:\n    print('none')", port)
+	ask := func(k int, script string) string {
+		out, _ := c.smpc("run", "--on", strconv.Itoa(k), "--", "python3", "-c", script)
+		return strings.TrimSpace(out)
+	}
+	server2 := serve(2)
+	defer c.smpc("kill", strconv.Itoa(server2))
+	c.waitPort(t, "udp", port, 2, forwarded)
+	if got, want := ask(1, unconnected), fmt.Sprintf("oslet 2 127.0.0.1 %d", port); got != want {
+		t.Errorf("OSlet 1's datagram to 127.0.0.1:%d: answer, from = %q, want %q", port, got, want)
+	}
+	if got, want := ask(1, connected), "oslet 2 127.0.0.1"; got != want {
+		t.Errorf("OSlet 1's connected socket to localhost:%d: answer, peer = %q, want %q", port, got, want)
+	}
+	if got, want := ask(2, unconnected), fmt.Sprintf("oslet 2 127.0.0.1 %d", port); got != want {
+		t.Errorf("OSlet 2's datagram to its own 127.0.0.1:%d: %q, want %q", port, got, want)
+	}
+	server1 := serve(1)
+	defer c.smpc("kill", strconv.Itoa(server1))
+	waitFor(t, "OSlet 1's localhost to reach its own UDP server", func() bool {
+		return ask(1, unconnected) == fmt.Sprintf("oslet 1 127.0.0.1 %d", port)
+	})
+	if got, want := ask(2, unconnected), fmt.Sprintf("oslet 2 127.0.0.1 %d", port); got != want {
+		t.Errorf("with both serving, OSlet 2's datagram: %q, want %q", got, want)
 	}
 }
 

@@ -47,6 +47,8 @@ func Helper(args []string) int {
 		"read-file":    readFile,
 		"tcp-send":     tcpSend,
 		"tcp-connect":  tcpConnect,
+		"tcp-reply":    tcpReply,
+		"tcp-requests": tcpRequests,
 		"detect-down":  detectDown,
 	}
 	h, ok := helpers[args[0]]

@@ -120,24 +120,37 @@ func (r *Runner) Network(ctx context.Context, bytes int64, d time.Duration) ([]R
 		return nil, fmt.Errorf("bench network: loopback server on oslet %d: %w", b, err)
 	}
 	defer r.Client.Signal(context.Background(), loopback.PID, syscall.SIGKILL)
+	replier := r.Client.Command(r.Binary, "bench-helper", "tcp-reply", "--port", strconv.Itoa(benchPort+3), "--size", strconv.Itoa(requestSize))
+	replier.OSlet, replier.Detach = b, true
+	if err := replier.Start(ctx); err != nil {
+		return nil, fmt.Errorf("bench network: request server on oslet %d: %w", b, err)
+	}
+	defer r.Client.Signal(context.Background(), replier.PID, syscall.SIGKILL)
 	cpus, err := r.cpusOf(ctx, b, a)
 	if err != nil {
 		return nil, err
 	}
-	// The host's server runs on the same CPUs as the OSlet's.
-	host := exec.Command(r.Binary, "bench-helper", "--cpus", cpus[0], "tcp-sink", "--port", strconv.Itoa(benchPort+1))
-	if err := host.Start(); err != nil {
-		return nil, fmt.Errorf("bench network: server on the host: %w", err)
+	// The host's servers run on the same CPUs as the OSlet's.
+	for _, server := range [][]string{
+		{"tcp-sink", "--port", strconv.Itoa(benchPort + 1)},
+		{"tcp-reply", "--port", strconv.Itoa(benchPort + 4), "--size", strconv.Itoa(requestSize)},
+	} {
+		host := exec.Command(r.Binary, append([]string{"bench-helper", "--cpus", cpus[0]}, server...)...)
+		if err := host.Start(); err != nil {
+			return nil, fmt.Errorf("bench network: %s on the host: %w", server[0], err)
+		}
+		defer func() { host.Process.Kill(); host.Wait() }()
 	}
-	defer func() { host.Process.Kill(); host.Wait() }()
-	for _, port := range []int{benchPort, benchPort + 2} {
+	for _, port := range []int{benchPort, benchPort + 2, benchPort + 3} {
 		if err := r.waitForward(port, b); err != nil {
 			return nil, err
 		}
 	}
 	cluster, direct, relayed := fmt.Sprintf("127.0.0.1:%d", benchPort), fmt.Sprintf("127.0.0.1:%d", benchPort+1), fmt.Sprintf("127.0.0.1:%d", benchPort+2)
-	if err := waitListen(direct); err != nil {
-		return nil, err
+	for _, addr := range []string{direct, fmt.Sprintf("127.0.0.1:%d", benchPort+4)} {
+		if err := waitListen(addr); err != nil {
+			return nil, err
+		}
 	}
 	// The clients run on the other OSlet's CPUs, for either server: where
 	// the scheduler puts a client, beside its server or not, changes a
@@ -158,6 +171,35 @@ func (r *Runner) Network(ctx context.Context, bytes int64, d time.Duration) ([]R
 				return nil, fmt.Errorf("bench network: connections to %s: %w", side.addr, err)
 			}
 			*side.conn = max(*side.conn, count/(ns/1e9))
+		}
+	}
+	// Small requests on one connection, as a web server's keep-alive
+	// clients make them: from the host and from the other OSlet through
+	// the cluster's localhost, beside the same two processes on the host's
+	// loopback, on the same CPUs (what one machine would give them).
+	var hostReqs, osletReqs, nativeReqs float64
+	for i := 0; i < Reps; i++ {
+		for _, side := range []struct {
+			oslet int // 0: the host, pinned to the other OSlet's CPUs
+			addr  string
+			rate  *float64
+		}{
+			{0, fmt.Sprintf("127.0.0.1:%d", benchPort+3), &hostReqs},
+			{a, fmt.Sprintf("localhost:%d", benchPort+3), &osletReqs},
+			{0, fmt.Sprintf("127.0.0.1:%d", benchPort+4), &nativeReqs},
+		} {
+			args := []string{"tcp-requests", "--addr", side.addr, "--size", strconv.Itoa(requestSize), "--for", d.String()}
+			var count, ns float64
+			var err error
+			if side.oslet == 0 {
+				count, ns, err = r.helperPinned(ctx, cpus[1], args...)
+			} else {
+				count, ns, err = r.helperOn(ctx, side.oslet, args...)
+			}
+			if err != nil {
+				return nil, fmt.Errorf("bench network: requests to %s: %w", side.addr, err)
+			}
+			*side.rate = max(*side.rate, count/(ns/1e9))
 		}
 	}
 	// From another OSlet: through the cluster's face (smpc-cluster) beside
@@ -191,6 +233,12 @@ func (r *Runner) Network(ctx context.Context, bytes int64, d time.Duration) ([]R
 		compare("net-throughput",
 			Measure{fmt.Sprintf("TCP transfer from CPUs %s to oslet %d through the cluster's port on 127.0.0.1", cpus[1], b), fwdRate, "MB/s"},
 			Measure{fmt.Sprintf("the same server on the host, CPUs %s, on its loopback", cpus[0]), dirRate, "MB/s"}, 0.9),
+		compare("net-requests",
+			Measure{fmt.Sprintf("%d-byte requests and replies on one connection, from CPUs %s to oslet %d through 127.0.0.1", requestSize, cpus[1], b), hostReqs, "req/s"},
+			Measure{fmt.Sprintf("the same server on the host, CPUs %s, on its loopback", cpus[0]), nativeReqs, "req/s"}, 0.9),
+		compare("net-oslet-requests",
+			Measure{fmt.Sprintf("the same from oslet %d to oslet %d through localhost", a, b), osletReqs, "req/s"},
+			Measure{fmt.Sprintf("the host's pair on CPUs %s and %s, on its loopback", cpus[1], cpus[0]), nativeReqs, "req/s"}, 0.9),
 		compare("net-connect",
 			Measure{fmt.Sprintf("new TCP connections to oslet %d through the cluster's port", b), fwdConn, "conn/s"},
 			Measure{"new TCP connections to the host's own server", dirConn, "conn/s"}, 0.8),
@@ -284,6 +332,70 @@ func tcpConnect(fs *flag.FlagSet, args []string) error {
 		}
 		c.(*net.TCPConn).SetLinger(0) // no TIME_WAIT pile-up to skew later runs
 		c.Close()
+		return 1, nil
+	})
+}
+
+// requestSize is the size of a request and of its reply in the small
+// requests benchmark: a page, as a small web request or a cache's value.
+const requestSize = 4096
+
+// tcpReply serves TCP on --port until killed: on each connection it reads
+// requests of --size bytes and answers each with --size bytes.
+func tcpReply(fs *flag.FlagSet, args []string) error {
+	port := fs.Int("port", 0, "port to listen on")
+	bind := fs.String("bind", "", "address to listen on (all by default)")
+	size := fs.Int("size", requestSize, "bytes in a request and in its reply")
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	l, err := net.Listen("tcp", net.JoinHostPort(*bind, strconv.Itoa(*port)))
+	if err != nil {
+		return err
+	}
+	for {
+		c, err := l.Accept()
+		if err != nil {
+			return err
+		}
+		go func() {
+			defer c.Close()
+			buf := make([]byte, *size)
+			for {
+				if _, err := io.ReadFull(c, buf); err != nil {
+					return
+				}
+				if _, err := c.Write(buf); err != nil {
+					return
+				}
+			}
+		}()
+	}
+}
+
+// tcpRequests is the helper 'tcp-requests --addr A --size N --for D': on
+// one connection to A it sends requests of N bytes and reads each reply of
+// N bytes, for D, and reports how many.
+func tcpRequests(fs *flag.FlagSet, args []string) error {
+	addr := fs.String("addr", "", "server address")
+	size := fs.Int("size", requestSize, "bytes in a request and in its reply")
+	d := fs.Duration("for", DefaultLoopTime, "how long to send requests")
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	c, err := net.Dial("tcp", *addr)
+	if err != nil {
+		return err
+	}
+	defer c.Close()
+	req, reply := make([]byte, *size), make([]byte, *size)
+	return timedLoop(*d, func() (int64, error) {
+		if _, err := c.Write(req); err != nil {
+			return 0, err
+		}
+		if _, err := io.ReadFull(c, reply); err != nil {
+			return 0, err
+		}
 		return 1, nil
 	})
 }

@@ -55,8 +55,18 @@ ratio and the design's target:
                 on the same CPUs, as builds per second (when gcc and make
                 are installed; --build-files 0 leaves it out)
   net-throughput, net-connect
-                a transfer and new connections through the cluster's port
-                to a server on OSlet 2 / to the same server on the host
+                a transfer and new connections from the host through the
+                cluster's port on 127.0.0.1 to a server on OSlet 2 / to the
+                same server on the host, on the same CPUs
+  net-requests, net-oslet-requests
+                4 KiB requests and replies on one connection, from the host
+                through 127.0.0.1 and from OSlet 1 through localhost, to a
+                server on OSlet 2 / the same pair on the host's loopback
+  net-oslet-face-throughput, net-oslet-face-connect
+                from OSlet 1 through smpc-cluster / straight to oslet-2
+  net-loopback-relay-throughput, net-loopback-relay-connect
+                to a server bound to OSlet 2's 127.0.0.1, through its relay
+                / the host's own server on its loopback
   rdev-read     reading a device of another OSlet through /rdev with
                 direct device opens (smpc run --direct-devices) / on its
                 owner; rdev-read-fuse the same through /rdev's FUSE files;

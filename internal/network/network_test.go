@@ -135,17 +135,14 @@ func TestRedirectProgramsLoad(t *testing.T) {
 		t.Skipf("this kernel makes no BPF maps: %v", err)
 	}
 	defer r.Close()
-	for _, p := range []struct {
-		attach ebpf.AttachType
-		insns  asm.Instructions
-	}{
-		{ebpf.AttachCGroupInet4Connect, r.connectProgram(1, netip.MustParseAddr("192.168.77.129"))},
-		{ebpf.AttachCgroupInet4GetPeername, peernameProgram(r.peers)},
-	} {
-		// The verifier's word on each program, without attaching it.
-		prog, err := ebpf.NewProgram(&ebpf.ProgramSpec{Type: ebpf.CGroupSockAddr, AttachType: p.attach, Instructions: p.insns, License: "GPL"})
+	connect, peername := r.connectProgram(1, netip.MustParseAddr("192.168.77.129")), peernameProgram(r.peers)
+	for i, insns := range []asm.Instructions{connect, peername, connect, peername} {
+		// The verifier's word on each program where it hangs, without
+		// attaching it.
+		attach := RedirectAttachTypes[i]
+		prog, err := ebpf.NewProgram(&ebpf.ProgramSpec{Type: ebpf.CGroupSockAddr, AttachType: attach, Instructions: insns, License: "GPL"})
 		if err != nil {
-			t.Errorf("%s program: %v", p.attach, err)
+			t.Errorf("%s program: %v", attach, err)
 			continue
 		}
 		prog.Close()

@@ -52,8 +52,8 @@ type Forwarder struct {
 	redirectTried bool
 	// netns caches each OSlet's network namespace cookie, by its init.
 	netns     map[int]initNetns
-	loopbacks map[int][]uint16 // the TCP ports each OSlet's localhost serves
-	all       []forward        // every port an OSlet holds, loopback-bound ones too
+	loopbacks map[int][]portKey // the ports each OSlet's localhost serves
+	all       []forward         // every port an OSlet holds, loopback-bound ones too
 	// relays serve the OSlets' loopback-bound TCP servers to the rest of
 	// the cluster (relay.go).
 	relays map[relayKey]*relay
@@ -219,7 +219,7 @@ func (f *Forwarder) Scan() error {
 		note(Host, l)
 	}
 	var errs []error
-	loopbacks := map[int][]uint16{}
+	loopbacks := map[int][]portKey{}
 	type loopListener struct {
 		k int
 		l listener
@@ -245,11 +245,11 @@ func (f *Forwarder) Scan() error {
 			case l.proto == "tcp" && l.addr.Unmap().Is4() && l.addr.Unmap().IsLoopback():
 				loopOnly = append(loopOnly, loopListener{k, l})
 			}
-			if l.proto == "tcp" && servesLoopback4(l.addr) {
-				loopbacks[k] = append(loopbacks[k], l.port)
+			if servesLoopback4(l.addr) {
+				loopbacks[k] = append(loopbacks[k], portKey{l.proto, l.port})
 			}
 		}
-		slices.Sort(loopbacks[k])
+		slices.SortFunc(loopbacks[k], cmpKey)
 		loopbacks[k] = slices.Compact(loopbacks[k])
 	}
 	// A TCP server bound to its OSlet's loopback alone is the cluster's

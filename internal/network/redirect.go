@@ -51,15 +51,20 @@ type loopbackRedirect struct {
 }
 
 // heldKey is a key of the held map: a network namespace's cookie and a
-// port as user_port holds it.
+// port's forward key (forwardKey).
 type heldKey struct {
 	Netns uint64
 	Port  uint32
 }
 
 // RedirectPrograms are the names of the redirect's BPF programs, as the
-// kernel lists them.
-var RedirectPrograms = [2]string{"smpc_connect4", "smpc_peername4"}
+// kernel lists them: the connect program runs at connect(2) and at an
+// unconnected UDP socket's sendmsg(2), the peer name program at
+// getpeername(2) and at a UDP socket's recvmsg(2).
+var RedirectPrograms = [4]string{"smpc_connect4", "smpc_peername4", "smpc_sendmsg4", "smpc_recvmsg4"}
+
+// RedirectAttachTypes are where they hang, in the same order.
+var RedirectAttachTypes = [4]ebpf.AttachType{ebpf.AttachCGroupInet4Connect, ebpf.AttachCgroupInet4GetPeername, ebpf.AttachCGroupUDP4Sendmsg, ebpf.AttachCGroupUDP4Recvmsg}
 
 // redirectEntries bounds the connections whose peer address the redirect
 // remembers; an LRU map forgets the oldest, closed or not.
@@ -89,25 +94,20 @@ func newLoopbackRedirect(face netip.Addr) (*loopbackRedirect, error) {
 	if err != nil {
 		return nil, err
 	}
-	for _, p := range []struct {
-		name   string
-		attach ebpf.AttachType
-		insns  asm.Instructions
-	}{
-		{RedirectPrograms[0], ebpf.AttachCGroupInet4Connect, r.connectProgram(cookie, face)},
-		{RedirectPrograms[1], ebpf.AttachCgroupInet4GetPeername, peernameProgram(r.peers)},
-	} {
-		prog, err := ebpf.NewProgram(&ebpf.ProgramSpec{Name: p.name, Type: ebpf.CGroupSockAddr, AttachType: p.attach, Instructions: p.insns, License: "GPL"})
+	connect, peername := r.connectProgram(cookie, face), peernameProgram(r.peers)
+	for i, insns := range []asm.Instructions{connect, peername, connect, peername} {
+		name, attach := RedirectPrograms[i], RedirectAttachTypes[i]
+		prog, err := ebpf.NewProgram(&ebpf.ProgramSpec{Name: name, Type: ebpf.CGroupSockAddr, AttachType: attach, Instructions: insns, License: "GPL"})
 		if err != nil {
 			r.Close()
-			return nil, fmt.Errorf("loopback redirect: load %s program: %w", p.attach, err)
+			return nil, fmt.Errorf("loopback redirect: load %s program: %w", attach, err)
 		}
-		l, err := link.AttachCgroup(link.CgroupOptions{Path: root, Attach: p.attach, Program: prog})
+		l, err := link.AttachCgroup(link.CgroupOptions{Path: root, Attach: attach, Program: prog})
 		// The link holds the program now.
 		prog.Close()
 		if err != nil {
 			r.Close()
-			return nil, fmt.Errorf("loopback redirect: attach %s to %s: %w", p.attach, root, err)
+			return nil, fmt.Errorf("loopback redirect: attach %s to %s: %w", attach, root, err)
 		}
 		r.links = append(r.links, l)
 	}
@@ -127,7 +127,10 @@ func newRedirectMaps() (*loopbackRedirect, error) {
 		{&r.facePorts, ebpf.MapSpec{Name: "smpc_face_ports", Type: ebpf.Hash, KeySize: 4, ValueSize: 4, MaxEntries: 1 << 16}},
 		{&r.oslets, ebpf.MapSpec{Name: "smpc_oslets", Type: ebpf.Hash, KeySize: 8, ValueSize: 4, MaxEntries: 1024}},
 		{&r.held, ebpf.MapSpec{Name: "smpc_held", Type: ebpf.Hash, KeySize: 12, ValueSize: 4, MaxEntries: 1 << 16}},
-		{&r.peers, ebpf.MapSpec{Name: "smpc_peers", Type: ebpf.LRUHash, KeySize: 8, ValueSize: 4, MaxEntries: redirectEntries}},
+		// peers: a redirected socket's cookie (u64) and the port it was
+		// sent to as user_port holds it (u32), to the address it asked
+		// for and the holder's it was given (u32 each, network order).
+		{&r.peers, ebpf.MapSpec{Name: "smpc_peers", Type: ebpf.LRUHash, KeySize: 12, ValueSize: 8, MaxEntries: redirectEntries}},
 	} {
 		if *m.m, err = ebpf.NewMap(&m.spec); err != nil {
 			r.Close()
@@ -137,12 +140,14 @@ func newRedirectMaps() (*loopbackRedirect, error) {
 	return r, nil
 }
 
-// connectProgram: for a TCP socket with no source address connecting to
-// 127.x.y.z:P, of the host's stack where port P is forwarded, or of an
-// OSlet's where another OSlet holds P and its own does not, connect to the
-// holder's address instead; the same for an OSlet's socket connecting to
-// the face, face:P, where the face forwards P. It remembers the address
-// asked for, for getpeername.
+// connectProgram: for a socket with no source address connecting (or, UDP,
+// sending) to 127.x.y.z:P, of an OSlet's stack where another OSlet holds P
+// for its protocol and its own does not, or a TCP socket of the host's
+// stack where port P is forwarded, connect to the holder's address
+// instead; the same for an OSlet's TCP socket connecting to the face,
+// face:P, where the face forwards P. (The host's UDP and the face's take
+// the nftables path, which serves them already.) It remembers the address
+// asked for, for getpeername and for the replies' source.
 func (r *loopbackRedirect) connectProgram(hostCookie uint64, face netip.Addr) asm.Instructions {
 	loopMask := binary.NativeEndian.Uint32([]byte{0xff, 0, 0, 0})
 	loopNet := binary.NativeEndian.Uint32([]byte{loopbackFirstByte, 0, 0, 0})
@@ -151,11 +156,15 @@ func (r *loopbackRedirect) connectProgram(hostCookie uint64, face netip.Addr) as
 	}
 	f := face.As4()
 	faceIP := binary.NativeEndian.Uint32(f[:])
-	insns := asm.Instructions{
+	// The stack: -4 the forward maps' key; -32 the held map's key (netns
+	// cookie, then the key again at -24); -16 the peers map's key (socket
+	// cookie, then the port at -8); -40 its value (asked, then to at -36).
+	return asm.Instructions{
 		asm.Mov.Reg(asm.R6, asm.R1), // ctx
 		asm.LoadMem(asm.R2, asm.R6, sockAddrType, asm.Word),
-		asm.JNE.Imm(asm.R2, unix.SOCK_STREAM, "allow"),
-		asm.LoadMem(asm.R7, asm.R6, sockAddrUserIP4, asm.Word), // asked-for address, network order
+		asm.JEq.Imm(asm.R2, unix.SOCK_STREAM, "typed"),
+		asm.JNE.Imm(asm.R2, unix.SOCK_DGRAM, "allow"),
+		asm.LoadMem(asm.R7, asm.R6, sockAddrUserIP4, asm.Word).WithSymbol("typed"), // asked-for address, network order
 		// R9: 1 for the face, 0 for the loopback.
 		asm.Mov.Imm(asm.R9, 0),
 		asm.Mov.Reg(asm.R2, asm.R7),
@@ -166,16 +175,22 @@ func (r *loopbackRedirect) connectProgram(hostCookie uint64, face netip.Addr) as
 		asm.LoadMem(asm.R2, asm.R6, sockAddrSk, asm.DWord).WithSymbol("unbound"),
 		asm.LoadMem(asm.R2, asm.R2, bpfSockSrcIP4, asm.Word),
 		asm.JNE.Imm(asm.R2, 0, "allow"),
+		// The forward maps' key: the port, and the protocol's bit.
 		asm.LoadMem(asm.R2, asm.R6, sockAddrUserPort, asm.Word),
-		asm.StoreMem(asm.RFP, -4, asm.R2, asm.Word), // the port: the forward maps' key
+		asm.LoadMem(asm.R3, asm.R6, sockAddrType, asm.Word),
+		asm.JNE.Imm(asm.R3, unix.SOCK_DGRAM, "keyed"),
+		asm.Or.Imm(asm.R2, int32(udpKeyBit)),
+		asm.StoreMem(asm.RFP, -4, asm.R2, asm.Word).WithSymbol("keyed"),
 		asm.Mov.Reg(asm.R1, asm.R6),
 		asm.FnGetNetnsCookie.Call(),
 		asm.Mov.Reg(asm.R8, asm.R0),
 		asm.LoadImm(asm.R1, int64(hostCookie), asm.DWord),
 		asm.JNE.Reg(asm.R8, asm.R1, "oslet"),
-		// The host's socket: to the loopback only (its face connections
-		// take dnat-local).
+		// The host's socket: TCP to the loopback only (its face
+		// connections and its UDP take dnat-local).
 		asm.JNE.Imm(asm.R9, 0, "allow"),
+		asm.LoadMem(asm.R2, asm.R6, sockAddrType, asm.Word),
+		asm.JNE.Imm(asm.R2, unix.SOCK_STREAM, "allow"),
 		asm.LoadMapPtr(asm.R1, r.ports.FD()),
 		asm.Ja.Label("lookup"),
 		// An OSlet's socket: oslets[netns] must be.
@@ -185,10 +200,14 @@ func (r *loopbackRedirect) connectProgram(hostCookie uint64, face netip.Addr) as
 		asm.Add.Imm(asm.R2, -32),
 		asm.FnMapLookupElem.Call(),
 		asm.JEq.Imm(asm.R0, 0, "allow"),
+		asm.JEq.Imm(asm.R9, 0, "loopback"),
+		// To the face: TCP only (UDP takes dnat-in).
+		asm.LoadMem(asm.R2, asm.R6, sockAddrType, asm.Word),
+		asm.JNE.Imm(asm.R2, unix.SOCK_STREAM, "allow"),
 		asm.LoadMapPtr(asm.R1, r.facePorts.FD()),
-		asm.JNE.Imm(asm.R9, 0, "lookup"),
-		// To its loopback: held[netns, port] must not be.
-		asm.LoadMem(asm.R2, asm.RFP, -4, asm.Word),
+		asm.Ja.Label("lookup"),
+		// To its loopback: held[netns, key] must not be.
+		asm.LoadMem(asm.R2, asm.RFP, -4, asm.Word).WithSymbol("loopback"),
 		asm.StoreMem(asm.RFP, -24, asm.R2, asm.Word),
 		asm.LoadMapPtr(asm.R1, r.held.FD()),
 		asm.Mov.Reg(asm.R2, asm.RFP),
@@ -196,53 +215,68 @@ func (r *loopbackRedirect) connectProgram(hostCookie uint64, face netip.Addr) as
 		asm.FnMapLookupElem.Call(),
 		asm.JNE.Imm(asm.R0, 0, "allow"),
 		asm.LoadMapPtr(asm.R1, r.osletPorts.FD()),
-		// to := map[port]
+		// to := map[key]
 		asm.Mov.Reg(asm.R2, asm.RFP).WithSymbol("lookup"),
 		asm.Add.Imm(asm.R2, -4),
 		asm.FnMapLookupElem.Call(),
 		asm.JEq.Imm(asm.R0, 0, "allow"),
 		asm.LoadMem(asm.R2, asm.R0, 0, asm.Word),
 		asm.StoreMem(asm.R6, sockAddrUserIP4, asm.R2, asm.Word),
-		// peers[socket cookie] = the asked-for address
-		asm.StoreMem(asm.RFP, -12, asm.R7, asm.Word),
-	}
-	insns = append(insns, cookieKey(r.peers)...)
-	return append(insns,
+		// peers[socket cookie, port] = {asked, to}
+		asm.StoreMem(asm.RFP, -40, asm.R7, asm.Word),
+		asm.StoreMem(asm.RFP, -36, asm.R2, asm.Word),
+		asm.Mov.Reg(asm.R1, asm.R6),
+		asm.FnGetSocketCookie.Call(),
+		asm.StoreMem(asm.RFP, -16, asm.R0, asm.DWord),
+		asm.LoadMem(asm.R2, asm.R6, sockAddrUserPort, asm.Word),
+		asm.StoreMem(asm.RFP, -8, asm.R2, asm.Word),
+		asm.LoadMapPtr(asm.R1, r.peers.FD()),
+		asm.Mov.Reg(asm.R2, asm.RFP),
+		asm.Add.Imm(asm.R2, -16),
 		asm.Mov.Reg(asm.R3, asm.RFP),
-		asm.Add.Imm(asm.R3, -12),
+		asm.Add.Imm(asm.R3, -40),
 		asm.Mov.Imm(asm.R4, 0), // BPF_ANY
 		asm.FnMapUpdateElem.Call(),
 		asm.Mov.Imm(asm.R0, bpfAllow).WithSymbol("allow"),
 		asm.Return(),
-	)
+	}
 }
 
 // peernameProgram: a socket the connect program redirected reports the
-// address it was asked to connect to.
+// address it asked for as its peer's (getpeername), and as the source of
+// the datagrams that come from the holder it was given (a UDP recvmsg).
 func peernameProgram(peers *ebpf.Map) asm.Instructions {
-	insns := asm.Instructions{asm.Mov.Reg(asm.R6, asm.R1)}
-	insns = append(insns, cookieKey(peers)...)
-	return append(insns,
+	return asm.Instructions{
+		asm.Mov.Reg(asm.R6, asm.R1),
+		asm.FnGetSocketCookie.Call(),
+		asm.StoreMem(asm.RFP, -16, asm.R0, asm.DWord),
+		asm.LoadMem(asm.R2, asm.R6, sockAddrUserPort, asm.Word),
+		asm.StoreMem(asm.RFP, -8, asm.R2, asm.Word),
+		asm.LoadMapPtr(asm.R1, peers.FD()),
+		asm.Mov.Reg(asm.R2, asm.RFP),
+		asm.Add.Imm(asm.R2, -16),
 		asm.FnMapLookupElem.Call(),
 		asm.JEq.Imm(asm.R0, 0, "allow"),
-		asm.LoadMem(asm.R2, asm.R0, 0, asm.Word),
+		asm.LoadMem(asm.R2, asm.R0, 4, asm.Word), // to
+		asm.LoadMem(asm.R3, asm.R6, sockAddrUserIP4, asm.Word),
+		asm.JNE.Reg(asm.R2, asm.R3, "allow"),
+		asm.LoadMem(asm.R2, asm.R0, 0, asm.Word), // asked
 		asm.StoreMem(asm.R6, sockAddrUserIP4, asm.R2, asm.Word),
 		asm.Mov.Imm(asm.R0, bpfAllow).WithSymbol("allow"),
 		asm.Return(),
-	)
+	}
 }
 
-// cookieKey puts the socket cookie of the context in R6 on the stack as the
-// key to peers, and loads R1 and R2 for a call on that map.
-func cookieKey(peers *ebpf.Map) asm.Instructions {
-	return asm.Instructions{
-		asm.Mov.Reg(asm.R1, asm.R6),
-		asm.FnGetSocketCookie.Call(),
-		asm.StoreMem(asm.RFP, -8, asm.R0, asm.DWord),
-		asm.LoadMapPtr(asm.R1, peers.FD()),
-		asm.Mov.Reg(asm.R2, asm.RFP),
-		asm.Add.Imm(asm.R2, -8),
+// udpKeyBit marks a UDP port in the forward maps' keys: user_port leaves
+// the upper two bytes of its word zero.
+var udpKeyBit = binary.NativeEndian.Uint32([]byte{0, 0, 1, 0})
+
+// forwardKey is the forward maps' key of a protocol's port.
+func forwardKey(proto string, port uint16) uint32 {
+	if proto == "udp" {
+		return userPort(port) | udpKeyBit
 	}
+	return userPort(port)
 }
 
 // userPort is port as a sock_addr's user_port holds it: network order in
@@ -251,17 +285,18 @@ func userPort(port uint16) uint32 {
 	return binary.NativeEndian.Uint32([]byte{byte(port >> 8), byte(port), 0, 0})
 }
 
-// set makes the maps say what the forwarder found: local, the host's TCP
+// set makes the maps say what the forwarder found: local, the host's
 // forwards; all, every port an OSlet holds; face, those the face forwards;
-// netns, each OSlet's network namespace cookie; own, the TCP ports each
-// OSlet listens on itself, at any address.
-func (r *loopbackRedirect) set(local, all, face []forward, netns map[int]uint64, own map[int][]uint16) error {
-	byPort := func(fwds []forward) map[uint32]uint32 {
+// netns, each OSlet's network namespace cookie; own, the ports each OSlet
+// serves on its own loopback (listening at any address, or there). The
+// host's and the face's maps take TCP alone; the OSlets' both protocols.
+func (r *loopbackRedirect) set(local, all, face []forward, netns map[int]uint64, own map[int][]portKey) error {
+	byKey := func(fwds []forward, udp bool) map[uint32]uint32 {
 		want := map[uint32]uint32{}
 		for _, f := range fwds {
-			if f.proto == "tcp" {
+			if f.proto == "tcp" || udp {
 				to := f.to.As4()
-				want[userPort(f.port)] = binary.NativeEndian.Uint32(to[:])
+				want[forwardKey(f.proto, f.port)] = binary.NativeEndian.Uint32(to[:])
 			}
 		}
 		return want
@@ -269,11 +304,11 @@ func (r *loopbackRedirect) set(local, all, face []forward, netns map[int]uint64,
 	oslets, held := map[uint64]uint32{}, map[heldKey]uint32{}
 	for k, cookie := range netns {
 		oslets[cookie] = uint32(k)
-		for _, port := range own[k] {
-			held[heldKey{cookie, userPort(port)}] = 1
+		for _, p := range own[k] {
+			held[heldKey{cookie, forwardKey(p.proto, p.port)}] = 1
 		}
 	}
-	err := errors.Join(syncMap(r.ports, byPort(local)), syncMap(r.osletPorts, byPort(all)), syncMap(r.facePorts, byPort(face)),
+	err := errors.Join(syncMap(r.ports, byKey(local, false)), syncMap(r.osletPorts, byKey(all, true)), syncMap(r.facePorts, byKey(face, false)),
 		syncMap(r.oslets, oslets), syncMap(r.held, held))
 	if err != nil {
 		return fmt.Errorf("loopback redirect: set ports: %w", err)
