@@ -241,7 +241,7 @@ func (r *Runner) Network(ctx context.Context, bytes int64, d time.Duration) ([]R
 			Measure{fmt.Sprintf("the host's pair on CPUs %s and %s, on its loopback", cpus[1], cpus[0]), nativeReqs, "req/s"}, 0.9),
 		compare("net-connect",
 			Measure{fmt.Sprintf("new TCP connections to oslet %d through the cluster's port", b), fwdConn, "conn/s"},
-			Measure{"new TCP connections to the host's own server", dirConn, "conn/s"}, 0.8),
+			Measure{"new TCP connections to the host's own server", dirConn, "conn/s"}, 0.9),
 		// A relay joins two connections in the boot process: each byte
 		// crosses two stacks, and each connection is two.
 		compare("net-loopback-relay-throughput",
