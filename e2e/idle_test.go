@@ -49,6 +49,11 @@ func TestIdleClusterSleeps(t *testing.T) {
 	c.waitPort(t, "tcp", 18700, 2, forwarded)
 	st := c.state()
 	procs := map[string]int{"the boot process": st.Supervisor, "the cluster's PID 1": st.Reaper}
+	if progs := watchPrograms(t); len(progs) < 3 {
+		// Without the listen watch the forwarder scans every second.
+		t.Logf("no listen watch on this kernel (programs attached: %v): the boot process is not checked", progs)
+		delete(procs, "the boot process")
+	}
 	for k, pid := range st.Inits {
 		procs["oslet "+k+"'s init"] = pid
 	}

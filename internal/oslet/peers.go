@@ -17,7 +17,7 @@ import (
 // is alive but does not answer (stopped, or hung): one that leaves
 // missedBeats pings in a row unanswered for beatTimeout each is reported as
 // not answering, and its channel closed, failing every call pending on it.
-// A stall shorter than that, under load, passes: the bound is about 4 s
+// A stall shorter than that, under load, passes: the bound is about 3.5 s
 // from the call. A channel on which the peer answered within the last
 // heartbeat is not pinged, and a channel with no call pending is not
 // watched at all: a hung peer that nobody waits on costs nobody anything,
