@@ -107,10 +107,16 @@ func ownCgroup() (string, error) {
 	if err != nil {
 		return "", fmt.Errorf("cgroup: find own cgroup: %w", err)
 	}
-	if own == "/.." || strings.HasPrefix(own, "/../") {
-		return "/", nil
+	return withinNamespace(own), nil
+}
+
+// withinNamespace turns a cgroup v2 path as /proc/PID/cgroup shows it into
+// the cgroup of the namespace's that its process may change.
+func withinNamespace(path string) string {
+	if path == "/.." || strings.HasPrefix(path, "/../") {
+		return "/"
 	}
-	return filepath.Clean(own), nil
+	return filepath.Clean(path)
 }
 
 // delegated reports whether the v2 cgroup path was delegated to its

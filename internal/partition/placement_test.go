@@ -44,3 +44,20 @@ func TestPlacementOSlet(t *testing.T) {
 		t.Error("a cgroup that does not exist is delegated")
 	}
 }
+
+func TestWithinNamespace(t *testing.T) {
+	for _, tt := range []struct{ path, want string }{
+		{"/", "/"},
+		{"/user.slice/user-0.slice/session-1.scope", "/user.slice/user-0.slice/session-1.scope"},
+		{"/app.slice/smpc.service/", "/app.slice/smpc.service"},
+		// Entered a container's cgroup namespace from outside it: from
+		// the host's root, and from a session's scope.
+		{"/..", "/"},
+		{"/../user.slice/user-0.slice/session-1.scope", "/"},
+		{"/../../smpc-e2e-admin", "/"},
+	} {
+		if got := withinNamespace(tt.path); got != tt.want {
+			t.Errorf("withinNamespace(%q) = %q, want %q", tt.path, got, tt.want)
+		}
+	}
+}
