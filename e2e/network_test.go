@@ -2,6 +2,7 @@ package e2e
 
 import (
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"maps"
@@ -140,6 +141,9 @@ func tryGet(url string) (string, error) {
 // smpcLinks lists the host's interfaces whose names smpc would make.
 func smpcLinks(t *testing.T) []string {
 	links, err := netlink.LinkList()
+	for try := 0; errors.Is(err, netlink.ErrDumpInterrupted) && try < 10; try++ {
+		links, err = netlink.LinkList() // another cluster's links changed meanwhile
+	}
 	if err != nil {
 		t.Fatal(err)
 	}

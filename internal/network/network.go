@@ -120,7 +120,7 @@ func CheckFree(r *Record) error {
 		return fmt.Errorf("network: interface %s already exists (another cluster on the same state dir?)", r.Bridge)
 	}
 	sub := r.prefix()
-	addrs, err := netlink.AddrList(nil, netlink.FAMILY_V4)
+	addrs, err := consistent(func() ([]netlink.Addr, error) { return netlink.AddrList(nil, netlink.FAMILY_V4) })
 	if err != nil {
 		return fmt.Errorf("network: list host addresses: %w", err)
 	}
@@ -129,7 +129,7 @@ func CheckFree(r *Record) error {
 			return fmt.Errorf("network: subnet %s overlaps %s on interface %d of the host; choose another with --subnet", sub, p, a.LinkIndex)
 		}
 	}
-	routes, err := netlink.RouteList(nil, netlink.FAMILY_V4)
+	routes, err := consistent(func() ([]netlink.Route, error) { return netlink.RouteList(nil, netlink.FAMILY_V4) })
 	if err != nil {
 		return fmt.Errorf("network: list host routes: %w", err)
 	}
@@ -141,6 +141,18 @@ func CheckFree(r *Record) error {
 		}
 	}
 	return nil
+}
+
+// consistent runs a netlink dump again while the kernel says it was
+// interrupted by a change (ErrDumpInterrupted: another cluster's links
+// coming or going), so that a decision is made on a whole list.
+func consistent[T any](dump func() ([]T, error)) ([]T, error) {
+	for try := 1; ; try++ {
+		list, err := dump()
+		if !errors.Is(err, netlink.ErrDumpInterrupted) || try == 10 {
+			return list, err
+		}
+	}
 }
 
 func prefixOf(n *net.IPNet) (netip.Prefix, bool) {
