@@ -49,7 +49,15 @@ func forgetUDPFlows(old, new []forward) error {
 		}
 		filters = append(filters, f)
 	}
-	if _, err := netlink.ConntrackDeleteFilters(netlink.ConntrackTable, unix.AF_INET, filters...); err != nil && !errors.Is(err, unix.ENOENT) {
+	// A dump of a busy table may be interrupted by a change; the entries it
+	// read are deleted all the same, and another pass takes the rest.
+	var err error
+	for try := 0; try < 5; try++ {
+		if _, err = netlink.ConntrackDeleteFilters(netlink.ConntrackTable, unix.AF_INET, filters...); !errors.Is(err, netlink.ErrDumpInterrupted) {
+			break
+		}
+	}
+	if err != nil && !errors.Is(err, unix.ENOENT) {
 		return fmt.Errorf("conntrack: forget the UDP flows of ports %v: %w", changed, err)
 	}
 	return nil
