@@ -26,7 +26,18 @@ func tcpSink(fs *flag.FlagSet, args []string) error {
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
-	l, err := net.Listen("tcp", net.JoinHostPort(*bind, strconv.Itoa(*port)))
+	return serveConns(*bind, *port, func(c net.Conn) {
+		buf := buffers.Get().(*[]byte)
+		drainInto(c, *buf, -1)
+		buffers.Put(buf)
+		c.Close()
+	})
+}
+
+// serveConns listens for TCP on bind:port and serves each connection with
+// handle, in a goroutine of its own, until the listener fails.
+func serveConns(bind string, port int, handle func(net.Conn)) error {
+	l, err := net.Listen("tcp", net.JoinHostPort(bind, strconv.Itoa(port)))
 	if err != nil {
 		return err
 	}
@@ -35,12 +46,7 @@ func tcpSink(fs *flag.FlagSet, args []string) error {
 		if err != nil {
 			return err
 		}
-		go func() {
-			buf := buffers.Get().(*[]byte)
-			drainInto(c, *buf, -1)
-			buffers.Put(buf)
-			c.Close()
-		}()
+		go handle(c)
 	}
 }
 
@@ -349,28 +355,18 @@ func tcpReply(fs *flag.FlagSet, args []string) error {
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
-	l, err := net.Listen("tcp", net.JoinHostPort(*bind, strconv.Itoa(*port)))
-	if err != nil {
-		return err
-	}
-	for {
-		c, err := l.Accept()
-		if err != nil {
-			return err
-		}
-		go func() {
-			defer c.Close()
-			buf := make([]byte, *size)
-			for {
-				if _, err := io.ReadFull(c, buf); err != nil {
-					return
-				}
-				if _, err := c.Write(buf); err != nil {
-					return
-				}
+	return serveConns(*bind, *port, func(c net.Conn) {
+		defer c.Close()
+		buf := make([]byte, *size)
+		for {
+			if _, err := io.ReadFull(c, buf); err != nil {
+				return
 			}
-		}()
-	}
+			if _, err := c.Write(buf); err != nil {
+				return
+			}
+		}
+	})
 }
 
 // tcpRequests is the helper 'tcp-requests --addr A --size N --for D': on
