@@ -135,7 +135,7 @@ func TestRedirectProgramsLoad(t *testing.T) {
 		t.Skipf("this kernel makes no BPF maps: %v", err)
 	}
 	defer r.Close()
-	connect, peername := r.connectProgram(1, netip.MustParseAddr("192.168.77.129")), peernameProgram(r.peers)
+	connect, peername := r.connectProgram(1, netip.MustParseAddr("192.168.77.129")), peernameProgram(r.peers, netip.MustParsePrefix("192.168.77.128/25"))
 	for i, insns := range []asm.Instructions{connect, peername, connect, peername} {
 		// The verifier's word on each program where it hangs, without
 		// attaching it.

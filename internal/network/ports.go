@@ -306,7 +306,8 @@ func (f *Forwarder) Scan() error {
 	if !f.redirectTried {
 		f.redirectTried = true
 		face, _ := netip.ParseAddr(f.Record.Gateway)
-		if f.redirect, err = newLoopbackRedirect(face); err != nil && f.Log != nil {
+		subnet, _ := netip.ParsePrefix(f.Record.Subnet)
+		if f.redirect, err = newLoopbackRedirect(face, subnet); err != nil && f.Log != nil {
 			f.Log.Warn("connections to the loopback are forwarded by NAT alone", "err", err)
 		}
 	}

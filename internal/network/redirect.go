@@ -4,6 +4,7 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"net"
 	"net/netip"
 
 	"github.com/cilium/ebpf"
@@ -81,7 +82,7 @@ const (
 	loopbackFirstByte = 127
 )
 
-func newLoopbackRedirect(face netip.Addr) (*loopbackRedirect, error) {
+func newLoopbackRedirect(face netip.Addr, subnet netip.Prefix) (*loopbackRedirect, error) {
 	root, err := partition.Cgroup2Root()
 	if err != nil {
 		return nil, fmt.Errorf("loopback redirect: %w", err)
@@ -94,7 +95,7 @@ func newLoopbackRedirect(face netip.Addr) (*loopbackRedirect, error) {
 	if err != nil {
 		return nil, err
 	}
-	connect, peername := r.connectProgram(cookie, face), peernameProgram(r.peers)
+	connect, peername := r.connectProgram(cookie, face), peernameProgram(r.peers, subnet)
 	for i, insns := range []asm.Instructions{connect, peername, connect, peername} {
 		name, attach := RedirectPrograms[i], RedirectAttachTypes[i]
 		prog, err := ebpf.NewProgram(&ebpf.ProgramSpec{Name: name, Type: ebpf.CGroupSockAddr, AttachType: attach, Instructions: insns, License: "GPL"})
@@ -245,9 +246,22 @@ func (r *loopbackRedirect) connectProgram(hostCookie uint64, face netip.Addr) as
 // peernameProgram: a socket the connect program redirected reports the
 // address it asked for as its peer's (getpeername), and as the source of
 // the datagrams that come from the holder it was given (a UDP recvmsg).
-func peernameProgram(peers *ebpf.Map) asm.Instructions {
+// It runs at every UDP receive on the machine, so a peer outside the
+// cluster's subnet, where no holder is, leaves it after a few
+// instructions, before any helper or map.
+func peernameProgram(peers *ebpf.Map, subnet netip.Prefix) asm.Instructions {
+	netIP, mask := uint32(0xffffffff), uint32(0xffffffff) // no subnet: nothing is a holder's
+	if subnet.Addr().Is4() {
+		n := subnet.Masked().Addr().As4()
+		m := net.CIDRMask(subnet.Bits(), 32)
+		netIP, mask = binary.NativeEndian.Uint32(n[:]), binary.NativeEndian.Uint32(m)
+	}
 	return asm.Instructions{
 		asm.Mov.Reg(asm.R6, asm.R1),
+		asm.LoadMem(asm.R2, asm.R6, sockAddrUserIP4, asm.Word),
+		asm.And.Imm32(asm.R2, int32(mask)),
+		asm.JNE.Imm32(asm.R2, int32(netIP), "allow"),
+		asm.Mov.Reg(asm.R1, asm.R6),
 		asm.FnGetSocketCookie.Call(),
 		asm.StoreMem(asm.RFP, -16, asm.R0, asm.DWord),
 		asm.LoadMem(asm.R2, asm.R6, sockAddrUserPort, asm.Word),
