@@ -58,15 +58,16 @@ func TestNetHelper(t *testing.T) {
 }
 
 type portEntry struct {
-	Proto       string `json:"proto"`
-	Port        int    `json:"port"`
-	OSlet       int    `json:"oslet"`
-	PID         int    `json:"pid"`
-	Command     string `json:"command"`
-	Holder      int    `json:"holder"`
-	Forwarded   bool   `json:"forwarded"`
-	HostClients bool   `json:"host_clients"`
-	Scope       string `json:"scope"`
+	Proto       string   `json:"proto"`
+	Port        int      `json:"port"`
+	OSlet       int      `json:"oslet"`
+	PID         int      `json:"pid"`
+	Command     string   `json:"command"`
+	Holder      int      `json:"holder"`
+	Forwarded   bool     `json:"forwarded"`
+	HostClients bool     `json:"host_clients"`
+	Scope       string   `json:"scope"`
+	Families    []string `json:"families"`
 }
 
 func (c *cluster) ports() []portEntry {
@@ -318,7 +319,8 @@ func TestNetwork(t *testing.T) {
 	})
 
 	t.Run("oslets reach each other by address and name", func(t *testing.T) {
-		out := c.must("run", "--on", "1", "--", "getent", "hosts", "smpc-cluster", "oslet-2")
+		out := c.must("run", "--on", "1", "--", "getent", "ahostsv4", "smpc-cluster")
+		out += c.must("run", "--on", "1", "--", "getent", "ahostsv4", "oslet-2")
 		if !strings.Contains(out, "10.77.0.1") || !strings.Contains(out, "10.77.0.3") {
 			t.Fatalf("names in oslet 1: %s", out)
 		}
@@ -489,6 +491,10 @@ func TestNetwork(t *testing.T) {
 // removes the bridge, veths and table the dead cluster left, and that its
 // own shutdown leaves nothing.
 func TestNetworkAfterCrash(t *testing.T) {
+	forwardingWas := map[string]string{}
+	for _, name := range []string{"net/ipv4/ip_forward", "net/ipv6/conf/all/forwarding"} {
+		forwardingWas[name] = readSysctl(t, name)
+	}
 	c := boot(t)
 	b, err := os.ReadFile(c.dir + "/cluster.json")
 	if err != nil {
@@ -538,6 +544,11 @@ func TestNetworkAfterCrash(t *testing.T) {
 	if links := smpcLinks(t); len(links) != 0 {
 		t.Errorf("links left: %v", links)
 	}
+	for name, was := range forwardingWas {
+		if got := readSysctl(t, name); got != was {
+			t.Errorf("%s is %s after the crash and the next boot's shutdown, was %s", name, got, was)
+		}
+	}
 	for _, name := range nftTables(t) {
 		if strings.HasPrefix(name, "smpc") {
 			t.Errorf("nftables table %s left", name)
@@ -561,29 +572,46 @@ func isZombie(pid int) bool {
 // tracking forgets the flow's first, unforwarded entry.
 func TestUDPClientBeforeServer(t *testing.T) {
 	c := boot(t, "--subnet", "10.79.0.0/24")
-	const port = 18555
-	conn, err := net.Dial("udp4", fmt.Sprintf("127.0.0.1:%d", port))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer conn.Close()
-	stop := make(chan struct{})
-	defer close(stop)
-	go func() {
-		for i := 0; ; i++ {
-			select {
-			case <-stop:
-				return
-			case <-time.After(50 * time.Millisecond):
-				conn.Write([]byte(fmt.Sprintf("ping %d", i))) // refused until the forward: no matter
+	nw := c.network()
+	for _, tt := range []struct {
+		family, network string
+		to              string // the host's address the client sends to
+		port            int
+		bind            string
+	}{
+		{"ipv4", "udp4", "127.0.0.1", 18555, "AF_INET, socket.SOCK_DGRAM)\ns.bind(('0.0.0.0'"},
+		// The host's ::1 takes the sendmsg redirect, which needs no
+		// forgetting; its face address takes dnat-local, as 127.0.0.1 does.
+		{"ipv6", "udp6", nw.Gateway6, 18556, "AF_INET6, socket.SOCK_DGRAM)\ns.bind(('::'"},
+	} {
+		t.Run(tt.family, func(t *testing.T) {
+			if tt.to == "" {
+				t.Skip("the cluster has no IPv6")
 			}
-		}
-	}()
-	time.Sleep(500 * time.Millisecond) // the flow is tracked, unforwarded
-	out := c.must("run", "--on", "2", "--", "timeout", "10", "python3", "-c",
-		fmt.Sprintf("import socket\ns = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)\ns.bind(('0.0.0.0', %d))\nprint(s.recvfrom(100)[0].decode())", port))
-	if !strings.HasPrefix(out, "ping ") {
-		t.Errorf("the server on OSlet 2 got %q from the client that started first", out)
+			conn, err := net.Dial(tt.network, net.JoinHostPort(tt.to, strconv.Itoa(tt.port)))
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer conn.Close()
+			stop := make(chan struct{})
+			defer close(stop)
+			go func() {
+				for i := 0; ; i++ {
+					select {
+					case <-stop:
+						return
+					case <-time.After(50 * time.Millisecond):
+						conn.Write([]byte(fmt.Sprintf("ping %d", i))) // refused until the forward: no matter
+					}
+				}
+			}()
+			time.Sleep(500 * time.Millisecond) // the flow is tracked, unforwarded
+			out := c.must("run", "--on", "2", "--", "timeout", "10", "python3", "-c",
+				fmt.Sprintf("import socket\ns = socket.socket(socket.%s, %d))\nprint(s.recvfrom(100)[0].decode())", tt.bind, tt.port))
+			if !strings.HasPrefix(out, "ping ") {
+				t.Errorf("the server on OSlet 2 got %q from the client that started first", out)
+			}
+		})
 	}
 }
 
@@ -694,10 +722,10 @@ func TestLocalhostUDPAcrossOSlets(t *testing.T) {
 		t.Skip("the connect-time redirect needs a cgroup v2 hierarchy")
 	}
 	const port = 18781
-	serve := func(k int) int {
+	serve := func(k int, bind string) int {
 		return c.pidOf(c.must("run", "--on", strconv.Itoa(k), "--detach", "--", "python3", "-c", fmt.Sprintf(
-			"import socket\ns = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)\ns.bind(('0.0.0.0', %d))\n"+
-				"while True:\n    d, a = s.recvfrom(100); s.sendto(b'oslet %d', a)", port, k)))
+			"import socket\ns = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)\ns.bind(('%s', %d))\n"+
+				"while True:\n    d, a = s.recvfrom(100); s.sendto(b'oslet %d', a)", bind, port, k)))
 	}
 	// Each client waits a second for its answer, and says "none" if none
 	// came: a datagram, unlike a connection, is not refused.
@@ -709,7 +737,7 @@ func TestLocalhostUDPAcrossOSlets(t *testing.T) {
 		out, _ := c.smpc("run", "--on", strconv.Itoa(k), "--", "python3", "-c", script)
 		return strings.TrimSpace(out)
 	}
-	server2 := serve(2)
+	server2 := serve(2, "0.0.0.0")
 	defer c.smpc("kill", strconv.Itoa(server2))
 	c.waitPort(t, "udp", port, 2, forwarded)
 	if got, want := ask(1, unconnected), fmt.Sprintf("oslet 2 127.0.0.1 %d", port); got != want {
@@ -721,7 +749,9 @@ func TestLocalhostUDPAcrossOSlets(t *testing.T) {
 	if got, want := ask(2, unconnected), fmt.Sprintf("oslet 2 127.0.0.1 %d", port); got != want {
 		t.Errorf("OSlet 2's datagram to its own 127.0.0.1:%d: %q, want %q", port, got, want)
 	}
-	server1 := serve(1)
+	// OSlet 1's own server, on its 127.0.0.1 alone (a UDP server there is
+	// not the cluster's): its own processes reach it.
+	server1 := serve(1, "127.0.0.1")
 	defer c.smpc("kill", strconv.Itoa(server1))
 	waitFor(t, "OSlet 1's localhost to reach its own UDP server", func() bool {
 		return ask(1, unconnected) == fmt.Sprintf("oslet 1 127.0.0.1 %d", port)
@@ -761,24 +791,9 @@ func TestLoopbackServerIsTheClusters(t *testing.T) {
 
 	// Another machine on the bridge: OSlet 2's address does not serve it.
 	nw := c.network()
-	const ns, outer, inner = "smpc-e2e-outside", "smpce2eout0", "smpce2eout1"
-	ip := func(args ...string) {
-		if out, err := exec.Command("ip", args...).CombinedOutput(); err != nil {
-			t.Fatalf("ip %v: %v: %s", args, err, out)
-		}
-	}
-	exec.Command("ip", "netns", "del", ns).Run()
-	ip("netns", "add", ns)
-	defer exec.Command("ip", "netns", "del", ns).Run()
-	ip("link", "add", outer, "type", "veth", "peer", "name", inner)
-	defer exec.Command("ip", "link", "del", outer).Run()
-	ip("link", "set", inner, "netns", ns)
-	ip("link", "set", outer, "master", nw.Bridge, "up")
-	ip("-n", ns, "addr", "add", "10.79.3.200/24", "dev", inner)
-	ip("-n", ns, "link", "set", inner, "up")
-	ip("-n", ns, "link", "set", "lo", "up")
+	outside := c.machineOnBridge(t, "10.79.3.200/24", "fd00:e2e:3::c8/64")
 	url := fmt.Sprintf("http://%s:%d/who", nw.Addrs[2], port)
-	if out, err := exec.Command("ip", "netns", "exec", ns, "curl", "-sS", "-m", "3", url).CombinedOutput(); err == nil {
+	if out, err := outside("curl", "-sS", "-m", "3", url); err == nil {
 		t.Errorf("a machine on the bridge reached the loopback server at %s: %q", url, out)
 	}
 	// The server goes, and so does the relay.
@@ -795,9 +810,11 @@ func TestLoopbackServerIsTheClusters(t *testing.T) {
 
 // clusterNetwork is the network record of cluster.json.
 type clusterNetwork struct {
-	Bridge  string         `json:"bridge"`
-	Gateway string         `json:"gateway"`
-	Addrs   map[int]string `json:"addresses"`
+	Bridge   string         `json:"bridge"`
+	Gateway  string         `json:"gateway"`
+	Addrs    map[int]string `json:"addresses"`
+	Gateway6 string         `json:"gateway6"`
+	Addrs6   map[int]string `json:"addresses6"`
 }
 
 // network reads the cluster's network record: its bridge, its face and

@@ -67,6 +67,9 @@ ratio and the design's target:
   net-loopback-relay-throughput, net-loopback-relay-connect
                 to a server bound to OSlet 2's 127.0.0.1, through its relay
                 / the host's own server on its loopback
+  net-throughput6
+                net-throughput over IPv6: through the cluster's port on ::1
+                / the host's server on its ::1 (when the cluster has IPv6)
   rdev-read     reading a device of another OSlet through /rdev with
                 direct device opens (smpc run --direct-devices) / on its
                 owner; rdev-read-fuse the same through /rdev's FUSE files;

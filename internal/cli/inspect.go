@@ -20,8 +20,9 @@ func statusCmd() *cobra.Command {
 		Long: `Describe each OSlet: its address on the cluster bridge, CPUs, memory limit
 and use, processes, the processes its OOM killer has killed (OOM), load
 (runnable processes per CPU), the peer requests
-waiting in its queue, and the protocol it speaks; --json adds the init's PID
-and the waits blocked there until a process ends. The exit status is 1 when
+waiting in its queue, and the protocol it speaks; --json adds its IPv6
+address (address6), the init's PID and the waits blocked there until a
+process ends. The exit status is 1 when
 an OSlet is down, so that a script can tell a whole cluster from one that
 lost an OSlet.`,
 		Args: cobra.NoArgs,

@@ -22,6 +22,7 @@ type PlanFlags struct {
 	oslets, cpusPer int
 	file            string
 	subnet          string
+	subnet6         string
 	devices         []string // K=NAME
 }
 
@@ -34,6 +35,7 @@ func (f *PlanFlags) Add(cmd *cobra.Command, withFile bool) {
 		cmd.Flags().StringVar(&f.file, "plan", "", "boot this plan (JSON from 'smpc plan --json')")
 	}
 	cmd.Flags().StringVar(&f.subnet, "subnet", "", "the cluster's IPv4 subnet: the bridge and one address per OSlet (default "+plan.DefaultSubnet+")")
+	cmd.Flags().StringVar(&f.subnet6, "subnet6", "", "the cluster's IPv6 subnet, a unique local prefix such as fd12:3456:789a::/64 (default: a /64 in fd00::/8 derived from the state dir), or \"none\" for a cluster without IPv6")
 	cmd.Flags().StringArrayVar(&f.devices, "device", nil, "give a device to an OSlet, as K=NAME (a network interface, or a block or character device in /dev); repeatable")
 }
 
@@ -67,6 +69,9 @@ func (f *PlanFlags) Make() (*plan.Plan, error) {
 	}
 	if f.subnet != "" {
 		p.Subnet = f.subnet
+	}
+	if f.subnet6 != "" {
+		p.Subnet6 = f.subnet6
 	}
 	for _, d := range f.devices {
 		k, name, ok := strings.Cut(d, "=")

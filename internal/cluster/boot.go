@@ -234,7 +234,15 @@ func Boot(opts Options) (c *Cluster, retErr error) {
 // free. The record goes into the state first, so that a failure removes
 // whatever part was made.
 func (c *Cluster) setupNetwork(id string, indexes []int, opts *Options) error {
-	rec, err := network.Plan(id, opts.Plan.Subnet, indexes)
+	subnet6 := opts.Plan.Subnet6
+	if !network.IPv6Available() {
+		if subnet6 != "" && subnet6 != network.NoIPv6 {
+			return fmt.Errorf("network: subnet6 %s: this kernel runs no IPv6 in new network namespaces (net.ipv6.conf.default.disable_ipv6 is not 0)", subnet6)
+		}
+		c.log.Info("the cluster has no IPv6: the kernel runs none in new network namespaces")
+		subnet6 = network.NoIPv6
+	}
+	rec, err := network.Plan(id, opts.Plan.Subnet, subnet6, indexes)
 	if err != nil {
 		return err
 	}
@@ -433,7 +441,7 @@ func (c *Cluster) startInit(o plan.OSlet, opts *Options) (*syncChannel, error) {
 	sc := &syncChannel{f: parentEnd, in: bufio.NewReader(parentEnd)}
 	cfg := oslet.Config{Index: o.Index, Cluster: c.state.Name, StateDir: c.state.StateDir, Plan: opts.Plan,
 		Cgroup: cg.Stats, Cgroups: c.files, Bin: c.state.Bin, GTmp: c.state.GTmp, Shm: c.state.Shm, Owner: opts.Owner,
-		Address: c.state.Network.Addr(o.Index), Hosts: c.state.Hosts,
+		Address: c.state.Network.Addr(o.Index), Address6: c.state.Network.Addr6(o.Index), Hosts: c.state.Hosts,
 		Devices: c.devices}
 	if err := sc.send(cfg); err != nil {
 		parentEnd.Close()

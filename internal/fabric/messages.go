@@ -260,6 +260,7 @@ type OSletStatus struct {
 	Protocol    string  `json:"protocol"`
 	InitPID     int     `json:"init_pid,omitempty"` // the init's PID in the cluster
 	Address     string  `json:"address,omitempty"`  // its address on the cluster bridge
+	Address6    string  `json:"address6,omitempty"` // its IPv6 address there; empty without IPv6, or from an init before it
 }
 
 // StatusReply describes OSlets.

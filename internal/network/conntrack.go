@@ -15,7 +15,8 @@ import (
 // server) keeps its first, unforwarded entry for as long as it keeps
 // sending, and never reaches the server. TCP needs nothing of the kind: a
 // connection attempt to a port with no forward is refused, not tracked on.
-func forgetUDPFlows(old, new []forward) error {
+// It takes the flows of every family in fams.
+func forgetUDPFlows(fams []ipFamily, old, new []forward) error {
 	was := map[uint16]forward{}
 	for _, f := range old {
 		if f.proto == "udp" {
@@ -27,7 +28,7 @@ func forgetUDPFlows(old, new []forward) error {
 		if f.proto != "udp" {
 			continue
 		}
-		if w, ok := was[f.port]; !ok || w.to != f.to {
+		if w, ok := was[f.port]; !ok || w.to != f.to || w.to6 != f.to6 {
 			changed = append(changed, f.port)
 		}
 		delete(was, f.port)
@@ -51,14 +52,21 @@ func forgetUDPFlows(old, new []forward) error {
 	}
 	// A dump of a busy table may be interrupted by a change; the entries it
 	// read are deleted all the same, and another pass takes the rest.
-	var err error
-	for try := 0; try < 5; try++ {
-		if _, err = netlink.ConntrackDeleteFilters(netlink.ConntrackTable, unix.AF_INET, filters...); !errors.Is(err, netlink.ErrDumpInterrupted) {
-			break
+	var errs []error
+	for _, fam := range fams {
+		family := netlink.InetFamily(unix.AF_INET)
+		if fam == familyIPv6 {
+			family = unix.AF_INET6
+		}
+		var err error
+		for try := 0; try < 5; try++ {
+			if _, err = netlink.ConntrackDeleteFilters(netlink.ConntrackTable, family, filters...); !errors.Is(err, netlink.ErrDumpInterrupted) {
+				break
+			}
+		}
+		if err != nil && !errors.Is(err, unix.ENOENT) {
+			errs = append(errs, fmt.Errorf("conntrack: forget the %s UDP flows of ports %v: %w", fam.name, changed, err))
 		}
 	}
-	if err != nil && !errors.Is(err, unix.ENOENT) {
-		return fmt.Errorf("conntrack: forget the UDP flows of ports %v: %w", changed, err)
-	}
-	return nil
+	return errors.Join(errs...)
 }

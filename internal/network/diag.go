@@ -12,10 +12,11 @@ import (
 // listener is one listening socket as the kernel's socket diagnostics
 // report it.
 type listener struct {
-	proto string // "tcp" or "udp"
-	port  uint16
-	addr  netip.Addr // the bound address; unspecified for any
-	inode uint32
+	proto  string // "tcp" or "udp"
+	port   uint16
+	addr   netip.Addr // the bound address; unspecified for any
+	v6only bool       // an IPv6 socket that takes no IPv4 (IPV6_V6ONLY)
+	inode  uint32
 }
 
 // sockDiagByFamily is SOCK_DIAG_BY_FAMILY, the request type of sock_diag.
@@ -75,8 +76,7 @@ func listeners(netns int) ([]listener, error) {
 }
 
 // parseDiag reads a struct inet_diag_msg and its attributes. It drops
-// connected UDP sockets (they receive only from their peer) and IPv6-only
-// sockets, which IPv4 forwarding cannot reach.
+// connected UDP sockets (they receive only from their peer).
 func parseDiag(b []byte, proto string) (listener, bool) {
 	const size = 72 // sizeof(struct inet_diag_msg)
 	if len(b) < size {
@@ -94,23 +94,74 @@ func parseDiag(b []byte, proto string) (listener, bool) {
 	} else {
 		addr = netip.AddrFrom16([16]byte(b[8:24]))
 	}
+	l := listener{proto: proto, port: sport, addr: addr, inode: binary.NativeEndian.Uint32(b[68:])}
 	attrs, err := netlink.NewAttributeDecoder(b[size:])
 	if err == nil {
 		for attrs.Next() {
 			if attrs.Type() == inetDiagSKV6Only && attrs.Uint8() != 0 {
-				return listener{}, false
+				l.v6only = true
 			}
 		}
 	}
-	return listener{proto: proto, port: sport, addr: addr, inode: binary.NativeEndian.Uint32(b[68:])}, true
+	return l, true
 }
 
-// reachable says whether a listener bound to addr takes connections
-// forwarded to the OSlet address own: it is bound to any address (IPv4 or
-// dual-stack IPv6) or to own itself.
-func reachable(addr netip.Addr, own netip.Addr) bool {
-	if addr.IsUnspecified() {
-		return true
+// takes4 says whether l takes IPv4 connections (or datagrams) forwarded
+// to the OSlet address own: bound to any IPv4 address, to own, or to any
+// address of a dual-stack IPv6 socket.
+func (l listener) takes4(own netip.Addr) bool {
+	switch {
+	case l.addr.Is4():
+		return l.addr.IsUnspecified() || l.addr == own
+	case l.addr.IsUnspecified():
+		return !l.v6only
+	default:
+		return l.addr.Is4In6() && l.addr.Unmap() == own
 	}
-	return addr.Unmap() == own
 }
+
+// takes6 says whether l takes IPv6 connections forwarded to the OSlet's
+// IPv6 address own6 (the zero Addr for a cluster without IPv6).
+func (l listener) takes6(own6 netip.Addr) bool {
+	if !own6.IsValid() || !l.addr.Is6() || l.addr.Is4In6() {
+		return false
+	}
+	return l.addr.IsUnspecified() || l.addr == own6
+}
+
+// reachable says whether l takes what the cluster forwards to its OSlet,
+// whose addresses are own and own6, in either family.
+func (l listener) reachable(own, own6 netip.Addr) bool {
+	return l.takes4(own) || l.takes6(own6)
+}
+
+// loopbackOnly says whether l is bound to its stack's loopback: 127.x.y.z
+// or ::1.
+func (l listener) loopbackOnly() bool {
+	return l.addr.Unmap().IsLoopback()
+}
+
+// servesLoopback says whether l takes connections to its stack's loopback
+// in some family: bound to any address, or to the loopback.
+func (l listener) servesLoopback() bool {
+	return l.addr.IsUnspecified() || l.loopbackOnly()
+}
+
+// families are the address families l takes: familyBit4, familyBit6, or
+// both.
+func (l listener) families() uint8 {
+	switch {
+	case l.addr.Is4() || l.addr.Is4In6():
+		return familyBit4
+	case l.addr.IsUnspecified() && !l.v6only:
+		return familyBit4 | familyBit6
+	default:
+		return familyBit6
+	}
+}
+
+// The bits of listener.families.
+const (
+	familyBit4 = 1 << iota
+	familyBit6
+)

@@ -20,6 +20,7 @@
 package network
 
 import (
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"hash/fnv"
@@ -40,6 +41,11 @@ import (
 // another (plan.DefaultSubnet).
 const DefaultSubnet = plan.DefaultSubnet
 
+// NoIPv6 is the IPv6 subnet that asks for a cluster without IPv6
+// (--subnet6 none): the OSlets then get no IPv6 address and smpc changes
+// nothing of the host's IPv6.
+const NoIPv6 = plan.NoIPv6
+
 // ClusterHost is the name that resolves, inside every OSlet, to the
 // cluster's face: the host side of the bridge.
 const ClusterHost = "smpc-cluster"
@@ -59,18 +65,33 @@ type Record struct {
 	Subnet  string           `json:"subnet"`
 	Gateway string           `json:"gateway"` // the cluster's face on the bridge
 	Bridge  string           `json:"bridge"`
-	Table   string           `json:"table"`     // the nftables table (family ip)
+	Table   string           `json:"table"`     // the nftables tables' name (families ip and ip6)
 	Addrs   map[int]string   `json:"addresses"` // OSlet index to its address
 	Veths   map[int]string   `json:"veths"`     // OSlet index to the host end of its veth pair
 	Moved   map[int][]string `json:"moved,omitempty"`
 	// IPForwardWas is net.ipv4.ip_forward before boot, put back at shutdown.
 	IPForwardWas string `json:"ip_forward_was,omitempty"`
+
+	// The cluster's IPv6, all empty for a cluster without it: the subnet
+	// (a unique local prefix), the face's address on the bridge, and each
+	// OSlet's.
+	Subnet6  string         `json:"subnet6,omitempty"`
+	Gateway6 string         `json:"gateway6,omitempty"`
+	Addrs6   map[int]string `json:"addresses6,omitempty"`
+	// IPv6ForwardWas is net.ipv6.conf.all.forwarding before boot, and
+	// AcceptRAWas the interfaces whose accept_ra boot raised from 1 to 2
+	// (see Setup), each put back at shutdown.
+	IPv6ForwardWas string            `json:"ipv6_forward_was,omitempty"`
+	AcceptRAWas    map[string]string `json:"accept_ra_was,omitempty"`
 }
 
 // Plan names the links and numbers the addresses of a cluster whose state
 // dir hashes to id: the gateway takes the subnet's first host address and
-// OSlet k the (k+1)th.
-func Plan(id string, subnet string, oslets []int) (*Record, error) {
+// OSlet k the (k+1)th, in subnet and in subnet6 alike. An empty subnet6 is
+// a unique local /64 of the cluster's own (RFC 4193, its global ID taken
+// from id rather than drawn at random, so that a cluster keeps its
+// addresses from boot to boot); NoIPv6 leaves IPv6 out.
+func Plan(id string, subnet, subnet6 string, oslets []int) (*Record, error) {
 	if subnet == "" {
 		subnet = DefaultSubnet
 	}
@@ -97,39 +118,99 @@ func Plan(id string, subnet string, oslets []int) (*Record, error) {
 		r.Addrs[k] = nth(p, k+1).String()
 		r.Veths[k] = fmt.Sprintf("%s-%d", base, k)
 	}
+	if subnet6 == NoIPv6 {
+		return r, nil
+	}
+	p6, err := plan.ParseSubnet6(subnet6)
+	if err != nil {
+		return nil, fmt.Errorf("network: %w", err)
+	}
+	if !p6.IsValid() {
+		p6 = uniqueLocal(id)
+	}
+	if bits := 128 - p6.Bits(); bits < 31 && 1<<bits-2 < top+1 {
+		return nil, fmt.Errorf("network: subnet %s is too small for a gateway and OSlets up to %d", p6, top)
+	}
+	r.Subnet6, r.Gateway6, r.Addrs6 = p6.String(), nth(p6, 1).String(), map[int]string{}
+	for _, k := range oslets {
+		r.Addrs6[k] = nth(p6, k+1).String()
+	}
 	return r, nil
 }
 
+// uniqueLocal is the /64 of RFC 4193's form that the cluster of state dir
+// id takes by default: fd, a 40-bit global ID, subnet 0.
+func uniqueLocal(id string) netip.Prefix {
+	h := fnv.New64a()
+	h.Write([]byte(id))
+	a := [16]byte{0xfd}
+	binary.BigEndian.PutUint64(a[8:], h.Sum64()) // the low 40 bits become the global ID
+	copy(a[1:6], a[11:16])
+	clear(a[6:])
+	return netip.PrefixFrom(netip.AddrFrom16(a), 64)
+}
+
+// nth is the nth address of prefix p (n small: it adds to the last 32 bits).
 func nth(p netip.Prefix, n int) netip.Addr {
-	a := p.Addr().As4()
-	v := uint32(a[0])<<24 | uint32(a[1])<<16 | uint32(a[2])<<8 | uint32(a[3])
-	v += uint32(n)
-	return netip.AddrFrom4([4]byte{byte(v >> 24), byte(v >> 16), byte(v >> 8), byte(v)})
+	a := p.Masked().Addr().AsSlice()
+	tail := a[len(a)-4:]
+	binary.BigEndian.PutUint32(tail, binary.BigEndian.Uint32(tail)+uint32(n))
+	b, _ := netip.AddrFromSlice(a)
+	return b
 }
 
 func (r *Record) prefix() netip.Prefix { return netip.MustParsePrefix(r.Subnet) }
 
+// prefix6 is the IPv6 subnet; the zero Prefix without IPv6.
+func (r *Record) prefix6() netip.Prefix {
+	p, _ := netip.ParsePrefix(r.Subnet6)
+	return p
+}
+
+// HasIPv6 says whether the cluster has IPv6 addresses.
+func (r *Record) HasIPv6() bool { return r.Subnet6 != "" }
+
 // Addr returns OSlet k's address.
 func (r *Record) Addr(k int) string { return r.Addrs[k] }
 
+// Addr6 returns OSlet k's IPv6 address, empty without IPv6.
+func (r *Record) Addr6(k int) string { return r.Addrs6[k] }
+
+// IPv6Available says whether this kernel runs IPv6 in new network
+// namespaces (not built without it, not booted with ipv6.disable=1, not
+// disabled by default).
+func IPv6Available() bool {
+	v, err := readSysctl("net/ipv6/conf/default/disable_ipv6")
+	return err == nil && v == "0"
+}
+
 // CheckFree refuses a subnet that the host already uses (an address or a
 // route in it), so that the cluster never shadows a network it did not
-// make.
+// make; the IPv6 subnet likewise.
 func CheckFree(r *Record) error {
 	if _, err := netlink.LinkByName(r.Bridge); err == nil {
 		return fmt.Errorf("network: interface %s already exists (another cluster on the same state dir?)", r.Bridge)
 	}
-	sub := r.prefix()
-	addrs, err := consistent(func() ([]netlink.Addr, error) { return netlink.AddrList(nil, netlink.FAMILY_V4) })
+	if err := checkFamilyFree(netlink.FAMILY_V4, r.prefix(), "--subnet"); err != nil {
+		return err
+	}
+	if r.HasIPv6() {
+		return checkFamilyFree(netlink.FAMILY_V6, r.prefix6(), "--subnet6")
+	}
+	return nil
+}
+
+func checkFamilyFree(family int, sub netip.Prefix, flag string) error {
+	addrs, err := consistent(func() ([]netlink.Addr, error) { return netlink.AddrList(nil, family) })
 	if err != nil {
 		return fmt.Errorf("network: list host addresses: %w", err)
 	}
 	for _, a := range addrs {
 		if p, ok := prefixOf(a.IPNet); ok && p.Overlaps(sub) {
-			return fmt.Errorf("network: subnet %s overlaps %s on interface %d of the host; choose another with --subnet", sub, p, a.LinkIndex)
+			return fmt.Errorf("network: subnet %s overlaps %s on interface %d of the host; choose another with %s", sub, p, a.LinkIndex, flag)
 		}
 	}
-	routes, err := consistent(func() ([]netlink.Route, error) { return netlink.RouteList(nil, netlink.FAMILY_V4) })
+	routes, err := consistent(func() ([]netlink.Route, error) { return netlink.RouteList(nil, family) })
 	if err != nil {
 		return fmt.Errorf("network: list host routes: %w", err)
 	}
@@ -137,7 +218,7 @@ func CheckFree(r *Record) error {
 		// The default route overlaps everything, and is where masqueraded
 		// traffic goes.
 		if p, ok := prefixOf(rt.Dst); ok && p.Bits() > 0 && p.Overlaps(sub) {
-			return fmt.Errorf("network: subnet %s overlaps the host's route to %s; choose another with --subnet", sub, p)
+			return fmt.Errorf("network: subnet %s overlaps the host's route to %s; choose another with %s", sub, p, flag)
 		}
 	}
 	return nil
@@ -159,7 +240,11 @@ func prefixOf(n *net.IPNet) (netip.Prefix, bool) {
 	if n == nil {
 		return netip.Prefix{}, false
 	}
-	a, ok := netip.AddrFromSlice(n.IP.To4())
+	ip := n.IP
+	if v4 := ip.To4(); v4 != nil && len(n.Mask) == net.IPv4len {
+		ip = v4
+	}
+	a, ok := netip.AddrFromSlice(ip)
 	if !ok {
 		return netip.Prefix{}, false
 	}
@@ -202,9 +287,69 @@ func Setup(r *Record) error {
 		}
 		r.IPForwardWas = was
 	}
+	if r.HasIPv6() {
+		if err := setupIPv6(r, br); err != nil {
+			return fmt.Errorf("network: %w", err)
+		}
+	}
 	if err := createTable(r); err != nil {
 		return fmt.Errorf("network: %w", err)
 	}
+	return nil
+}
+
+// setupIPv6 gives the bridge the face's IPv6 address and turns IPv6
+// forwarding on.
+//
+// Forwarding is one switch for the whole host (net.ipv6.conf.all), and a
+// host that forwards ignores router advertisements on every interface whose
+// accept_ra is 1, and drops the default routes they gave it: a host that
+// took its IPv6 route from its router would lose it at boot. accept_ra=2
+// accepts them while forwarding, so boot raises every accept_ra of 1 to 2
+// first (the "default" entry too, for interfaces made later) and shutdown
+// puts them back, forwarding first.
+func setupIPv6(r *Record, br netlink.Link) error {
+	gw, err := netlink.ParseAddr(fmt.Sprintf("%s/%d", r.Gateway6, r.prefix6().Bits()))
+	if err != nil {
+		return fmt.Errorf("gateway %s: %w", r.Gateway6, err)
+	}
+	// No duplicate address detection: the subnet is the cluster's alone,
+	// and an address still "tentative" would refuse to be a source.
+	gw.Flags = unix.IFA_F_NODAD
+	if err := netlink.AddrAdd(br, gw); err != nil {
+		return fmt.Errorf("address %s on %s: %w", gw, r.Bridge, err)
+	}
+	was, err := readSysctl("net/ipv6/conf/all/forwarding")
+	if err != nil {
+		return err
+	}
+	if was == "1" {
+		return nil
+	}
+	confs, err := os.ReadDir("/proc/sys/net/ipv6/conf")
+	if err != nil {
+		return fmt.Errorf("list IPv6 interfaces: %w", err)
+	}
+	for _, c := range confs {
+		name := "net/ipv6/conf/" + c.Name() + "/accept_ra"
+		if c.Name() == "all" || c.Name() == r.Bridge {
+			continue
+		}
+		if v, err := readSysctl(name); err != nil || v != "1" {
+			continue
+		}
+		if err := writeSysctl(name, "2"); err != nil {
+			return fmt.Errorf("keep accepting router advertisements on %s while forwarding: %w", c.Name(), err)
+		}
+		if r.AcceptRAWas == nil {
+			r.AcceptRAWas = map[string]string{}
+		}
+		r.AcceptRAWas[c.Name()] = "1"
+	}
+	if err := writeSysctl("net/ipv6/conf/all/forwarding", "1"); err != nil {
+		return fmt.Errorf("enable IPv6 forwarding: %w", err)
+	}
+	r.IPv6ForwardWas = was
 	return nil
 }
 
@@ -258,6 +403,19 @@ func Attach(r *Record, k, pid int, interfaces []string) error {
 		}
 		if err := h.RouteAdd(&netlink.Route{LinkIndex: eth.Attrs().Index, Gw: net.ParseIP(r.Gateway)}); err != nil {
 			return fmt.Errorf("default route via %s: %w", r.Gateway, err)
+		}
+		if r.HasIPv6() {
+			addr6, err := netlink.ParseAddr(fmt.Sprintf("%s/%d", r.Addrs6[k], r.prefix6().Bits()))
+			if err != nil {
+				return err
+			}
+			addr6.Flags = unix.IFA_F_NODAD
+			if err := h.AddrAdd(eth, addr6); err != nil {
+				return fmt.Errorf("address %s: %w", addr6, err)
+			}
+			if err := h.RouteAdd(&netlink.Route{LinkIndex: eth.Attrs().Index, Gw: net.ParseIP(r.Gateway6)}); err != nil {
+				return fmt.Errorf("default route via %s: %w", r.Gateway6, err)
+			}
 		}
 		for _, name := range interfaces {
 			link, err := h.LinkByName(name)
@@ -327,7 +485,8 @@ func ReturnInterfaces(r *Record, inits map[int]int) error {
 }
 
 // Teardown removes what Setup and Attach made: the veths, the bridge and the
-// nftables table, and puts IPv4 forwarding back as it was. Links already
+// nftables tables, and puts IPv4 and IPv6 forwarding, and the accept_ra
+// that boot raised, back as they were. Links already
 // gone (a veth dies with its OSlet's namespace) are not an error.
 func Teardown(r *Record) error {
 	var errs []error
@@ -348,6 +507,18 @@ func Teardown(r *Record) error {
 	if r.IPForwardWas != "" {
 		if err := writeSysctl("net/ipv4/ip_forward", r.IPForwardWas); err != nil {
 			errs = append(errs, fmt.Errorf("network: restore ip_forward: %w", err))
+		}
+	}
+	// Forwarding off before accept_ra goes back to 1 (see setupIPv6).
+	if r.IPv6ForwardWas != "" {
+		if err := writeSysctl("net/ipv6/conf/all/forwarding", r.IPv6ForwardWas); err != nil {
+			errs = append(errs, fmt.Errorf("network: restore IPv6 forwarding: %w", err))
+		}
+	}
+	for name, was := range r.AcceptRAWas {
+		// An interface gone since boot has nothing to restore.
+		if err := writeSysctl("net/ipv6/conf/"+name+"/accept_ra", was); err != nil && !errors.Is(err, os.ErrNotExist) {
+			errs = append(errs, fmt.Errorf("network: restore accept_ra of %s: %w", name, err))
 		}
 	}
 	return errors.Join(errs...)
@@ -387,6 +558,9 @@ func HostsFile(r *Record, hostHosts []byte) []byte {
 	}
 	b.WriteString("# smpc: the cluster's face and its OSlets\n")
 	fmt.Fprintf(&b, "%s\t%s\n", r.Gateway, ClusterHost)
+	if r.HasIPv6() {
+		fmt.Fprintf(&b, "%s\t%s\n", r.Gateway6, ClusterHost)
+	}
 	ks := make([]int, 0, len(r.Addrs))
 	for k := range r.Addrs {
 		ks = append(ks, k)
@@ -394,6 +568,9 @@ func HostsFile(r *Record, hostHosts []byte) []byte {
 	slices.Sort(ks)
 	for _, k := range ks {
 		fmt.Fprintf(&b, "%s\toslet-%d\n", r.Addrs[k], k)
+		if a := r.Addrs6[k]; a != "" {
+			fmt.Fprintf(&b, "%s\toslet-%d\n", a, k)
+		}
 	}
 	return []byte(b.String())
 }

@@ -10,6 +10,7 @@ import (
 	"net/netip"
 	"os"
 	"path/filepath"
+	"reflect"
 	"slices"
 	"strconv"
 	"strings"
@@ -107,7 +108,7 @@ func (f *Forwarder) Run(ctx context.Context) {
 			f.Log.Warn("port scan", "err", err)
 		}
 		switch {
-		case !slices.Equal(before, f.ports):
+		case !reflect.DeepEqual(before, f.ports):
 			wait = f.Interval // one more look while listeners change
 		case changed != nil:
 			wait = idle // the watch says when to look again
@@ -220,13 +221,13 @@ func (f *Forwarder) Scan() error {
 	}
 	var errs []error
 	loopbacks := map[int][]portKey{}
-	type loopListener struct {
-		k int
-		l listener
-	}
-	var loopOnly []loopListener
+	// The families each OSlet's listeners on a port take, and the TCP
+	// servers bound to an OSlet's loopback alone.
+	families := map[portKey]map[int]uint8{}
+	loopOnly := map[portKey]map[int][]listener{}
 	for k, pid := range inits {
 		own, _ := netip.ParseAddr(f.Record.Addrs[k])
+		own6, _ := netip.ParseAddr(f.Record.Addr6(k))
 		ls, err := listenersOf(pid)
 		if err != nil {
 			// The OSlet died since Inits: it holds nothing.
@@ -236,18 +237,30 @@ func (f *Forwarder) Scan() error {
 			continue
 		}
 		for _, l := range ls {
-			if r := f.relays[relayKey{k, l.port}]; r != nil && r.inode == l.inode && l.proto == "tcp" {
+			key := portKey{l.proto, l.port}
+			if f.isRelay(k, l) {
 				continue // smpc's own relay, not a server
 			}
+			// Its OSlet's own localhost:P stays its own, whatever
+			// else becomes of the listener.
+			if l.servesLoopback() {
+				loopbacks[k] = append(loopbacks[k], key)
+			}
 			switch {
-			case reachable(l.addr, own):
+			case l.reachable(own, own6):
 				note(k, l)
-			case l.proto == "tcp" && l.addr.Unmap().Is4() && l.addr.Unmap().IsLoopback():
-				loopOnly = append(loopOnly, loopListener{k, l})
+			case l.proto == "tcp" && l.loopbackOnly() && (l.addr.Unmap().Is4() || own6.IsValid()):
+				if loopOnly[key] == nil {
+					loopOnly[key] = map[int][]listener{}
+				}
+				loopOnly[key][k] = append(loopOnly[key][k], l)
+			default:
+				continue // in its own stack alone
 			}
-			if servesLoopback4(l.addr) {
-				loopbacks[k] = append(loopbacks[k], portKey{l.proto, l.port})
+			if families[key] == nil {
+				families[key] = map[int]uint8{}
 			}
+			families[key][k] |= l.families()
 		}
 		slices.SortFunc(loopbacks[k], cmpKey)
 		loopbacks[k] = slices.Compact(loopbacks[k])
@@ -256,16 +269,17 @@ func (f *Forwarder) Scan() error {
 	// localhost's, through a relay: where its OSlet has no other listener
 	// on the port.
 	scoped := map[portKey]map[int]bool{}
-	for _, ll := range loopOnly {
-		key := portKey{ll.l.proto, ll.l.port}
-		if _, reachable := seen[key][ll.k]; reachable {
-			continue
+	for key, by := range loopOnly {
+		for k, ls := range by {
+			if _, reachable := seen[key][k]; reachable {
+				continue
+			}
+			note(k, ls[0])
+			if scoped[key] == nil {
+				scoped[key] = map[int]bool{}
+			}
+			scoped[key][k] = true
 		}
-		note(ll.k, ll.l)
-		if scoped[key] == nil {
-			scoped[key] = map[int]bool{}
-		}
-		scoped[key][ll.k] = true
 	}
 	// The first to listen keeps the port; among new claims in one tick,
 	// the host, then the lowest OSlet.
@@ -280,11 +294,15 @@ func (f *Forwarder) Scan() error {
 		holders[key] = h
 		if h != Host {
 			to, _ := netip.ParseAddr(f.Record.Addrs[h])
-			fwd := forward{proto: key.proto, port: key.port, to: to}
+			to6, _ := netip.ParseAddr(f.Record.Addr6(h))
+			fwd := forward{proto: key.proto, port: key.port, to: to, to6: to6}
 			all = append(all, fwd)
 			if scoped[key][h] {
-				// Not from outside the machine: a loopback server's.
-				relays[relayKey{h, key.port}] = netip.AddrPortFrom(by[h].addr.Unmap(), key.port)
+				// Not from outside the machine: a loopback server's, in
+				// each family it is bound in.
+				for _, l := range loopOnly[key][h] {
+					relays[relayKey{h, key.port, !l.addr.Unmap().Is4()}] = netip.AddrPortFrom(l.addr.Unmap(), key.port)
+				}
 			} else {
 				fwds = append(fwds, fwd)
 			}
@@ -307,7 +325,9 @@ func (f *Forwarder) Scan() error {
 		f.redirectTried = true
 		face, _ := netip.ParseAddr(f.Record.Gateway)
 		subnet, _ := netip.ParsePrefix(f.Record.Subnet)
-		if f.redirect, err = newLoopbackRedirect(face, subnet); err != nil && f.Log != nil {
+		face6, _ := netip.ParseAddr(f.Record.Gateway6)
+		subnet6, _ := netip.ParsePrefix(f.Record.Subnet6)
+		if f.redirect, err = newLoopbackRedirect(face, subnet, face6, subnet6); err != nil && f.Log != nil {
 			f.Log.Warn("connections to the loopback are forwarded by NAT alone", "err", err)
 		}
 	}
@@ -322,13 +342,14 @@ func (f *Forwarder) Scan() error {
 			}
 		}
 		f.loopbacks, f.all = loopbacks, all
-		if err := errors.Join(forgetUDPFlows(f.fwds, fwds), forgetUDPFlows(f.local, local)); err != nil {
+		fams := f.Record.families()
+		if err := errors.Join(forgetUDPFlows(fams, f.fwds, fwds), forgetUDPFlows(fams, f.local, local)); err != nil {
 			errs = append(errs, err) // the forward is in; only early flows miss it
 		}
 		f.fwds, f.local, f.applied = fwds, local, true
 	}
-	ports := f.portMap(seen, holders, inits, scoped)
-	if (!f.published || !slices.Equal(ports, f.ports)) && f.Publish != nil {
+	ports := f.portMap(seen, holders, inits, scoped, families)
+	if (!f.published || !reflect.DeepEqual(ports, f.ports)) && f.Publish != nil {
 		if err := f.Publish(ports); err != nil {
 			errs = append(errs, err)
 		} else {
@@ -341,7 +362,7 @@ func (f *Forwarder) Scan() error {
 // portMap lists every OSlet listener, and the host's only where they share
 // a port with an OSlet: the host's other ports are not the cluster's
 // business.
-func (f *Forwarder) portMap(seen map[portKey]map[int]listener, holders map[portKey]int, inits map[int]int, scoped map[portKey]map[int]bool) []Port {
+func (f *Forwarder) portMap(seen map[portKey]map[int]listener, holders map[portKey]int, inits map[int]int, scoped map[portKey]map[int]bool, families map[portKey]map[int]uint8) []Port {
 	listed := func(by map[int]listener) bool {
 		_, host := by[Host]
 		return !host || len(by) > 1
@@ -379,6 +400,16 @@ func (f *Forwarder) portMap(seen map[portKey]map[int]listener, holders map[portK
 				Holder: h, Forwarded: h == k && k != Host, HostClients: k == Host && h != Host, NotFromHost: h == k && k != Host && hostServes}
 			if scoped[key][k] {
 				p.Scope = statedir.ScopeLoopback
+			}
+			fams := families[key][k]
+			if k == Host {
+				fams = l.families()
+			}
+			if fams&familyBit4 != 0 {
+				p.Families = append(p.Families, "ipv4")
+			}
+			if fams&familyBit6 != 0 {
+				p.Families = append(p.Families, "ipv6")
 			}
 			ports = append(ports, p)
 		}
@@ -486,13 +517,6 @@ func WritePorts(path string, ports []Port) error {
 	return os.Rename(tmp, path)
 }
 
-// servesLoopback4 says whether a listener bound to addr takes IPv4
-// connections to 127.0.0.1: bound to any address (a dual-stack IPv6
-// socket's :: too) or to the loopback.
-func servesLoopback4(addr netip.Addr) bool {
-	return !addr.IsValid() || addr.IsUnspecified() || (addr.Unmap().Is4() && addr.Unmap().IsLoopback())
-}
-
 // initNetns is an OSlet's network namespace cookie, found from its init.
 type initNetns struct {
 	init   int
@@ -534,10 +558,21 @@ func (f *Forwarder) netnsCookies(inits map[int]int) map[int]uint64 {
 	return out
 }
 
-// relayKey names a relay: the OSlet and the port it serves.
+// relayKey names a relay: the OSlet, the port it serves, and its family.
 type relayKey struct {
 	oslet int
 	port  uint16
+	ipv6  bool
+}
+
+// isRelay says whether l, of OSlet k, is smpc's own relay.
+func (f *Forwarder) isRelay(k int, l listener) bool {
+	for _, v6 := range []bool{false, true} {
+		if r := f.relays[relayKey{k, l.port, v6}]; r != nil && r.inode == l.inode && l.proto == "tcp" {
+			return true
+		}
+	}
+	return false
 }
 
 // syncRelays makes the relays those of want (a loopback server's address
@@ -557,7 +592,11 @@ func (f *Forwarder) syncRelays(want map[relayKey]netip.AddrPort, inits map[int]i
 		if _, ok := f.relays[key]; ok {
 			continue
 		}
-		own, err := netip.ParseAddr(f.Record.Addrs[key.oslet])
+		addr := f.Record.Addrs[key.oslet]
+		if key.ipv6 {
+			addr = f.Record.Addr6(key.oslet)
+		}
+		own, err := netip.ParseAddr(addr)
 		if err != nil {
 			errs = append(errs, fmt.Errorf("oslet %d: no address: %w", key.oslet, err))
 			continue
@@ -578,9 +617,14 @@ func (f *Forwarder) clusterAddress(a netip.Addr) bool {
 	if g, err := netip.ParseAddr(f.Record.Gateway); err == nil && g == a {
 		return true
 	}
-	for _, s := range f.Record.Addrs {
-		if o, err := netip.ParseAddr(s); err == nil && o == a {
-			return true
+	if g, err := netip.ParseAddr(f.Record.Gateway6); err == nil && g == a {
+		return true
+	}
+	for _, addrs := range []map[int]string{f.Record.Addrs, f.Record.Addrs6} {
+		for _, s := range addrs {
+			if o, err := netip.ParseAddr(s); err == nil && o == a {
+				return true
+			}
 		}
 	}
 	return false

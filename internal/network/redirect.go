@@ -42,12 +42,21 @@ import (
 // programs hang from the root of the cgroup v2 hierarchy by BPF links,
 // which the kernel removes when the boot process exits, even if it
 // crashes.
+//
+// IPv6 has programs of its own (connect6 and the rest), with maps whose
+// values are IPv6 addresses: the host's and the OSlets' ::1, and the face's
+// IPv6 address, lead to the holder's IPv6 address as their IPv4 twins do.
+// There the host's UDP to ::1 takes the redirect too, since the kernel has
+// no route_localnet for IPv6 and no NAT can send a packet from ::1 to an
+// OSlet.
 type loopbackRedirect struct {
 	// ports are the host's forwards (port to the holder's address),
 	// osletPorts every port an OSlet holds, facePorts those the face
-	// forwards (not the loopback servers'); oslets the OSlets' network
-	// namespaces (by cookie), and held the ports each listens on itself.
+	// forwards (not the loopback servers'); the same with 6 for IPv6.
+	// oslets are the OSlets' network namespaces (by cookie), and held the
+	// ports each listens on itself, in either family.
 	ports, osletPorts, facePorts, oslets, held, peers *ebpf.Map
+	ports6, osletPorts6, facePorts6, peers6           *ebpf.Map
 	links                                             []link.Link
 }
 
@@ -62,10 +71,13 @@ type heldKey struct {
 // kernel lists them: the connect program runs at connect(2) and at an
 // unconnected UDP socket's sendmsg(2), the peer name program at
 // getpeername(2) and at a UDP socket's recvmsg(2).
-var RedirectPrograms = [4]string{"smpc_connect4", "smpc_peername4", "smpc_sendmsg4", "smpc_recvmsg4"}
+// The last four are IPv6's, attached for a cluster with IPv6.
+var RedirectPrograms = [8]string{"smpc_connect4", "smpc_peername4", "smpc_sendmsg4", "smpc_recvmsg4",
+	"smpc_connect6", "smpc_peername6", "smpc_sendmsg6", "smpc_recvmsg6"}
 
 // RedirectAttachTypes are where they hang, in the same order.
-var RedirectAttachTypes = [4]ebpf.AttachType{ebpf.AttachCGroupInet4Connect, ebpf.AttachCgroupInet4GetPeername, ebpf.AttachCGroupUDP4Sendmsg, ebpf.AttachCGroupUDP4Recvmsg}
+var RedirectAttachTypes = [8]ebpf.AttachType{ebpf.AttachCGroupInet4Connect, ebpf.AttachCgroupInet4GetPeername, ebpf.AttachCGroupUDP4Sendmsg, ebpf.AttachCGroupUDP4Recvmsg,
+	ebpf.AttachCGroupInet6Connect, ebpf.AttachCgroupInet6GetPeername, ebpf.AttachCGroupUDP6Sendmsg, ebpf.AttachCGroupUDP6Recvmsg}
 
 // redirectEntries bounds the connections whose peer address the redirect
 // remembers; an LRU map forgets the oldest, closed or not.
@@ -74,15 +86,19 @@ const redirectEntries = 1 << 16
 // Offsets in struct bpf_sock_addr and struct bpf_sock (uapi/linux/bpf.h).
 const (
 	sockAddrUserIP4   = 4
+	sockAddrUserIP6   = 8
 	sockAddrUserPort  = 24
 	sockAddrType      = 32
 	sockAddrSk        = 64
 	bpfSockSrcIP4     = 24
+	bpfSockSrcIP6     = 28
 	bpfAllow          = 1
 	loopbackFirstByte = 127
 )
 
-func newLoopbackRedirect(face netip.Addr, subnet netip.Prefix) (*loopbackRedirect, error) {
+// newLoopbackRedirect loads the programs and hangs them from the cgroup v2
+// root: IPv4's, and IPv6's where face6 is valid.
+func newLoopbackRedirect(face netip.Addr, subnet netip.Prefix, face6 netip.Addr, subnet6 netip.Prefix) (*loopbackRedirect, error) {
 	root, err := partition.Cgroup2Root()
 	if err != nil {
 		return nil, fmt.Errorf("loopback redirect: %w", err)
@@ -96,7 +112,12 @@ func newLoopbackRedirect(face netip.Addr, subnet netip.Prefix) (*loopbackRedirec
 		return nil, err
 	}
 	connect, peername := r.connectProgram(cookie, face), peernameProgram(r.peers, subnet)
-	for i, insns := range []asm.Instructions{connect, peername, connect, peername} {
+	progs := []asm.Instructions{connect, peername, connect, peername}
+	if face6.IsValid() {
+		connect6, peername6 := r.connect6Program(cookie, face6), peername6Program(r.peers6, subnet6)
+		progs = append(progs, connect6, peername6, connect6, peername6)
+	}
+	for i, insns := range progs {
 		name, attach := RedirectPrograms[i], RedirectAttachTypes[i]
 		prog, err := ebpf.NewProgram(&ebpf.ProgramSpec{Name: name, Type: ebpf.CGroupSockAddr, AttachType: attach, Instructions: insns, License: "GPL"})
 		if err != nil {
@@ -132,6 +153,11 @@ func newRedirectMaps() (*loopbackRedirect, error) {
 		// sent to as user_port holds it (u32), to the address it asked
 		// for and the holder's it was given (u32 each, network order).
 		{&r.peers, ebpf.MapSpec{Name: "smpc_peers", Type: ebpf.LRUHash, KeySize: 12, ValueSize: 8, MaxEntries: redirectEntries}},
+		// IPv6's: the same keys, IPv6 addresses for values.
+		{&r.ports6, ebpf.MapSpec{Name: "smpc_ports6", Type: ebpf.Hash, KeySize: 4, ValueSize: 16, MaxEntries: 1 << 16}},
+		{&r.osletPorts6, ebpf.MapSpec{Name: "smpc_oslet_ports6", Type: ebpf.Hash, KeySize: 4, ValueSize: 16, MaxEntries: 1 << 16}},
+		{&r.facePorts6, ebpf.MapSpec{Name: "smpc_face_ports6", Type: ebpf.Hash, KeySize: 4, ValueSize: 16, MaxEntries: 1 << 16}},
+		{&r.peers6, ebpf.MapSpec{Name: "smpc_peers6", Type: ebpf.LRUHash, KeySize: 12, ValueSize: 32, MaxEntries: redirectEntries}},
 	} {
 		if *m.m, err = ebpf.NewMap(&m.spec); err != nil {
 			r.Close()
@@ -160,7 +186,7 @@ func (r *loopbackRedirect) connectProgram(hostCookie uint64, face netip.Addr) as
 	// The stack: -4 the forward maps' key; -32 the held map's key (netns
 	// cookie, then the key again at -24); -16 the peers map's key (socket
 	// cookie, then the port at -8); -40 its value (asked, then to at -36).
-	return asm.Instructions{
+	insns := asm.Instructions{
 		asm.Mov.Reg(asm.R6, asm.R1), // ctx
 		asm.LoadMem(asm.R2, asm.R6, sockAddrType, asm.Word),
 		asm.JEq.Imm(asm.R2, unix.SOCK_STREAM, "typed"),
@@ -176,6 +202,43 @@ func (r *loopbackRedirect) connectProgram(hostCookie uint64, face netip.Addr) as
 		asm.LoadMem(asm.R2, asm.R6, sockAddrSk, asm.DWord).WithSymbol("unbound"),
 		asm.LoadMem(asm.R2, asm.R2, bpfSockSrcIP4, asm.Word),
 		asm.JNE.Imm(asm.R2, 0, "allow"),
+	}
+	insns = append(insns, r.lookupHolder(hostCookie, holderMaps{host: r.ports, face: r.facePorts, oslet: r.osletPorts})...)
+	insns = append(insns,
+		asm.LoadMem(asm.R2, asm.R0, 0, asm.Word),
+		asm.StoreMem(asm.R6, sockAddrUserIP4, asm.R2, asm.Word),
+		// peers[socket cookie, port] = {asked, to}
+		asm.StoreMem(asm.RFP, -40, asm.R7, asm.Word),
+		asm.StoreMem(asm.RFP, -36, asm.R2, asm.Word),
+	)
+	return append(insns, rememberPeer(r.peers, -40)...)
+}
+
+// holderMaps are the forward maps a connect program looks a port up in:
+// the host's, the face's and the OSlets' loopback's. hostUDP says whether
+// the host's UDP takes the host's map too (IPv6's; IPv4 leaves it to
+// dnat-local).
+type holderMaps struct {
+	host, face, oslet *ebpf.Map
+	hostUDP           bool
+}
+
+// lookupHolder is the part of a connect program that finds the holder of
+// the port asked for, for a socket of the host (the host's map, TCP only
+// unless m.hostUDP; never to the face, which dnat-local serves) or of an
+// OSlet (to the face, TCP only, the face's map; to its loopback, the
+// OSlets' map unless held says its own OSlet serves the port). It expects
+// the context in R6 and, in R9, 1 for a connection to the face and 0 for
+// the loopback; it leaves the holder's address (a map value) in R0, or
+// jumps to "allow" where there is none. The stack as connectProgram's.
+func (r *loopbackRedirect) lookupHolder(hostCookie uint64, m holderMaps) asm.Instructions {
+	host := asm.Instructions{asm.JNE.Imm(asm.R9, 0, "allow")}
+	if !m.hostUDP {
+		host = append(host,
+			asm.LoadMem(asm.R2, asm.R6, sockAddrType, asm.Word),
+			asm.JNE.Imm(asm.R2, unix.SOCK_STREAM, "allow"))
+	}
+	insns := asm.Instructions{
 		// The forward maps' key: the port, and the protocol's bit.
 		asm.LoadMem(asm.R2, asm.R6, sockAddrUserPort, asm.Word),
 		asm.LoadMem(asm.R3, asm.R6, sockAddrType, asm.Word),
@@ -187,12 +250,11 @@ func (r *loopbackRedirect) connectProgram(hostCookie uint64, face netip.Addr) as
 		asm.Mov.Reg(asm.R8, asm.R0),
 		asm.LoadImm(asm.R1, int64(hostCookie), asm.DWord),
 		asm.JNE.Reg(asm.R8, asm.R1, "oslet"),
-		// The host's socket: TCP to the loopback only (its face
-		// connections and its UDP take dnat-local).
-		asm.JNE.Imm(asm.R9, 0, "allow"),
-		asm.LoadMem(asm.R2, asm.R6, sockAddrType, asm.Word),
-		asm.JNE.Imm(asm.R2, unix.SOCK_STREAM, "allow"),
-		asm.LoadMapPtr(asm.R1, r.ports.FD()),
+	}
+	// The host's socket.
+	insns = append(insns, host...)
+	return append(insns,
+		asm.LoadMapPtr(asm.R1, m.host.FD()),
 		asm.Ja.Label("lookup"),
 		// An OSlet's socket: oslets[netns] must be.
 		asm.StoreMem(asm.RFP, -32, asm.R8, asm.DWord).WithSymbol("oslet"),
@@ -205,7 +267,7 @@ func (r *loopbackRedirect) connectProgram(hostCookie uint64, face netip.Addr) as
 		// To the face: TCP only (UDP takes dnat-in).
 		asm.LoadMem(asm.R2, asm.R6, sockAddrType, asm.Word),
 		asm.JNE.Imm(asm.R2, unix.SOCK_STREAM, "allow"),
-		asm.LoadMapPtr(asm.R1, r.facePorts.FD()),
+		asm.LoadMapPtr(asm.R1, m.face.FD()),
 		asm.Ja.Label("lookup"),
 		// To its loopback: held[netns, key] must not be.
 		asm.LoadMem(asm.R2, asm.RFP, -4, asm.Word).WithSymbol("loopback"),
@@ -215,27 +277,30 @@ func (r *loopbackRedirect) connectProgram(hostCookie uint64, face netip.Addr) as
 		asm.Add.Imm(asm.R2, -32),
 		asm.FnMapLookupElem.Call(),
 		asm.JNE.Imm(asm.R0, 0, "allow"),
-		asm.LoadMapPtr(asm.R1, r.osletPorts.FD()),
+		asm.LoadMapPtr(asm.R1, m.oslet.FD()),
 		// to := map[key]
 		asm.Mov.Reg(asm.R2, asm.RFP).WithSymbol("lookup"),
 		asm.Add.Imm(asm.R2, -4),
 		asm.FnMapLookupElem.Call(),
 		asm.JEq.Imm(asm.R0, 0, "allow"),
-		asm.LoadMem(asm.R2, asm.R0, 0, asm.Word),
-		asm.StoreMem(asm.R6, sockAddrUserIP4, asm.R2, asm.Word),
-		// peers[socket cookie, port] = {asked, to}
-		asm.StoreMem(asm.RFP, -40, asm.R7, asm.Word),
-		asm.StoreMem(asm.RFP, -36, asm.R2, asm.Word),
+	)
+}
+
+// rememberPeer ends a connect program: peers[socket cookie, port] = the
+// value the program built on the stack at value (the address asked for,
+// then the holder's), and allow.
+func rememberPeer(peers *ebpf.Map, value int16) asm.Instructions {
+	return asm.Instructions{
 		asm.Mov.Reg(asm.R1, asm.R6),
 		asm.FnGetSocketCookie.Call(),
 		asm.StoreMem(asm.RFP, -16, asm.R0, asm.DWord),
 		asm.LoadMem(asm.R2, asm.R6, sockAddrUserPort, asm.Word),
 		asm.StoreMem(asm.RFP, -8, asm.R2, asm.Word),
-		asm.LoadMapPtr(asm.R1, r.peers.FD()),
+		asm.LoadMapPtr(asm.R1, peers.FD()),
 		asm.Mov.Reg(asm.R2, asm.RFP),
 		asm.Add.Imm(asm.R2, -16),
 		asm.Mov.Reg(asm.R3, asm.RFP),
-		asm.Add.Imm(asm.R3, -40),
+		asm.Add.Imm(asm.R3, int32(value)),
 		asm.Mov.Imm(asm.R4, 0), // BPF_ANY
 		asm.FnMapUpdateElem.Call(),
 		asm.Mov.Imm(asm.R0, bpfAllow).WithSymbol("allow"),
@@ -256,11 +321,29 @@ func peernameProgram(peers *ebpf.Map, subnet netip.Prefix) asm.Instructions {
 		m := net.CIDRMask(subnet.Bits(), 32)
 		netIP, mask = binary.NativeEndian.Uint32(n[:]), binary.NativeEndian.Uint32(m)
 	}
-	return asm.Instructions{
+	insns := asm.Instructions{
 		asm.Mov.Reg(asm.R6, asm.R1),
 		asm.LoadMem(asm.R2, asm.R6, sockAddrUserIP4, asm.Word),
 		asm.And.Imm32(asm.R2, int32(mask)),
 		asm.JNE.Imm32(asm.R2, int32(netIP), "allow"),
+	}
+	insns = append(insns, lookupPeer(peers)...)
+	return append(insns,
+		asm.LoadMem(asm.R2, asm.R0, 4, asm.Word), // to
+		asm.LoadMem(asm.R3, asm.R6, sockAddrUserIP4, asm.Word),
+		asm.JNE.Reg(asm.R2, asm.R3, "allow"),
+		asm.LoadMem(asm.R2, asm.R0, 0, asm.Word), // asked
+		asm.StoreMem(asm.R6, sockAddrUserIP4, asm.R2, asm.Word),
+		asm.Mov.Imm(asm.R0, bpfAllow).WithSymbol("allow"),
+		asm.Return(),
+	)
+}
+
+// lookupPeer is the part of a peer name program that finds what the
+// connect program remembered of the socket in R6's context and the port
+// of its peer: the value in R0, or a jump to "allow" where there is none.
+func lookupPeer(peers *ebpf.Map) asm.Instructions {
+	return asm.Instructions{
 		asm.Mov.Reg(asm.R1, asm.R6),
 		asm.FnGetSocketCookie.Call(),
 		asm.StoreMem(asm.RFP, -16, asm.R0, asm.DWord),
@@ -271,13 +354,6 @@ func peernameProgram(peers *ebpf.Map, subnet netip.Prefix) asm.Instructions {
 		asm.Add.Imm(asm.R2, -16),
 		asm.FnMapLookupElem.Call(),
 		asm.JEq.Imm(asm.R0, 0, "allow"),
-		asm.LoadMem(asm.R2, asm.R0, 4, asm.Word), // to
-		asm.LoadMem(asm.R3, asm.R6, sockAddrUserIP4, asm.Word),
-		asm.JNE.Reg(asm.R2, asm.R3, "allow"),
-		asm.LoadMem(asm.R2, asm.R0, 0, asm.Word), // asked
-		asm.StoreMem(asm.R6, sockAddrUserIP4, asm.R2, asm.Word),
-		asm.Mov.Imm(asm.R0, bpfAllow).WithSymbol("allow"),
-		asm.Return(),
 	}
 }
 
@@ -304,6 +380,8 @@ func userPort(port uint16) uint32 {
 // netns, each OSlet's network namespace cookie; own, the ports each OSlet
 // serves on its own loopback (listening at any address, or there). The
 // host's and the face's maps take TCP alone; the OSlets' both protocols.
+//
+// For IPv6 the host's map takes UDP too (see loopbackRedirect).
 func (r *loopbackRedirect) set(local, all, face []forward, netns map[int]uint64, own map[int][]portKey) error {
 	byKey := func(fwds []forward, udp bool) map[uint32]uint32 {
 		want := map[uint32]uint32{}
@@ -311,6 +389,15 @@ func (r *loopbackRedirect) set(local, all, face []forward, netns map[int]uint64,
 			if f.proto == "tcp" || udp {
 				to := f.to.As4()
 				want[forwardKey(f.proto, f.port)] = binary.NativeEndian.Uint32(to[:])
+			}
+		}
+		return want
+	}
+	byKey6 := func(fwds []forward, udp bool) map[uint32][16]byte {
+		want := map[uint32][16]byte{}
+		for _, f := range fwds {
+			if f.to6.IsValid() && (f.proto == "tcp" || udp) {
+				want[forwardKey(f.proto, f.port)] = f.to6.As16()
 			}
 		}
 		return want
@@ -323,6 +410,7 @@ func (r *loopbackRedirect) set(local, all, face []forward, netns map[int]uint64,
 		}
 	}
 	err := errors.Join(syncMap(r.ports, byKey(local, false)), syncMap(r.osletPorts, byKey(all, true)), syncMap(r.facePorts, byKey(face, false)),
+		syncMap(r.ports6, byKey6(local, true)), syncMap(r.osletPorts6, byKey6(all, true)), syncMap(r.facePorts6, byKey6(face, false)),
 		syncMap(r.oslets, oslets), syncMap(r.held, held))
 	if err != nil {
 		return fmt.Errorf("loopback redirect: set ports: %w", err)
@@ -362,7 +450,7 @@ func (r *loopbackRedirect) Close() {
 		l.Close()
 	}
 	r.links = nil
-	for _, m := range []*ebpf.Map{r.ports, r.osletPorts, r.facePorts, r.oslets, r.held, r.peers} {
+	for _, m := range []*ebpf.Map{r.ports, r.osletPorts, r.facePorts, r.oslets, r.held, r.peers, r.ports6, r.osletPorts6, r.facePorts6, r.peers6} {
 		if m != nil {
 			m.Close()
 		}

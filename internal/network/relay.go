@@ -46,8 +46,12 @@ type relay struct {
 // and relays to server.
 func startRelay(k, init int, own netip.Addr, server netip.AddrPort, allow func(netip.Addr) bool, log *slog.Logger) (*relay, error) {
 	r := &relay{oslet: k, server: server, init: init, allow: allow, log: log}
+	network := "tcp4"
+	if own.Is6() {
+		network = "tcp6"
+	}
 	err := inNetnsOf(init, func() error {
-		ln, err := net.ListenTCP("tcp4", net.TCPAddrFromAddrPort(netip.AddrPortFrom(own, server.Port())))
+		ln, err := net.ListenTCP(network, net.TCPAddrFromAddrPort(netip.AddrPortFrom(own, server.Port())))
 		r.ln = ln
 		return err
 	})
@@ -95,7 +99,7 @@ func (r *relay) join(client *net.TCPConn) {
 	defer client.Close()
 	var server *net.TCPConn
 	err := inNetnsOf(r.init, func() error {
-		c, err := net.DialTCP("tcp4", nil, net.TCPAddrFromAddrPort(r.server))
+		c, err := net.DialTCP("tcp", nil, net.TCPAddrFromAddrPort(r.server))
 		server = c
 		return err
 	})

@@ -35,13 +35,14 @@ type Config struct {
 	Cgroups map[int]partition.StatFiles `json:"cgroups"`
 	// Bin is the directory that holds smpc, added to the PATH of the
 	// processes the init starts where smpc is not on it.
-	Bin     string          `json:"bin,omitempty"`
-	GTmp    string          `json:"gtmp"`              // host path of the shared tmpfs mounted on /gtmp
-	Shm     string          `json:"shm"`               // host path of the shared tmpfs mounted on /dev/shm
-	Owner   uint32          `json:"owner"`             // uid allowed on the host socket besides root
-	Address string          `json:"address,omitempty"` // the OSlet's address on the cluster bridge
-	Hosts   string          `json:"hosts,omitempty"`   // host path of the /etc/hosts the OSlet sees
-	Devices []device.Device `json:"devices,omitempty"` // every OSlet's devices
+	Bin      string          `json:"bin,omitempty"`
+	GTmp     string          `json:"gtmp"`               // host path of the shared tmpfs mounted on /gtmp
+	Shm      string          `json:"shm"`                // host path of the shared tmpfs mounted on /dev/shm
+	Owner    uint32          `json:"owner"`              // uid allowed on the host socket besides root
+	Address  string          `json:"address,omitempty"`  // the OSlet's address on the cluster bridge
+	Address6 string          `json:"address6,omitempty"` // its IPv6 address there, if the cluster has IPv6
+	Hosts    string          `json:"hosts,omitempty"`    // host path of the /etc/hosts the OSlet sees
+	Devices  []device.Device `json:"devices,omitempty"`  // every OSlet's devices
 	// PeerSlots bounds the peer requests served at once (the queued lock).
 	PeerSlots int `json:"peer_slots"`
 }

@@ -542,7 +542,7 @@ func (i *Init) localStatus() fabric.OSletStatus {
 		MemoryLimit: i.self.Memory, MemoryUsed: i.cg.MemoryUsed(),
 		Processes: procs, Load: i.loads.load(i.cfg.Index, int(i.pid)),
 		Queue: waiting, Active: active, Protocol: fmt.Sprintf("%d.%d", fabric.Major, fabric.Minor),
-		Address: i.cfg.Address, InitPID: int(i.pid), Waits: int(i.waits.Load()), OOMKills: i.cg.OOMKills(),
+		Address: i.cfg.Address, Address6: i.cfg.Address6, InitPID: int(i.pid), Waits: int(i.waits.Load()), OOMKills: i.cg.OOMKills(),
 	}
 }
 

@@ -45,6 +45,30 @@ type Plan struct {
 	// Subnet is the cluster's IPv4 subnet (the bridge and one address per
 	// OSlet); empty for the default.
 	Subnet string `json:"subnet,omitempty"`
+	// Subnet6 is the cluster's IPv6 subnet, a unique local prefix (fc00::/7)
+	// such as fd12:3456:789a::/64; empty for one of the cluster's own, NoIPv6
+	// for none.
+	Subnet6 string `json:"subnet6,omitempty"`
+}
+
+// NoIPv6 as the plan's Subnet6 leaves IPv6 out of the cluster.
+const NoIPv6 = "none"
+
+// ParseSubnet6 reads an IPv6 subnet of a plan: a unique local prefix, as
+// the cluster's addresses are not to be routed beyond the machine. Empty
+// gives the zero Prefix (the cluster's own default).
+func ParseSubnet6(s string) (netip.Prefix, error) {
+	if s == "" {
+		return netip.Prefix{}, nil
+	}
+	p, err := netip.ParsePrefix(s)
+	if err != nil || !p.Addr().Is6() || p.Addr().Is4In6() {
+		return netip.Prefix{}, fmt.Errorf("subnet6 %q is not an IPv6 prefix such as fd12:3456:789a::/64 (or %q)", s, NoIPv6)
+	}
+	if !netip.MustParsePrefix("fc00::/7").Contains(p.Addr()) || p.Bits() < 8 {
+		return netip.Prefix{}, fmt.Errorf("subnet6 %s is not within the unique local addresses, fc00::/7 (the cluster's addresses stay on the machine)", p)
+	}
+	return p.Masked(), nil
 }
 
 // Options shape a generated plan. With OSlets alone, the machine is split
@@ -317,6 +341,11 @@ func (p *Plan) Validate(m *topology.Machine) error {
 	if p.Subnet != "" {
 		if sub, err := netip.ParsePrefix(p.Subnet); err != nil || !sub.Addr().Is4() {
 			return fmt.Errorf("plan: subnet %q is not an IPv4 prefix such as 10.77.0.0/24", p.Subnet)
+		}
+	}
+	if p.Subnet6 != NoIPv6 {
+		if _, err := ParseSubnet6(p.Subnet6); err != nil {
+			return fmt.Errorf("plan: %w", err)
 		}
 	}
 	if memory > m.Memory {

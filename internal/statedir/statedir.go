@@ -181,6 +181,10 @@ type Port struct {
 	// alone: the cluster's localhost reaches it, nothing outside the
 	// machine does.
 	Scope string `json:"scope,omitempty"`
+	// Families are the address families the listener takes, "ipv4" and
+	// "ipv6": a socket bound to any IPv6 address takes both, unless it is
+	// IPv6-only.
+	Families []string `json:"families"`
 }
 
 // ScopeLoopback is the Scope of a server bound to its OSlet's loopback.
