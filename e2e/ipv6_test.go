@@ -13,6 +13,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/google/nftables"
+
 	"github.com/smpc-cluster/smpc/internal/partition"
 )
 
@@ -215,5 +217,57 @@ func (c *cluster) machineOnBridge(t *testing.T, addr4, addr6 string) func(args .
 	return func(args ...string) (string, error) {
 		out, err := exec.Command("ip", append([]string{"netns", "exec", ns}, args...)...).CombinedOutput()
 		return string(out), err
+	}
+}
+
+// TestNoIPv6 boots a cluster with --subnet6 none: its OSlets have no IPv6
+// address and no name resolves to one, it makes no ip6 table and hangs no
+// IPv6 program, leaves the host's IPv6 forwarding as it was, and its IPv4
+// works as ever.
+func TestNoIPv6(t *testing.T) {
+	needRoot(t)
+	forwardingWas := readSysctl(t, "net/ipv6/conf/all/forwarding")
+	c := boot(t, "--subnet", "10.79.5.0/24", "--subnet6", "none")
+	if nw := c.network(); nw.Gateway6 != "" || len(nw.Addrs6) != 0 {
+		t.Errorf("a cluster without IPv6 has IPv6 addresses: %q %v", nw.Gateway6, nw.Addrs6)
+	}
+	if got := readSysctl(t, "net/ipv6/conf/all/forwarding"); got != forwardingWas {
+		t.Errorf("IPv6 forwarding is %s with a cluster without IPv6, was %s", got, forwardingWas)
+	}
+	if out := c.must("run", "--on", "1", "--", "ip", "-6", "addr", "show", "scope", "global"); strings.TrimSpace(out) != "" {
+		t.Errorf("OSlet 1 has a global IPv6 address: %s", out)
+	}
+	if out, code := c.smpc("run", "--on", "1", "--", "getent", "ahostsv6", "smpc-cluster"); code == 0 && !strings.Contains(out, "::ffff:") {
+		t.Errorf("smpc-cluster resolves to IPv6 in a cluster without it: %s", out)
+	}
+	if out := c.must("status", "--json"); strings.Contains(out, "address6") {
+		t.Errorf("status shows an IPv6 address: %s", out)
+	}
+	conn, err := nftables.New()
+	if err != nil {
+		t.Fatal(err)
+	}
+	tables, err := conn.ListTablesOfFamily(nftables.TableFamilyIPv6)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, tb := range tables {
+		if strings.HasPrefix(tb.Name, "smpc") {
+			t.Errorf("a cluster without IPv6 made table ip6 %s", tb.Name)
+		}
+	}
+	if _, err := partition.Cgroup2Root(); err == nil {
+		for _, p := range redirectPrograms(t) {
+			if strings.HasSuffix(p, "6") {
+				t.Errorf("a cluster without IPv6 hung %s", p)
+			}
+		}
+	}
+	const port = 18664
+	pid := c.serveWho(2, "0.0.0.0", port, "oslet 2\n")
+	defer c.smpc("kill", strconv.Itoa(pid))
+	c.waitPort(t, "tcp", port, 2, forwarded)
+	if body, err := tryGet(fmt.Sprintf("http://127.0.0.1:%d/who", port)); err != nil || body != "oslet 2\n" {
+		t.Errorf("the host's 127.0.0.1:%d: %q %v", port, body, err)
 	}
 }
