@@ -844,3 +844,53 @@ func (c *cluster) serveWho(k int, bind string, port int, text string) int {
 	os.WriteFile(filepath.Join(c.dir, "gtmp", dir, "who"), []byte(text), 0o644)
 	return c.pidOf(c.must("run", "--on", strconv.Itoa(k), "--detach", "--", "python3", "-m", "http.server", "--bind", bind, "--directory", "/gtmp/"+dir, strconv.Itoa(port)))
 }
+
+// TestClustersShareHostSwitches boots two clusters on a host that forwards
+// nothing: the first to boot turns forwarding on, its shutdown leaves it
+// on while the second runs, and the second's puts every switch back as the
+// host had it.
+func TestClustersShareHostSwitches(t *testing.T) {
+	needRoot(t)
+	switches := []string{"net/ipv4/ip_forward", "net/ipv6/conf/all/forwarding"}
+	hostHad := map[string]string{}
+	for _, name := range switches {
+		hostHad[name] = readSysctl(t, name)
+	}
+	write := func(name, value string) {
+		if err := os.WriteFile("/proc/sys/"+name, []byte(value), 0); err != nil {
+			t.Fatal(err)
+		}
+	}
+	defer func() {
+		for name, v := range hostHad {
+			write(name, v)
+		}
+	}()
+	for _, name := range switches {
+		write(name, "0")
+	}
+	acceptRAWas := acceptRA(t)
+	check := func(when, want string) {
+		t.Helper()
+		for _, name := range switches {
+			if got := readSysctl(t, name); got != want {
+				t.Errorf("%s: %s is %s, want %s", when, name, got, want)
+			}
+		}
+	}
+	first := boot(t, "--subnet", "10.79.6.0/24")
+	second := &cluster{t: t, dir: first.dir + "-second"}
+	second.smpc("shutdown") // a previous run's leftovers
+	second.must("boot", "--detach", "--oslets", "2", "--subnet", "10.79.7.0/24")
+	t.Cleanup(func() { second.smpc("shutdown") })
+	check("with both clusters up", "1")
+	first.must("shutdown")
+	check("after the first cluster's shutdown, the second still up", "1")
+	second.must("shutdown")
+	check("after both shut down", "0")
+	for name, was := range acceptRAWas {
+		if got, err := os.ReadFile("/proc/sys/net/ipv6/conf/" + name + "/accept_ra"); err == nil && strings.TrimSpace(string(got)) != was {
+			t.Errorf("accept_ra of %s is %s after both shut down, was %s", name, strings.TrimSpace(string(got)), was)
+		}
+	}
+}

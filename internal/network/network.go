@@ -69,7 +69,10 @@ type Record struct {
 	Addrs   map[int]string   `json:"addresses"` // OSlet index to its address
 	Veths   map[int]string   `json:"veths"`     // OSlet index to the host end of its veth pair
 	Moved   map[int][]string `json:"moved,omitempty"`
-	// IPForwardWas is net.ipv4.ip_forward before boot, put back at shutdown.
+	// IPForwardWas is what a cluster of an earlier smpc recorded of
+	// net.ipv4.ip_forward, for this one to put back if it finds such a
+	// cluster crashed; the host's switches now have a file of their own
+	// (switches.go).
 	IPForwardWas string `json:"ip_forward_was,omitempty"`
 
 	// The cluster's IPv6, all empty for a cluster without it: the subnet
@@ -78,11 +81,6 @@ type Record struct {
 	Subnet6  string         `json:"subnet6,omitempty"`
 	Gateway6 string         `json:"gateway6,omitempty"`
 	Addrs6   map[int]string `json:"addresses6,omitempty"`
-	// IPv6ForwardWas is net.ipv6.conf.all.forwarding before boot, and
-	// AcceptRAWas the interfaces whose accept_ra boot raised from 1 to 2
-	// (see Setup), each put back at shutdown.
-	IPv6ForwardWas string            `json:"ipv6_forward_was,omitempty"`
-	AcceptRAWas    map[string]string `json:"accept_ra_was,omitempty"`
 }
 
 // Plan names the links and numbers the addresses of a cluster whose state
@@ -252,9 +250,10 @@ func prefixOf(n *net.IPNet) (netip.Prefix, bool) {
 	return netip.PrefixFrom(a, ones).Masked(), true
 }
 
-// Setup makes the cluster's face: the bridge with the gateway address, IPv4
-// forwarding, and the nftables table with masquerading; no port is
-// forwarded yet.
+// Setup makes the cluster's face: the bridge with the gateway addresses,
+// the host's switches it needs (claimSwitches: forwarding, and for IPv6
+// the router advertisements a forwarding host would ignore), and the
+// nftables tables with masquerading; no port is forwarded yet.
 func Setup(r *Record) error {
 	br := &netlink.Bridge{LinkAttrs: netlink.LinkAttrs{Name: r.Bridge, MTU: MTU}}
 	if err := netlink.LinkAdd(br); err != nil {
@@ -277,20 +276,13 @@ func Setup(r *Record) error {
 	if err := netlink.LinkSetUp(br); err != nil {
 		return fmt.Errorf("network: bring up %s: %w", r.Bridge, err)
 	}
-	was, err := readSysctl("net/ipv4/ip_forward")
-	if err != nil {
-		return fmt.Errorf("network: %w", err)
-	}
-	if was != "1" {
-		if err := writeSysctl("net/ipv4/ip_forward", "1"); err != nil {
-			return fmt.Errorf("network: enable IPv4 forwarding: %w", err)
-		}
-		r.IPForwardWas = was
-	}
 	if r.HasIPv6() {
-		if err := setupIPv6(r, br); err != nil {
+		if err := addFace6(r, br); err != nil {
 			return fmt.Errorf("network: %w", err)
 		}
+	}
+	if err := claimSwitches(r); err != nil {
+		return fmt.Errorf("network: %w", err)
 	}
 	if err := createTable(r); err != nil {
 		return fmt.Errorf("network: %w", err)
@@ -298,17 +290,8 @@ func Setup(r *Record) error {
 	return nil
 }
 
-// setupIPv6 gives the bridge the face's IPv6 address and turns IPv6
-// forwarding on.
-//
-// Forwarding is one switch for the whole host (net.ipv6.conf.all), and a
-// host that forwards ignores router advertisements on every interface whose
-// accept_ra is 1, and drops the default routes they gave it: a host that
-// took its IPv6 route from its router would lose it at boot. accept_ra=2
-// accepts them while forwarding, so boot raises every accept_ra of 1 to 2
-// first (the "default" entry too, for interfaces made later) and shutdown
-// puts them back, forwarding first.
-func setupIPv6(r *Record, br netlink.Link) error {
+// addFace6 gives the bridge the face's IPv6 address.
+func addFace6(r *Record, br netlink.Link) error {
 	gw, err := netlink.ParseAddr(fmt.Sprintf("%s/%d", r.Gateway6, r.prefix6().Bits()))
 	if err != nil {
 		return fmt.Errorf("gateway %s: %w", r.Gateway6, err)
@@ -319,37 +302,6 @@ func setupIPv6(r *Record, br netlink.Link) error {
 	if err := netlink.AddrAdd(br, gw); err != nil {
 		return fmt.Errorf("address %s on %s: %w", gw, r.Bridge, err)
 	}
-	was, err := readSysctl("net/ipv6/conf/all/forwarding")
-	if err != nil {
-		return err
-	}
-	if was == "1" {
-		return nil
-	}
-	confs, err := os.ReadDir("/proc/sys/net/ipv6/conf")
-	if err != nil {
-		return fmt.Errorf("list IPv6 interfaces: %w", err)
-	}
-	for _, c := range confs {
-		name := "net/ipv6/conf/" + c.Name() + "/accept_ra"
-		if c.Name() == "all" || c.Name() == r.Bridge {
-			continue
-		}
-		if v, err := readSysctl(name); err != nil || v != "1" {
-			continue
-		}
-		if err := writeSysctl(name, "2"); err != nil {
-			return fmt.Errorf("keep accepting router advertisements on %s while forwarding: %w", c.Name(), err)
-		}
-		if r.AcceptRAWas == nil {
-			r.AcceptRAWas = map[string]string{}
-		}
-		r.AcceptRAWas[c.Name()] = "1"
-	}
-	if err := writeSysctl("net/ipv6/conf/all/forwarding", "1"); err != nil {
-		return fmt.Errorf("enable IPv6 forwarding: %w", err)
-	}
-	r.IPv6ForwardWas = was
 	return nil
 }
 
@@ -485,8 +437,8 @@ func ReturnInterfaces(r *Record, inits map[int]int) error {
 }
 
 // Teardown removes what Setup and Attach made: the veths, the bridge and the
-// nftables tables, and puts IPv4 and IPv6 forwarding, and the accept_ra
-// that boot raised, back as they were. Links already
+// nftables tables; and the host's switches go back as they were if no
+// other cluster needs them (releaseSwitches). Links already
 // gone (a veth dies with its OSlet's namespace) are not an error.
 func Teardown(r *Record) error {
 	var errs []error
@@ -505,21 +457,12 @@ func Teardown(r *Record) error {
 		errs = append(errs, fmt.Errorf("network: %w", err))
 	}
 	if r.IPForwardWas != "" {
-		if err := writeSysctl("net/ipv4/ip_forward", r.IPForwardWas); err != nil {
+		if err := writeSysctl(ipv4Forwarding, r.IPForwardWas); err != nil {
 			errs = append(errs, fmt.Errorf("network: restore ip_forward: %w", err))
 		}
 	}
-	// Forwarding off before accept_ra goes back to 1 (see setupIPv6).
-	if r.IPv6ForwardWas != "" {
-		if err := writeSysctl("net/ipv6/conf/all/forwarding", r.IPv6ForwardWas); err != nil {
-			errs = append(errs, fmt.Errorf("network: restore IPv6 forwarding: %w", err))
-		}
-	}
-	for name, was := range r.AcceptRAWas {
-		// An interface gone since boot has nothing to restore.
-		if err := writeSysctl("net/ipv6/conf/"+name+"/accept_ra", was); err != nil && !errors.Is(err, os.ErrNotExist) {
-			errs = append(errs, fmt.Errorf("network: restore accept_ra of %s: %w", name, err))
-		}
+	if err := releaseSwitches(r); err != nil {
+		errs = append(errs, fmt.Errorf("network: %w", err))
 	}
 	return errors.Join(errs...)
 }
