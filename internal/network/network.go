@@ -4,19 +4,22 @@
 //
 // Each OSlet runs its own network stack (its network namespace). Boot joins
 // every stack to the host by a veth pair on a bridge of the cluster's own,
-// gives it an address in the cluster's subnet and a default route out
-// through the host, where outgoing traffic is masqueraded. The host side of
-// the bridge is the cluster's face: the name smpc-cluster resolves to it in
-// every OSlet. A Forwarder then watches every OSlet's listening sockets in
-// the kernel and forwards the cluster's port to the OSlet whose process
-// listens on it, with nftables rules in a table of smpc's own, so that a
+// gives it an address in the cluster's subnet (and one in its IPv6 subnet)
+// and a default route out through the host, where outgoing traffic is
+// masqueraded. The host side of the bridge is the cluster's face: the name
+// smpc-cluster resolves to it in every OSlet. A Forwarder then watches every
+// OSlet's listening sockets in the kernel and forwards the cluster's port
+// to the OSlet whose process listens on it, in both families, with
+// nftables rules in tables of smpc's own, so that a
 // forwarded packet is rewritten once by conntrack and then gets full IP-stack
 // processing in the receiving OSlet, as the seed asks, without any copy in
 // user space.
 //
 // Everything this package makes is named in a Record kept in the cluster's
 // state, so that shutdown, and the next boot after a crash, remove exactly
-// that and never a rule, link or address smpc did not make.
+// that and never a rule, link or address smpc did not make; the host's
+// switches it turns on are the host's, shared by every cluster up
+// (switches.go).
 package network
 
 import (
