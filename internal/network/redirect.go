@@ -290,6 +290,20 @@ func (r *loopbackRedirect) lookupHolder(hostCookie uint64, m holderMaps) asm.Ins
 // value the program built on the stack at value (the address asked for,
 // then the holder's), and allow.
 func rememberPeer(peers *ebpf.Map, value int16) asm.Instructions {
+	return append(peerKey(peers),
+		asm.Mov.Reg(asm.R3, asm.RFP),
+		asm.Add.Imm(asm.R3, int32(value)),
+		asm.Mov.Imm(asm.R4, 0), // BPF_ANY
+		asm.FnMapUpdateElem.Call(),
+		asm.Mov.Imm(asm.R0, bpfAllow).WithSymbol("allow"),
+		asm.Return(),
+	)
+}
+
+// peerKey puts the peers map's key of the socket in R6's context on the
+// stack (its cookie at -16, the port at -8), and the map and the key in
+// R1 and R2, for a helper call.
+func peerKey(peers *ebpf.Map) asm.Instructions {
 	return asm.Instructions{
 		asm.Mov.Reg(asm.R1, asm.R6),
 		asm.FnGetSocketCookie.Call(),
@@ -299,12 +313,6 @@ func rememberPeer(peers *ebpf.Map, value int16) asm.Instructions {
 		asm.LoadMapPtr(asm.R1, peers.FD()),
 		asm.Mov.Reg(asm.R2, asm.RFP),
 		asm.Add.Imm(asm.R2, -16),
-		asm.Mov.Reg(asm.R3, asm.RFP),
-		asm.Add.Imm(asm.R3, int32(value)),
-		asm.Mov.Imm(asm.R4, 0), // BPF_ANY
-		asm.FnMapUpdateElem.Call(),
-		asm.Mov.Imm(asm.R0, bpfAllow).WithSymbol("allow"),
-		asm.Return(),
 	}
 }
 
@@ -343,18 +351,10 @@ func peernameProgram(peers *ebpf.Map, subnet netip.Prefix) asm.Instructions {
 // connect program remembered of the socket in R6's context and the port
 // of its peer: the value in R0, or a jump to "allow" where there is none.
 func lookupPeer(peers *ebpf.Map) asm.Instructions {
-	return asm.Instructions{
-		asm.Mov.Reg(asm.R1, asm.R6),
-		asm.FnGetSocketCookie.Call(),
-		asm.StoreMem(asm.RFP, -16, asm.R0, asm.DWord),
-		asm.LoadMem(asm.R2, asm.R6, sockAddrUserPort, asm.Word),
-		asm.StoreMem(asm.RFP, -8, asm.R2, asm.Word),
-		asm.LoadMapPtr(asm.R1, peers.FD()),
-		asm.Mov.Reg(asm.R2, asm.RFP),
-		asm.Add.Imm(asm.R2, -16),
+	return append(peerKey(peers),
 		asm.FnMapLookupElem.Call(),
 		asm.JEq.Imm(asm.R0, 0, "allow"),
-	}
+	)
 }
 
 // udpKeyBit marks a UDP port in the forward maps' keys: user_port leaves
