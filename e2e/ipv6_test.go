@@ -4,6 +4,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"net"
+	"net/netip"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -195,8 +196,10 @@ func acceptRA(t *testing.T) map[string]string {
 func (c *cluster) machineOnBridge(t *testing.T, addr4, addr6 string) func(args ...string) (string, error) {
 	t.Helper()
 	nw := c.network()
-	ns := "smpc-e2e-m" + strings.ReplaceAll(strings.Split(addr4, "/")[0], ".", "")[4:]
-	outer, inner := "smpce2eo"+ns[len(ns)-3:], "smpce2ei"+ns[len(ns)-3:]
+	// Named after the address's last byte, which the callers keep apart.
+	ip4 := netip.MustParsePrefix(addr4).Addr().As4()
+	ns := fmt.Sprintf("smpc-e2e-m%d", ip4[3])
+	outer, inner := fmt.Sprintf("smpce2eo%d", ip4[3]), fmt.Sprintf("smpce2ei%d", ip4[3])
 	ip := func(args ...string) {
 		if out, err := exec.Command("ip", args...).CombinedOutput(); err != nil {
 			t.Fatalf("ip %v: %v: %s", args, err, out)

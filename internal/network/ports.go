@@ -203,6 +203,16 @@ func (f *Forwarder) Scan() error {
 	}
 	inits := f.Inits()
 	seen := map[portKey]map[int]listener{}
+	// The families each stack's listeners on a port take, whichever of
+	// them seen keeps.
+	families := map[portKey]map[int]uint8{}
+	addFamilies := func(k int, l listener) {
+		key := portKey{l.proto, l.port}
+		if families[key] == nil {
+			families[key] = map[int]uint8{}
+		}
+		families[key][k] |= l.families()
+	}
 	note := func(k int, l listener) {
 		key := portKey{l.proto, l.port}
 		if seen[key] == nil {
@@ -218,12 +228,11 @@ func (f *Forwarder) Scan() error {
 	}
 	for _, l := range hostLs {
 		note(Host, l)
+		addFamilies(Host, l)
 	}
 	var errs []error
 	loopbacks := map[int][]portKey{}
-	// The families each OSlet's listeners on a port take, and the TCP
-	// servers bound to an OSlet's loopback alone.
-	families := map[portKey]map[int]uint8{}
+	// The TCP servers bound to an OSlet's loopback alone.
 	loopOnly := map[portKey]map[int][]listener{}
 	for k, pid := range inits {
 		own, _ := netip.ParseAddr(f.Record.Addrs[k])
@@ -257,10 +266,7 @@ func (f *Forwarder) Scan() error {
 			default:
 				continue // in its own stack alone
 			}
-			if families[key] == nil {
-				families[key] = map[int]uint8{}
-			}
-			families[key][k] |= l.families()
+			addFamilies(k, l)
 		}
 		slices.SortFunc(loopbacks[k], cmpKey)
 		loopbacks[k] = slices.Compact(loopbacks[k])
@@ -402,9 +408,6 @@ func (f *Forwarder) portMap(seen map[portKey]map[int]listener, holders map[portK
 				p.Scope = statedir.ScopeLoopback
 			}
 			fams := families[key][k]
-			if k == Host {
-				fams = l.families()
-			}
 			if fams&familyBit4 != 0 {
 				p.Families = append(p.Families, "ipv4")
 			}

@@ -70,10 +70,11 @@ func (r *loopbackRedirect) connect6Program(hostCookie uint64, face netip.Addr) a
 		asm.JNE.Imm(asm.R2, unix.SOCK_DGRAM, "allow"),
 		asm.Mov.Imm(asm.R9, 0).WithSymbol("typed"), // R9: 1 for the face, 0 for the loopback
 	}
-	insns = append(insns, copyAddr6(asm.RFP, -72, asm.R6, sockAddrUserIP6)...)
-	insns = append(insns, jumpUnlessAddr6(asm.RFP, -72, netip.IPv6Loopback(), "face")...)
+	// Every IPv6 connect and send on the machine runs this: one that is to
+	// neither ::1 nor the face leaves after comparing a word or two.
+	insns = append(insns, jumpUnlessAddr6(asm.R6, sockAddrUserIP6, netip.IPv6Loopback(), "face")...)
 	insns = append(insns, asm.Ja.Label("unbound"))
-	face6 := jumpUnlessAddr6(asm.RFP, -72, face, "allow")
+	face6 := jumpUnlessAddr6(asm.R6, sockAddrUserIP6, face, "allow")
 	face6[0] = face6[0].WithSymbol("face")
 	insns = append(insns, face6...)
 	insns = append(insns,
@@ -85,6 +86,8 @@ func (r *loopbackRedirect) connect6Program(hostCookie uint64, face netip.Addr) a
 			asm.LoadMem(asm.R2, asm.R3, bpfSockSrcIP6+4*i, asm.Word),
 			asm.JNE.Imm(asm.R2, 0, "allow"))
 	}
+	// The address asked for, for peers6, before the holder's replaces it.
+	insns = append(insns, copyAddr6(asm.RFP, -72, asm.R6, sockAddrUserIP6)...)
 	// The host's UDP to ::1 takes the redirect too: no NAT can send a
 	// packet from ::1.
 	insns = append(insns, r.lookupHolder(hostCookie, holderMaps{host: r.ports6, face: r.facePorts6, oslet: r.osletPorts6, hostUDP: true})...)
