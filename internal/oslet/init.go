@@ -61,6 +61,9 @@ type Init struct {
 	// loads is what least-loaded placement reads.
 	loads *loadBoard
 
+	placersMu sync.Mutex
+	placers   map[int]*partition.Placer // by OSlet, opened at its first placement; guarded by placersMu
+
 	mu       sync.Mutex
 	attached map[*fabric.Conn][]attachedProc // spawns whose parent is a channel; guarded by mu
 	// placements are the processes a spreading policy placed from here, by
@@ -185,7 +188,8 @@ func newInit(cfg *Config) (*Init, error) {
 		peers:      map[int]*peer{},
 		attached:   map[*fabric.Conn][]attachedProc{},
 		placements: map[vproc.PID]fabric.Placement{}, placementsCap: minPlacementsCap,
-		shm: shm.NewTable(cfg.Index, shm.Dir),
+		placers: map[int]*partition.Placer{},
+		shm:     shm.NewTable(cfg.Index, shm.Dir),
 	}
 	for _, o := range cfg.Plan.OSlets {
 		if o.Index != cfg.Index {

@@ -39,7 +39,7 @@ func readProc(pid int) (procStat, error) {
 // readStat reads /proc/PID/stat alone: state, parent, group and CPU time,
 // one read where the user IDs are not needed.
 func readStat(pid int) (procStat, error) {
-	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	b, err := vproc.ReadKernelFile("/proc/" + strconv.Itoa(pid) + "/stat")
 	if err != nil {
 		return procStat{}, err
 	}

@@ -16,6 +16,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/smpc-cluster/smpc/internal/fabric"
+	"github.com/smpc-cluster/smpc/internal/partition"
 	"github.com/smpc-cluster/smpc/internal/trap"
 	"github.com/smpc-cluster/smpc/internal/vproc"
 )
@@ -291,14 +292,12 @@ func (i *Init) placeExec(pid int, policy string) {
 	target := i.place(vproc.Policy(policy), &i.rrExec, cur)
 	note := ""
 	if target != cur {
-		files, ok := i.cfg.Cgroups[target]
-		switch {
-		case !ok:
-			note = fmt.Sprintf("oslet %d has no cgroup in the boot table", target)
-		default:
-			if err := files.Place(pid); err != nil {
-				note = fmt.Sprintf("not moved to oslet %d: %v", target, err)
-			}
+		placer, err := i.placer(target)
+		if err == nil {
+			err = placer.Place(pid)
+		}
+		if err != nil {
+			note = fmt.Sprintf("not moved to oslet %d: %v", target, err)
 		}
 		if note != "" {
 			i.log.Warn("place exec", "pid", pid, "policy", policy, "note", note)
@@ -314,6 +313,26 @@ func (i *Init) placeExec(pid int, policy string) {
 		i.placementsCap = max(2*len(i.placements), minPlacementsCap)
 	}
 	i.mu.Unlock()
+}
+
+// placer returns the Placer of OSlet k's cgroup, opened at its first
+// placement.
+func (i *Init) placer(k int) (*partition.Placer, error) {
+	i.placersMu.Lock()
+	defer i.placersMu.Unlock()
+	if p, ok := i.placers[k]; ok {
+		return p, nil
+	}
+	files, ok := i.cfg.Cgroups[k]
+	if !ok {
+		return nil, fmt.Errorf("oslet %d has no cgroup in the boot table", k)
+	}
+	p, err := files.OpenPlacer()
+	if err != nil {
+		return nil, err
+	}
+	i.placers[k] = p
+	return p, nil
 }
 
 // minPlacementsCap is the size the placement record is first pruned at.

@@ -21,6 +21,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/smpc-cluster/smpc/internal/plan"
+	"github.com/smpc-cluster/smpc/internal/vproc"
 )
 
 // An OSlet's cgroup holds two: its init's alone (InitLeaf) and that of
@@ -119,17 +120,55 @@ func (s StatFiles) OOMKills() int {
 	return 0
 }
 
-// Place moves process pid into the cgroup's placement hierarchies: where
-// a launch policy puts a program, it runs on the OSlet's CPUs and memory
-// and is listed among its processes. Its devices rules stay its parent's,
-// as its /dev does. pid is in the writer's PID namespace; each write moves
-// the whole process, every thread of it.
-func (s StatFiles) Place(pid int) error {
-	for _, f := range s.PlaceProcs {
-		if err := os.WriteFile(f, []byte(strconv.Itoa(pid)), 0); err != nil {
-			return fmt.Errorf("move pid %d into %s: %w", pid, filepath.Dir(f), err)
+// Placer moves processes into one OSlet's placement hierarchies: where a
+// launch policy puts a program, it runs on the OSlet's CPUs and memory and
+// is listed among its processes. Its devices rules stay its parent's, as its
+// /dev does. A trapped exec waits while it is placed, so the Placer opens
+// each cgroup.procs once and a placement is then one write per hierarchy
+// (by path, through os.File, it was seven system calls each).
+type Placer struct {
+	fds   []int
+	paths []string
+}
+
+// OpenPlacer opens the placement files of s.
+func (s StatFiles) OpenPlacer() (*Placer, error) {
+	p := &Placer{}
+	for _, path := range s.PlaceProcs {
+		fd, err := unix.Open(path, unix.O_WRONLY|unix.O_CLOEXEC, 0)
+		if err != nil {
+			p.Close()
+			return nil, fmt.Errorf("open %s: %w", path, err)
+		}
+		p.fds, p.paths = append(p.fds, fd), append(p.paths, path)
+	}
+	return p, nil
+}
+
+// Place moves process pid (in the writer's PID namespace), every thread of
+// it.
+func (p *Placer) Place(pid int) error {
+	b := strconv.AppendInt(make([]byte, 0, 12), int64(pid), 10)
+	for n, fd := range p.fds {
+		var err error
+		for {
+			if _, err = unix.Write(fd, b); err != unix.EINTR {
+				break
+			}
+		}
+		if err != nil {
+			return fmt.Errorf("move pid %d into %s: %w", pid, filepath.Dir(p.paths[n]), err)
 		}
 	}
+	return nil
+}
+
+// Close closes the placement files.
+func (p *Placer) Close() error {
+	for _, fd := range p.fds {
+		unix.Close(fd)
+	}
+	p.fds, p.paths = nil, nil
 	return nil
 }
 
@@ -140,7 +179,7 @@ func (s StatFiles) PIDs() []int {
 	var pids []int
 	inits := 0 // the first file's, the init's leaf's
 	for n, procs := range s.Procs {
-		b, err := os.ReadFile(procs)
+		b, err := vproc.ReadKernelFile(procs)
 		if err != nil {
 			continue
 		}

@@ -3,7 +3,6 @@ package vproc
 import (
 	"bytes"
 	"fmt"
-	"os"
 	"strconv"
 	"strings"
 
@@ -25,7 +24,7 @@ type Status struct {
 
 // ReadStatus reads /proc/PID/status in the caller's /proc.
 func ReadStatus(pid int) (Status, error) {
-	b, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/status")
+	b, err := ReadKernelFile("/proc/" + strconv.Itoa(pid) + "/status")
 	if err != nil {
 		return Status{}, err
 	}
@@ -91,7 +90,7 @@ func FileCredOf(pid int) (Cred, error) {
 // Cmdline reads process pid's command line as ps shows it, its arguments
 // joined by spaces; "" for a kernel thread, a zombie or a process gone.
 func Cmdline(pid int) string {
-	b, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/cmdline")
+	b, err := ReadKernelFile("/proc/" + strconv.Itoa(pid) + "/cmdline")
 	if err != nil {
 		return ""
 	}

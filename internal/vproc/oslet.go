@@ -1,7 +1,6 @@
 package vproc
 
 import (
-	"os"
 	"slices"
 	"strconv"
 	"strings"
@@ -15,7 +14,7 @@ const CgroupName = "oslet-"
 // in the caller's /proc (so pid is in the caller's PID namespace), or 0
 // when it is in no OSlet's cgroup (a host process) or is gone.
 func OSletOf(pid int) int {
-	b, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/cgroup")
+	b, err := ReadKernelFile("/proc/" + strconv.Itoa(pid) + "/cgroup")
 	if err != nil {
 		return 0
 	}

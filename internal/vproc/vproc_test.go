@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"os"
+	"strings"
 	"testing"
 	"time"
 
@@ -187,5 +188,27 @@ func TestFileCredOf(t *testing.T) {
 	}
 	if _, err := FileCredOf(-1); err == nil {
 		t.Error("FileCredOf(-1) did not fail")
+	}
+}
+
+// ReadKernelFile reads a file whole, past its first buffer, and fails as
+// os.ReadFile does.
+func TestReadKernelFile(t *testing.T) {
+	want := make([]byte, 5000)
+	for n := range want {
+		want[n] = byte('a' + n%26)
+	}
+	path := t.TempDir() + "/big"
+	if err := os.WriteFile(path, want, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if got, err := ReadKernelFile(path); err != nil || string(got) != string(want) {
+		t.Errorf("ReadKernelFile of %d bytes: %d bytes, %v", len(want), len(got), err)
+	}
+	if got, err := ReadKernelFile("/proc/self/cmdline"); err != nil || len(got) == 0 {
+		t.Errorf("ReadKernelFile(/proc/self/cmdline) = %q, %v", got, err)
+	}
+	if _, err := ReadKernelFile("/proc/self/no-such-file"); !errors.Is(err, os.ErrNotExist) || !strings.Contains(err.Error(), "no-such-file") {
+		t.Errorf("ReadKernelFile of a missing file: %v, want a not-exist error naming it", err)
 	}
 }
