@@ -155,15 +155,18 @@ func runProcess(cmd *cobra.Command, c *smpc.Client, proc *smpc.Cmd) error {
 		fmt.Fprintln(cmd.OutOrStdout(), proc.PID)
 		return nil
 	}
-	relayed := make(chan struct{})
+	ended, relayed := make(chan struct{}), make(chan struct{})
 	go func() {
 		defer close(relayed)
-		forwardSignals(c, proc.PID, sigs)
+		forwardSignals(c, proc.PID, sigs, ended)
 	}()
 	st, err := proc.Wait(ctx)
-	// The process is gone: the relay ends, and its last signal is in.
-	signal.Stop(sigs)
-	close(sigs)
+	// The process is gone: the relay passes on what it holds and ends.
+	// The signals stay caught until smpc run exits, a moment later, and
+	// those that come meanwhile go nowhere, as for any process that ended:
+	// signal.Stop would cost a round trip to os/signal's own thread per
+	// signal, as Notify did.
+	close(ended)
 	<-relayed
 	if errors.Is(err, smpc.ErrDown) {
 		fmt.Fprintln(os.Stderr, "smpc:", err)
@@ -188,22 +191,39 @@ func runProcess(cmd *cobra.Command, c *smpc.Client, proc *smpc.Cmd) error {
 // was made the leader of its own group, so a make and its recipes, or a
 // shell and its children, all get it. On Ctrl-Z it stops the group, then
 // stops itself, so that the shell sees the job stop; the SIGCONT of fg or bg
-// then continues both.
-func forwardSignals(c *smpc.Client, pid smpc.PID, sigs chan os.Signal) {
+// then continues both. Once ended is closed it passes on those it holds
+// and returns.
+func forwardSignals(c *smpc.Client, pid smpc.PID, sigs chan os.Signal, ended <-chan struct{}) {
+	for {
+		select {
+		case s := <-sigs:
+			forwardSignal(c, pid, s.(unix.Signal))
+		case <-ended:
+			for {
+				select {
+				case s := <-sigs:
+					forwardSignal(c, pid, s.(unix.Signal))
+				default:
+					return
+				}
+			}
+		}
+	}
+}
+
+// forwardSignal passes one signal on to pid's group (or pid alone).
+func forwardSignal(c *smpc.Client, pid smpc.PID, sig unix.Signal) {
 	ctx := context.Background()
-	for s := range sigs {
-		sig := s.(unix.Signal)
-		err := c.SignalGroup(ctx, pid, sig)
-		if err != nil {
-			err = c.Signal(ctx, pid, sig) // it left its group
-		}
-		if err != nil && !errors.Is(err, smpc.ErrNoProcess) {
-			// Gone is fine (it ended as the signal came); anything else
-			// the user should know: their Ctrl-C did not arrive.
-			fmt.Fprintf(os.Stderr, "smpc: pass %s on to process %d: %v\n", vproc.SignalName(sig), pid, err)
-		}
-		if sig == unix.SIGTSTP {
-			unix.Kill(0, unix.SIGSTOP)
-		}
+	err := c.SignalGroup(ctx, pid, sig)
+	if err != nil {
+		err = c.Signal(ctx, pid, sig) // it left its group
+	}
+	if err != nil && !errors.Is(err, smpc.ErrNoProcess) {
+		// Gone is fine (it ended as the signal came); anything else
+		// the user should know: their Ctrl-C did not arrive.
+		fmt.Fprintf(os.Stderr, "smpc: pass %s on to process %d: %v\n", vproc.SignalName(sig), pid, err)
+	}
+	if sig == unix.SIGTSTP {
+		unix.Kill(0, unix.SIGSTOP)
 	}
 }
