@@ -377,7 +377,8 @@ func (i *Init) wait(who *caller, req *fabric.WaitRequest) (vproc.ExitStatus, err
 		return reply.Status, err
 	}
 	_, known := i.table.Lookup(pid)
-	if _, ended := i.table.Exited(pid); !known && !ended && who.role != fabric.RolePeer {
+	_, ended := i.table.Exited(pid)
+	if !known && !ended && who.role != fabric.RolePeer {
 		// The init that is pid's parent (it started it, or the process was
 		// orphaned to it) reaps it and knows its status. A zombie still
 		// names its parent; a process already reaped is asked of every
@@ -399,14 +400,19 @@ func (i *Init) wait(who *caller, req *fabric.WaitRequest) (vproc.ExitStatus, err
 			}
 		}
 	}
-	if s, err := readProc(int(pid)); err == nil && s.state != "Z" {
-		if !mayControl(cred, s) {
-			return vproc.ExitStatus{}, fabric.Errorf(fabric.CodePermission, "oslet %d: wait %d: operation not permitted", i.cfg.Index, pid)
-		}
-		if !known && s.ppid != int(i.pid) {
-			// Not this init's child: its status goes to its own parent,
-			// and its end is all this init can see.
-			i.watchForeign(pid)
+	// Root may wait for any process, one this init knows needs no watch,
+	// and one that ended is in the table: the /proc reads (its status is
+	// the dearest file there) are for the others.
+	if !ended && (!known || cred.UID != 0) {
+		if s, err := readProc(int(pid)); err == nil && s.state != "Z" {
+			if !mayControl(cred, s) {
+				return vproc.ExitStatus{}, fabric.Errorf(fabric.CodePermission, "oslet %d: wait %d: operation not permitted", i.cfg.Index, pid)
+			}
+			if !known && s.ppid != int(i.pid) {
+				// Not this init's child: its status goes to its own parent,
+				// and its end is all this init can see.
+				i.watchForeign(pid)
+			}
 		}
 	}
 	st, err := i.table.Wait(who.ctx, pid, func() bool { return alive(int(pid)) })

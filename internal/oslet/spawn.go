@@ -196,12 +196,7 @@ func (i *Init) startLocal(files []*os.File, req *fabric.SpawnRequest, cred fabri
 	}
 	for n := 0; n < 3; n++ {
 		if inherit[n] == ^uintptr(0) {
-			null, err := os.OpenFile(os.DevNull, os.O_RDWR, 0)
-			if err != nil {
-				return fail(fabric.CodeInternal, err)
-			}
-			defer null.Close()
-			inherit[n] = null.Fd()
+			inherit[n] = i.spawner.devNull
 		}
 	}
 	groups := make([]uint32, len(cred.Groups))
