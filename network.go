@@ -17,6 +17,7 @@ type Port = statedir.Port
 // with more than one listener is a conflict: the first holds the cluster's
 // port, the others have it in their own OSlet's stack only.
 func (c *Client) Ports() ([]Port, error) {
+	c.learn()
 	if c.stateDir == "" {
 		return nil, errors.New("ports: this OSlet's init did not say where the cluster keeps its state (an older smpc)")
 	}

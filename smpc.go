@@ -19,6 +19,7 @@ import (
 	"os"
 	"sort"
 	"sync"
+	"sync/atomic"
 	"syscall"
 
 	"github.com/smpc-cluster/smpc/internal/fabric"
@@ -56,8 +57,15 @@ var (
 type Client struct {
 	stateDir string
 	inside   bool
-	self     int // the caller's OSlet, when inside
+	self     atomic.Int32 // the caller's OSlet, when inside
 	oslets   []int
+
+	// Inside an OSlet, the own init's answer to the hello names the
+	// OSlet, the cluster's OSlets and the state dir; it is read at the
+	// first call, which rides with the hello, or when one of them is
+	// asked for (learn).
+	own       *fabric.Caller
+	learnOnce sync.Once
 
 	// The cluster's PID 1 holds its IPC namespace; SysV calls from the host
 	// run on a thread that enters it, opened at the first such call (most
@@ -74,16 +82,16 @@ type Client struct {
 
 // Connect finds the cluster. Inside an OSlet it connects to its own init and
 // needs nothing else; on the host stateDir names the cluster ("" for
-// $SMPC_STATE_DIR or /run/smpc).
+// $SMPC_STATE_DIR or /run/smpc). A channel's hello is answered with its first
+// call: an init that refuses it fails that call.
 func Connect(stateDir string) (*Client, error) {
 	if conn, err := fabric.Dial(statedir.ClientSocket, true); err == nil {
-		reply, err := fabric.Handshake(conn, fabric.Hello{Role: fabric.RoleClient})
+		c := &Client{inside: true, conns: map[int]*fabric.Caller{}}
+		own, err := fabric.Open(conn, fabric.Hello{Role: fabric.RoleClient}, func(error) error { return c.ownDown() })
 		if err != nil {
-			conn.Close()
 			return nil, fmt.Errorf("connect to own oslet: %w", err)
 		}
-		c := &Client{inside: true, self: reply.OSlet, oslets: reply.OSlets, conns: map[int]*fabric.Caller{}, stateDir: reply.StateDir}
-		c.conns[0] = fabric.NewCaller(conn, func(error) error { return fabric.DownError(reply.OSlet) })
+		c.own, c.conns[0] = own, own
 		return c, nil
 	}
 	dir, err := statedir.Resolve(stateDir)
@@ -97,6 +105,27 @@ func Connect(stateDir string) (*Client, error) {
 	c := &Client{stateDir: dir, conns: map[int]*fabric.Caller{}, oslets: m.Indexes(), reaper: m.Reaper}
 	sort.Ints(c.oslets)
 	return c, nil
+}
+
+// learn reads, inside an OSlet, the own init's answer to the hello, once.
+func (c *Client) learn() {
+	if !c.inside {
+		return
+	}
+	c.learnOnce.Do(func() {
+		if reply, err := c.own.Hello(context.Background()); err == nil {
+			c.self.Store(int32(reply.OSlet))
+			c.oslets, c.stateDir = reply.OSlets, reply.StateDir
+		}
+	})
+}
+
+// ownDown is the error of a call whose channel to the own init broke.
+func (c *Client) ownDown() error {
+	if k := c.self.Load(); k != 0 {
+		return fabric.DownError(int(k))
+	}
+	return fabric.Errorf(fabric.CodeDown, "this oslet's init is down")
 }
 
 // Close closes the client's channels.
@@ -116,10 +145,16 @@ func (c *Client) Close() error {
 }
 
 // OSlets returns the cluster's OSlet indexes.
-func (c *Client) OSlets() []int { return c.oslets }
+func (c *Client) OSlets() []int {
+	c.learn()
+	return c.oslets
+}
 
 // Self returns the OSlet the caller runs on, or 0 on the host.
-func (c *Client) Self() int { return c.self }
+func (c *Client) Self() int {
+	c.learn()
+	return int(c.self.Load())
+}
 
 // channel returns the channel that serves requests for OSlet k: inside, the
 // own init; on the host, OSlet k's init (0: the first OSlet).
@@ -139,7 +174,7 @@ func (c *Client) channel(k int) (*fabric.Caller, error) {
 		return cc, nil
 	}
 	if c.inside {
-		return nil, fabric.DownError(c.self)
+		return nil, c.ownDown()
 	}
 	if !c.known(k) {
 		return nil, fabric.Errorf(fabric.CodeInvalid, "oslet %d does not exist (the cluster has oslets %v)", k, c.oslets)
@@ -151,19 +186,26 @@ func (c *Client) channel(k int) (*fabric.Caller, error) {
 	if err != nil {
 		return nil, fmt.Errorf("connect to oslet %d: %w", k, err)
 	}
-	if _, err := fabric.Handshake(conn, fabric.Hello{Role: fabric.RoleHost, PID: int32(os.Getpid())}); err != nil {
-		conn.Close()
-		if errors.Is(err, fabric.ErrNotAnswering) {
-			return nil, fabric.NotAnsweringError(k, err.Error())
-		}
-		if errors.Is(err, io.EOF) || errors.Is(err, syscall.ECONNRESET) || errors.Is(err, syscall.EPIPE) {
-			return nil, fabric.DownError(k) // it died as it took the channel
-		}
-		return nil, fmt.Errorf("connect to oslet %d: %w", k, err)
+	cc, err := fabric.Open(conn, fabric.Hello{Role: fabric.RoleHost, PID: int32(os.Getpid())}, func(error) error { return fabric.DownError(k) })
+	if err != nil {
+		return nil, c.helloFailed(k, err)
 	}
-	cc := fabric.NewCaller(conn, func(error) error { return fabric.DownError(k) })
 	c.conns[k] = cc
 	return cc, nil
+}
+
+// helloFailed is the error of a call on a channel whose hello failed: sent
+// or answered (k is 0 for the own init, inside).
+func (c *Client) helloFailed(k int, err error) error {
+	switch {
+	case c.inside:
+		return fmt.Errorf("connect to own oslet: %w", err)
+	case errors.Is(err, fabric.ErrNotAnswering):
+		return fabric.NotAnsweringError(k, err.Error())
+	case errors.Is(err, fabric.ErrDown) || errors.Is(err, io.EOF) || errors.Is(err, syscall.ECONNRESET) || errors.Is(err, syscall.EPIPE):
+		return fabric.DownError(k) // it died as it took the channel
+	}
+	return fmt.Errorf("connect to oslet %d: %w", k, err)
 }
 
 func (c *Client) known(k int) bool {
@@ -180,7 +222,15 @@ func (c *Client) call(ctx context.Context, k int, op fabric.Op, req any, files [
 	if err != nil {
 		return nil, err
 	}
-	return cc.Call(ctx, op, req, files, resp)
+	got, err := cc.Call(ctx, op, req, files, resp)
+	if err != nil {
+		// The call answered for the hello too: an answered hello
+		// returns at once.
+		if _, herr := cc.Hello(ctx); herr != nil {
+			return nil, c.helloFailed(k, herr)
+		}
+	}
+	return got, err
 }
 
 // anyCall makes a call that any OSlet can serve for the whole cluster:

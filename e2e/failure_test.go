@@ -494,9 +494,28 @@ func TestHungOSlet(t *testing.T) {
 	if code != 1 || !strings.Contains(out, "2      down") {
 		t.Errorf("status with OSlet 2 stopped: exit %d: %s", code, out)
 	}
+	// From the host, the spawn rides with the hello: it is in the stopped
+	// init's socket when smpc run gives up, and must not run later. Its
+	// descriptors stay there too, as above, so they are files here.
+	errFile := filepath.Join(t.TempDir(), "hung.err")
+	errOut, err := os.Create(errFile)
+	if err != nil {
+		t.Fatal(err)
+	}
+	hostRun := exec.Command(smpcBin, "--state-dir", c.dir, "run", "--on", "2", "--", "touch", "/gtmp/hung-ran")
+	hostRun.Stdout, hostRun.Stderr = errOut, errOut
+	err = hostRun.Run()
+	errOut.Close()
+	msg, _ := os.ReadFile(errFile)
+	if code := hostRun.ProcessState.ExitCode(); code != 125 || !strings.Contains(string(msg), "oslet 2 is not answering") {
+		t.Errorf("a spawn on the stopped OSlet 2 from the host: exit %d (%v): %s", code, err, msg)
+	}
 	syscall.Kill(init2, syscall.SIGCONT)
 	waitFor(t, "OSlet 2 to answer again", func() bool {
 		out, code := c.smpc("run", "--on", "1", "--", "smpc", "run", "--on", "2", "--", "echo", "back")
 		return code == 0 && strings.TrimSpace(out) == "back"
 	})
+	if out, code := c.smpc("run", "--on", "2", "--", "ls", "/gtmp/hung-ran"); code == 0 {
+		t.Errorf("the spawn given up on while OSlet 2 was stopped ran once it continued: %s", out)
+	}
 }

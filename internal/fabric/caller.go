@@ -33,6 +33,17 @@ type Caller struct {
 	// only the caller that holds the reader's role touches it.
 	partial map[uint64]*Frame
 	err     error // set once the channel fails; guarded by mu
+
+	// The answer to the hello that Open sent, until a caller reads it:
+	// helloCh is its pending reply (nil once read), helloReply and
+	// helloErr what it said. Guarded by helloMu; helloPending says
+	// helloCh is set without the lock.
+	helloMu      sync.Mutex
+	helloPending atomic.Bool
+	helloID      uint64
+	helloCh      chan *Frame
+	helloReply   *HelloReply
+	helloErr     error
 }
 
 // NewCaller returns a caller on conn. broken turns a channel failure into the
@@ -92,11 +103,36 @@ func (c *Caller) Close() error { return c.conn.Close() }
 // (a reply that comes after it gave up is dropped), so that a peer that
 // hangs without dying holds no caller past its deadline.
 func (c *Caller) Call(ctx context.Context, op Op, req any, files []*os.File, resp any) ([]*os.File, error) {
+	id, ch, err := c.send(ctx, op, req, files)
+	if err != nil {
+		return nil, err
+	}
+	// The hello's answer comes before this call's: a refusal answers the
+	// call too.
+	if c.helloPending.Load() {
+		if _, err := c.Hello(ctx); err != nil {
+			c.forget(id)
+			return nil, err
+		}
+	}
+	reply, err := c.await(ctx, id, ch)
+	if err != nil {
+		return nil, err
+	}
+	if err := reply.Decode(resp); err != nil {
+		reply.CloseFiles()
+		return nil, err
+	}
+	return reply.Files, nil
+}
+
+// send starts a call: it registers the call's reply and sends its request.
+func (c *Caller) send(ctx context.Context, op Op, req any, files []*os.File) (uint64, chan *Frame, error) {
 	ch := make(chan *Frame, 1)
 	c.mu.Lock()
 	if c.err != nil {
 		c.mu.Unlock()
-		return nil, c.err
+		return 0, nil, c.err
 	}
 	c.nextID++
 	id := c.nextID
@@ -112,24 +148,32 @@ func (c *Caller) Call(ctx context.Context, op Op, req any, files []*os.File, res
 
 	f, err := NewFrame(op, id, 0, req, files)
 	if err == nil {
-		err = c.conn.Send(f)
-		if err != nil {
-			err = c.fail(err)
+		if err = c.conn.Send(f); err != nil {
+			// A peer that refused the hello closes the channel: its
+			// refusal, still to be read, says why the send failed.
+			if c.helloPending.Load() && op != OpHello {
+				if _, herr := c.Hello(ctx); herr != nil {
+					err = herr
+				}
+			}
+			if cerr := c.fail(err); !c.helloFailed() {
+				err = cerr
+			}
 		}
 	}
 	if err != nil {
 		c.forget(id)
-		return nil, err
+		return 0, nil, err
 	}
-	reply, err := c.await(ctx, id, ch)
-	if err != nil {
-		return nil, err
-	}
-	if err := reply.Decode(resp); err != nil {
-		reply.CloseFiles()
-		return nil, err
-	}
-	return reply.Files, nil
+	return id, ch, nil
+}
+
+// helloFailed says that the answer to Open's hello was a refusal or never
+// came.
+func (c *Caller) helloFailed() bool {
+	c.helloMu.Lock()
+	defer c.helloMu.Unlock()
+	return c.helloErr != nil
 }
 
 func (c *Caller) forget(id uint64) {
@@ -245,24 +289,67 @@ func (c *Caller) fail(cause error) error {
 // HandshakeTimeout bounds the answer to a hello: an OSlet whose init is
 // alive but hung (stopped, say) accepts connections, since the kernel does,
 // and never answers.
-const HandshakeTimeout = 5 * time.Second
+var HandshakeTimeout = 5 * time.Second
 
 // ErrNotAnswering says an OSlet's init took a channel and did not answer.
 var ErrNotAnswering = errors.New("not answering")
 
 // Handshake sends Hello on a fresh channel and checks the answer.
 func Handshake(conn *Conn, hello Hello) (*HelloReply, error) {
-	ctx, cancel := context.WithTimeout(context.Background(), HandshakeTimeout)
-	defer cancel()
-	c := NewCaller(conn, nil)
-	var reply HelloReply
-	if _, err := c.Call(ctx, OpHello, hello, nil, &reply); err != nil {
-		if errors.Is(err, context.DeadlineExceeded) {
-			return nil, fmt.Errorf("%w: no answer to hello within %v", ErrNotAnswering, HandshakeTimeout)
-		}
+	c, err := Open(conn, hello, nil)
+	if err != nil {
 		return nil, err
 	}
-	return &reply, nil
+	return c.Hello(context.Background())
+}
+
+// Open sends hello on conn and returns the channel's Caller at once, without
+// waiting for the answer: a channel's first call follows its hello in the
+// socket, and its answer follows the hello's, so that the call costs one
+// round trip, not two. The first call (or Hello) reads the hello's answer; a
+// refusal, or no answer within HandshakeTimeout (ErrNotAnswering), is that
+// call's error. A peer reads a request only after it has answered the hello
+// (and one whose caller gave up waiting finds it gone and serves nothing).
+func Open(conn *Conn, hello Hello, broken func(error) error) (*Caller, error) {
+	c := NewCaller(conn, broken)
+	id, ch, err := c.send(context.Background(), OpHello, hello, nil)
+	if err != nil {
+		conn.Close()
+		return nil, err
+	}
+	c.helloID, c.helloCh = id, ch
+	c.helloPending.Store(true)
+	return c, nil
+}
+
+// Hello returns the answer to the hello that Open sent, waiting for it at
+// most HandshakeTimeout; the same answer every time. A refusal is the error,
+// and breaks the channel. A Caller made by NewCaller has no hello: (nil, nil).
+func (c *Caller) Hello(ctx context.Context) (*HelloReply, error) {
+	c.helloMu.Lock()
+	defer c.helloMu.Unlock()
+	if c.helloCh == nil {
+		return c.helloReply, c.helloErr
+	}
+	wait, cancel := context.WithTimeout(ctx, HandshakeTimeout)
+	f, err := c.await(wait, c.helloID, c.helloCh)
+	cancel()
+	c.helloCh = nil
+	c.helloPending.Store(false)
+	switch {
+	case err == nil:
+		var reply HelloReply
+		if err = f.Decode(&reply); err == nil {
+			c.helloReply = &reply
+		}
+	case errors.Is(err, context.DeadlineExceeded) && ctx.Err() == nil:
+		err = fmt.Errorf("%w: no answer to hello within %v", ErrNotAnswering, HandshakeTimeout)
+	}
+	if err != nil {
+		c.helloErr = err
+		c.fail(err)
+	}
+	return c.helloReply, c.helloErr
 }
 
 // AcceptHello reads the first frame of a channel and checks its version. A

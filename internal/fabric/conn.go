@@ -171,8 +171,17 @@ func (c *Conn) Recv() (*Frame, error) {
 			pooled = readBuffers.Get().(*[]byte)
 			buf = *pooled
 		}
+		reset := false
 		for {
 			n, oobn, flags, _, err = unix.Recvmsg(int(fd), buf, c.oob, unix.MSG_CMSG_CLOEXEC)
+			if err == unix.ECONNRESET && !reset {
+				// The peer closed with frames of ours unread (a request
+				// that rode with a hello it refused). The kernel says so
+				// once, before the frames the peer sent last: the next
+				// read returns them, then the end.
+				reset = true
+				continue
+			}
 			if err != unix.EINTR {
 				break
 			}

@@ -521,3 +521,131 @@ func TestReplyTooLargeForOldCaller(t *testing.T) {
 		}
 	}
 }
+
+// rawServer accepts one channel on a fresh socket and hands its Conn to
+// serve, without any of the package's server.
+func rawServer(t *testing.T, serve func(conn *Conn)) string {
+	t.Helper()
+	addr := filepath.Join(t.TempDir(), "raw.sock")
+	l, err := Listen(addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { l.Close() })
+	go func() {
+		fd, err := l.Accept()
+		if err != nil {
+			return
+		}
+		conn, err := newConn(fd, true)
+		if err != nil {
+			return
+		}
+		defer conn.Close()
+		serve(conn)
+	}()
+	return addr
+}
+
+// Open does not wait for the hello's answer: the first call's request is in
+// the socket before the peer answers the hello, and both answers come back.
+func TestOpenRidesFirstCallWithHello(t *testing.T) {
+	addr := rawServer(t, func(conn *Conn) {
+		hello, err := conn.Recv()
+		if err != nil || hello.Op != OpHello {
+			t.Errorf("first frame: %v %v", hello, err)
+			return
+		}
+		ping, err := conn.Recv() // sent before any answer
+		if err != nil || ping.Op != OpPing {
+			t.Errorf("second frame before the hello's answer: %v %v", ping, err)
+			return
+		}
+		Reply(conn, hello, HelloReply{OSlet: 3}, nil, nil)
+		Reply(conn, ping, Empty{}, nil, nil)
+	})
+	conn, err := Dial(addr, true)
+	if err != nil {
+		t.Fatal(err)
+	}
+	c, err := Open(conn, Hello{Role: RoleHost}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	if _, err := c.Call(context.Background(), OpPing, Empty{}, nil, &Empty{}); err != nil {
+		t.Fatalf("first call: %v", err)
+	}
+	if reply, err := c.Hello(context.Background()); err != nil || reply.OSlet != 3 {
+		t.Fatalf("Hello = %+v, %v; want OSlet 3", reply, err)
+	}
+}
+
+// A refused hello is the error of the call that rode with it, even when the
+// peer closed the channel before that call's request went out, and of
+// every call after it.
+func TestOpenRefusal(t *testing.T) {
+	for _, late := range []bool{false, true} {
+		closed := make(chan struct{})
+		addr := rawServer(t, func(conn *Conn) {
+			defer close(closed)
+			hello, err := conn.Recv()
+			if err != nil {
+				return
+			}
+			Reply(conn, hello, nil, nil, Errorf(CodePermission, "go away"))
+			conn.Close()
+		})
+		conn, err := Dial(addr, true)
+		if err != nil {
+			t.Fatal(err)
+		}
+		c, err := Open(conn, Hello{Role: RoleHost}, func(error) error { return DownError(9) })
+		if err != nil {
+			t.Fatal(err)
+		}
+		if late {
+			<-closed // the request's send then fails (EPIPE)
+		}
+		for n := 0; n < 2; n++ {
+			_, err = c.Call(context.Background(), OpPing, Empty{}, nil, &Empty{})
+			if n == 0 && (!errors.Is(err, ErrPermission) || !strings.Contains(err.Error(), "go away")) {
+				t.Errorf("late=%v: first call = %v; want the refusal", late, err)
+			}
+			if err == nil {
+				t.Errorf("late=%v: call %d on a refused channel succeeded", late, n+1)
+			}
+		}
+		if _, err := c.Hello(context.Background()); !errors.Is(err, ErrPermission) {
+			t.Errorf("late=%v: Hello = %v; want the refusal", late, err)
+		}
+		c.Close()
+	}
+}
+
+// A peer that takes the channel and never answers the hello (a stopped
+// init) fails the first call within HandshakeTimeout, as not answering.
+func TestOpenNotAnswering(t *testing.T) {
+	defer func(d time.Duration) { HandshakeTimeout = d }(HandshakeTimeout)
+	HandshakeTimeout = 200 * time.Millisecond
+	stop := make(chan struct{})
+	defer close(stop)
+	addr := rawServer(t, func(conn *Conn) { <-stop })
+	conn, err := Dial(addr, true)
+	if err != nil {
+		t.Fatal(err)
+	}
+	c, err := Open(conn, Hello{Role: RoleHost}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	start := time.Now()
+	_, err = c.Call(context.Background(), OpWait, WaitRequest{PID: 5}, nil, &WaitReply{})
+	if !errors.Is(err, ErrNotAnswering) {
+		t.Fatalf("call to a peer that never answers: %v", err)
+	}
+	if took := time.Since(start); took > 5*HandshakeTimeout {
+		t.Errorf("took %v to give up, HandshakeTimeout is %v", took, HandshakeTimeout)
+	}
+}
