@@ -289,7 +289,10 @@ func (c *Caller) fail(cause error) error {
 // HandshakeTimeout bounds the answer to a hello: an OSlet whose init is
 // alive but hung (stopped, say) accepts connections, since the kernel does,
 // and never answers.
-var HandshakeTimeout = 5 * time.Second
+const HandshakeTimeout = 5 * time.Second
+
+// handshakeTimeout is HandshakeTimeout, shortened by tests.
+var handshakeTimeout = HandshakeTimeout
 
 // ErrNotAnswering says an OSlet's init took a channel and did not answer.
 var ErrNotAnswering = errors.New("not answering")
@@ -331,7 +334,7 @@ func (c *Caller) Hello(ctx context.Context) (*HelloReply, error) {
 	if c.helloCh == nil {
 		return c.helloReply, c.helloErr
 	}
-	wait, cancel := context.WithTimeout(ctx, HandshakeTimeout)
+	wait, cancel := context.WithTimeout(ctx, handshakeTimeout)
 	f, err := c.await(wait, c.helloID, c.helloCh)
 	cancel()
 	c.helloCh = nil
@@ -343,7 +346,7 @@ func (c *Caller) Hello(ctx context.Context) (*HelloReply, error) {
 			c.helloReply = &reply
 		}
 	case errors.Is(err, context.DeadlineExceeded) && ctx.Err() == nil:
-		err = fmt.Errorf("%w: no answer to hello within %v", ErrNotAnswering, HandshakeTimeout)
+		err = fmt.Errorf("%w: no answer to hello within %v", ErrNotAnswering, handshakeTimeout)
 	}
 	if err != nil {
 		c.helloErr = err

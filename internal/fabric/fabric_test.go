@@ -626,8 +626,8 @@ func TestOpenRefusal(t *testing.T) {
 // A peer that takes the channel and never answers the hello (a stopped
 // init) fails the first call within HandshakeTimeout, as not answering.
 func TestOpenNotAnswering(t *testing.T) {
-	defer func(d time.Duration) { HandshakeTimeout = d }(HandshakeTimeout)
-	HandshakeTimeout = 200 * time.Millisecond
+	defer func(d time.Duration) { handshakeTimeout = d }(handshakeTimeout)
+	handshakeTimeout = 200 * time.Millisecond
 	stop := make(chan struct{})
 	defer close(stop)
 	addr := rawServer(t, func(conn *Conn) { <-stop })
@@ -645,7 +645,7 @@ func TestOpenNotAnswering(t *testing.T) {
 	if !errors.Is(err, ErrNotAnswering) {
 		t.Fatalf("call to a peer that never answers: %v", err)
 	}
-	if took := time.Since(start); took > 5*HandshakeTimeout {
-		t.Errorf("took %v to give up, HandshakeTimeout is %v", took, HandshakeTimeout)
+	if took := time.Since(start); took > 5*handshakeTimeout {
+		t.Errorf("took %v to give up, the hello's timeout is %v", took, handshakeTimeout)
 	}
 }
