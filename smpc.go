@@ -342,7 +342,8 @@ func (c *Client) Status(ctx context.Context) ([]OSletStatus, error) {
 	return out, err
 }
 
-// Ping makes a null call to OSlet k (inside an OSlet, to its own init).
+// Ping makes a null call to OSlet k (0: the first; inside an OSlet, its own
+// init, whatever k).
 func (c *Client) Ping(ctx context.Context, k int) error {
 	_, err := c.call(ctx, k, fabric.OpPing, fabric.Empty{}, nil, &fabric.Empty{})
 	return err

@@ -181,7 +181,7 @@ func benchBinary() (string, error) {
 func benchCluster(ctx context.Context, exe string) (c *smpc.Client, dir string, stop func(), err error) {
 	c, err = connect()
 	if err == nil {
-		if err = c.Ping(ctx, c.OSlets()[0]); err == nil {
+		if err = c.Ping(ctx, 0); err == nil {
 			if c.Self() == 0 {
 				dir, _ = statedir.Resolve(stateDir)
 			}
