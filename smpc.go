@@ -144,13 +144,16 @@ func (c *Client) Close() error {
 	return nil
 }
 
-// OSlets returns the cluster's OSlet indexes.
+// OSlets returns the cluster's OSlet indexes. Inside an OSlet they come with
+// the own init's answer to the hello, which this waits for (none if it
+// refused).
 func (c *Client) OSlets() []int {
 	c.learn()
 	return c.oslets
 }
 
-// Self returns the OSlet the caller runs on, or 0 on the host.
+// Self returns the OSlet the caller runs on, or 0 on the host (and inside
+// an OSlet whose init refused the hello).
 func (c *Client) Self() int {
 	c.learn()
 	return int(c.self.Load())
