@@ -547,6 +547,21 @@ func rawServer(t *testing.T, serve func(conn *Conn)) string {
 	return addr
 }
 
+// openHost dials addr and opens a channel as the host, without waiting for
+// the hello's answer.
+func openHost(t *testing.T, addr string, broken func(error) error) *Caller {
+	t.Helper()
+	conn, err := Dial(addr, true)
+	if err != nil {
+		t.Fatal(err)
+	}
+	c, err := Open(conn, Hello{Role: RoleHost}, broken)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return c
+}
+
 // Open does not wait for the hello's answer: the first call's request is in
 // the socket before the peer answers the hello, and both answers come back.
 func TestOpenRidesFirstCallWithHello(t *testing.T) {
@@ -564,14 +579,7 @@ func TestOpenRidesFirstCallWithHello(t *testing.T) {
 		Reply(conn, hello, HelloReply{OSlet: 3}, nil, nil)
 		Reply(conn, ping, Empty{}, nil, nil)
 	})
-	conn, err := Dial(addr, true)
-	if err != nil {
-		t.Fatal(err)
-	}
-	c, err := Open(conn, Hello{Role: RoleHost}, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
+	c := openHost(t, addr, nil)
 	defer c.Close()
 	if _, err := c.Call(context.Background(), OpPing, Empty{}, nil, &Empty{}); err != nil {
 		t.Fatalf("first call: %v", err)
@@ -596,19 +604,12 @@ func TestOpenRefusal(t *testing.T) {
 			Reply(conn, hello, nil, nil, Errorf(CodePermission, "go away"))
 			conn.Close()
 		})
-		conn, err := Dial(addr, true)
-		if err != nil {
-			t.Fatal(err)
-		}
-		c, err := Open(conn, Hello{Role: RoleHost}, func(error) error { return DownError(9) })
-		if err != nil {
-			t.Fatal(err)
-		}
+		c := openHost(t, addr, func(error) error { return DownError(9) })
 		if late {
 			<-closed // the request's send then fails (EPIPE)
 		}
 		for n := 0; n < 2; n++ {
-			_, err = c.Call(context.Background(), OpPing, Empty{}, nil, &Empty{})
+			_, err := c.Call(context.Background(), OpPing, Empty{}, nil, &Empty{})
 			if n == 0 && (!errors.Is(err, ErrPermission) || !strings.Contains(err.Error(), "go away")) {
 				t.Errorf("late=%v: first call = %v; want the refusal", late, err)
 			}
@@ -631,17 +632,10 @@ func TestOpenNotAnswering(t *testing.T) {
 	stop := make(chan struct{})
 	defer close(stop)
 	addr := rawServer(t, func(conn *Conn) { <-stop })
-	conn, err := Dial(addr, true)
-	if err != nil {
-		t.Fatal(err)
-	}
-	c, err := Open(conn, Hello{Role: RoleHost}, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
+	c := openHost(t, addr, nil)
 	defer c.Close()
 	start := time.Now()
-	_, err = c.Call(context.Background(), OpWait, WaitRequest{PID: 5}, nil, &WaitReply{})
+	_, err := c.Call(context.Background(), OpWait, WaitRequest{PID: 5}, nil, &WaitReply{})
 	if !errors.Is(err, ErrNotAnswering) {
 		t.Fatalf("call to a peer that never answers: %v", err)
 	}
